@@ -1,0 +1,372 @@
+//! The storage backend contract.
+//!
+//! A backend stores tenants, layers, inode versions, directory entries, block mappings,
+//! content-addressed blocks and extended attributes. It knows nothing of POSIX: it never checks a
+//! permission, a name, a file type or a link count. The engine decides; the backend stores
+//! atomically.
+//!
+//! # The layer model, as a backend sees it
+//! Every inode version, directory entry, block mapping and xattr row belongs to one layer. A
+//! [`LayerView`] is a chain of layers from the head (`chain[0]`, the only one written through) down
+//! to the tenant's base layer. Reading a key through a view returns the row of the *first* layer in
+//! the chain that has one; a *tombstone* row (a whiteout) in a newer layer hides rows of older
+//! layers. Writing through a view only ever touches rows of the head layer: older layers are frozen
+//! history and are never modified by file operations. Because layer ids grow monotonically, the
+//! first layer of a chain that has a row is the one with the largest id.
+//!
+//! # Transactions and locking
+//! Reads outside a transaction ([`Backend::reader`]) see committed data. Every mutating engine
+//! operation runs in exactly one [`StoreTxn`], opened by [`Backend::begin`] with the set of inodes it
+//! will modify. The backend holds an exclusive lock on each of those inodes (across every engine that
+//! shares the store) until commit or drop, so the engine may read, decide and write without races.
+//! A transaction dropped without [`StoreTxn::commit`] has no effect.
+//!
+//! # Content-addressed blocks
+//! File data is cut into blocks of the tenant's block size. A block is stored once per tenant under
+//! its BLAKE3 hash and reference-counted by the block mappings that name it; when its count drops to
+//! zero it is deleted in the same transaction. Inserting a block that already exists (even one
+//! inserted concurrently by another engine) only increments its count and never fails.
+
+pub mod memory;
+pub mod postgres;
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BackendError, BackendResult, QuotaKind};
+use crate::types::{FileType, Ino, Inode, LayerId, Quota, TenantId, Timestamp, Usage};
+
+/// A BLAKE3 hash naming a block's uncompressed content.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockHash(pub [u8; 32]);
+
+impl fmt::Debug for BlockHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A block as stored: possibly compressed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlock {
+    pub hash: BlockHash,
+    /// Whether `data` is zstd-compressed.
+    pub compressed: bool,
+    pub data: Bytes,
+}
+
+/// How block data is compressed for a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    /// zstd at a fast level; blocks that do not shrink are stored uncompressed.
+    #[default]
+    Zstd,
+}
+
+impl Compression {
+    pub fn code(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Zstd => 1,
+        }
+    }
+
+    pub fn from_code(code: i16) -> Option<Compression> {
+        match code {
+            0 => Some(Compression::None),
+            1 => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a tenant may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantState {
+    Active,
+    /// Marked deleted: refused for new access, its rows are purged in the background.
+    Deleted,
+}
+
+/// A tenant as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub name: String,
+    pub state: TenantState,
+    /// The layer file operations write to.
+    pub head_layer: LayerId,
+    pub block_size: u32,
+    pub compression: Compression,
+    pub quota: Quota,
+    pub created_at: Timestamp,
+}
+
+/// What [`Backend::create_tenant`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTenant {
+    pub name: String,
+    pub block_size: u32,
+    pub compression: Compression,
+    pub quota: Quota,
+    /// The root directory, stored as inode [`Ino::ROOT`] in the base layer.
+    pub root: Inode,
+    pub created_at: Timestamp,
+}
+
+/// A layer as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub id: LayerId,
+    pub tenant: TenantId,
+    /// The layer this one was created on top of; `None` for the base layer.
+    pub parent: Option<LayerId>,
+    /// Checkpoint name, unique within the tenant; `None` for a working layer.
+    pub name: Option<String>,
+    pub description: String,
+    pub created_at: Timestamp,
+}
+
+/// The chain of layers a reader sees, head first. `chain[0]` is the only layer written through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerView {
+    pub tenant: TenantId,
+    pub chain: Arc<[LayerId]>,
+}
+
+impl LayerView {
+    pub fn head(&self) -> LayerId {
+        self.chain[0]
+    }
+}
+
+/// A live directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DentryRecord {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: FileType,
+    /// Position of the entry in its directory's listing order. Assigned when the name is bound and
+    /// never changed afterwards; larger than every cookie assigned before it in the store, so
+    /// entries created after a listing started sort after it.
+    pub cookie: u64,
+}
+
+/// A block mapping to write: `None` makes the block a hole (reads as zeros, hides older layers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockWrite {
+    pub index: u64,
+    pub block: Option<BlockHash>,
+}
+
+/// An orphan: an inode whose last name was removed while a session still had it open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Orphan {
+    pub tenant: TenantId,
+    pub ino: Ino,
+}
+
+/// Reads through a [`LayerView`]. Implemented by out-of-transaction readers and by transactions.
+///
+/// "Absent" is always `Ok(None)` (or an empty list), never an error.
+#[async_trait]
+pub trait StoreRead: Send {
+    /// The newest version of `ino` in the view; `None` if no layer has it or its newest row is a
+    /// tombstone.
+    async fn inode(&mut self, ino: Ino) -> BackendResult<Option<Inode>>;
+
+    /// The newest live versions of several inodes, in any order; absent ones are omitted.
+    /// Backends should override this with one round trip.
+    async fn inodes(&mut self, inos: &[Ino]) -> BackendResult<Vec<Inode>> {
+        let mut out = Vec::with_capacity(inos.len());
+        for ino in inos {
+            if let Some(inode) = self.inode(*ino).await? {
+                out.push(inode);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The live entry `name` of directory `parent`; `None` if absent or whited out.
+    async fn lookup(&mut self, parent: Ino, name: &[u8]) -> BackendResult<Option<DentryRecord>>;
+
+    /// Up to `limit` live entries of `parent` with `cookie > after`, in increasing cookie order.
+    async fn list_dir(
+        &mut self,
+        parent: Ino,
+        after: u64,
+        limit: usize,
+    ) -> BackendResult<Vec<DentryRecord>>;
+
+    /// Whether `parent` has at least one live entry.
+    async fn dir_has_entries(&mut self, parent: Ino) -> BackendResult<bool>;
+
+    /// Live block mappings of `ino` with index in `range`, in increasing index order. Holes and
+    /// indexes never written are omitted.
+    async fn block_map(
+        &mut self,
+        ino: Ino,
+        range: Range<u64>,
+    ) -> BackendResult<Vec<(u64, BlockHash)>>;
+
+    /// The stored blocks with these hashes, in any order. Blocks of this tenant only; a hash that
+    /// is not stored is omitted (the engine reports corruption).
+    async fn blocks(&mut self, hashes: &[BlockHash]) -> BackendResult<Vec<StoredBlock>>;
+
+    /// Value of the extended attribute `name` of `ino`; `None` if absent or removed.
+    async fn xattr(&mut self, ino: Ino, name: &[u8]) -> BackendResult<Option<Vec<u8>>>;
+
+    /// Names of the live extended attributes of `ino`, sorted.
+    async fn xattr_names(&mut self, ino: Ino) -> BackendResult<Vec<Vec<u8>>>;
+}
+
+/// A transaction: reads see its own writes; nothing is visible to others until
+/// [`StoreTxn::commit`]; dropping it without commit discards everything.
+#[async_trait]
+pub trait StoreTxn: StoreRead {
+    /// Store `inode` as the head layer's version (insert or replace).
+    async fn put_inode(&mut self, inode: &Inode) -> BackendResult<()>;
+
+    /// Make `ino` absent from the view: delete its head-layer inode row, block mappings and xattrs
+    /// (releasing block references), and write a tombstone if an older layer still has a version.
+    async fn remove_inode(&mut self, ino: Ino) -> BackendResult<()>;
+
+    /// Bind `name` in directory `parent` to `(ino, kind)` in the head layer, replacing any head row
+    /// for that name (live or whiteout). A new binding gets a fresh cookie.
+    async fn bind(&mut self, parent: Ino, name: &[u8], ino: Ino, kind: FileType)
+    -> BackendResult<()>;
+
+    /// Remove `name` from `parent`: delete the head row, and write a whiteout if an older layer
+    /// has a live entry of that name. Removing an absent name is a no-op.
+    async fn unbind(&mut self, parent: Ino, name: &[u8]) -> BackendResult<()>;
+
+    /// Store block mappings of `ino` in the head layer, replacing head rows of the same indexes and
+    /// releasing the blocks they named. `new_blocks` are inserted (or their reference counts
+    /// incremented) first; every hash named by `writes` must be in `new_blocks` or already stored.
+    async fn write_blocks(
+        &mut self,
+        ino: Ino,
+        writes: &[BlockWrite],
+        new_blocks: &[StoredBlock],
+    ) -> BackendResult<()>;
+
+    /// Remove every block mapping of `ino` with index `>= first`: head rows are deleted (releasing
+    /// their blocks) and indexes that older layers map get a hole row.
+    async fn truncate_blocks(&mut self, ino: Ino, first: u64) -> BackendResult<()>;
+
+    /// Set (`Some`) or remove (`None`) the extended attribute `name` of `ino` in the head layer.
+    async fn set_xattr(&mut self, ino: Ino, name: &[u8], value: Option<&[u8]>)
+    -> BackendResult<()>;
+
+    /// Add `delta` to the tenant's usage. Positive deltas are refused with `Ok(Err(kind))` when they
+    /// would take usage beyond the quota (checked against the latest committed usage, so
+    /// concurrent transactions can never overshoot together). Negative deltas always apply and
+    /// saturate at zero.
+    async fn charge(
+        &mut self,
+        bytes: i64,
+        inodes: i64,
+    ) -> BackendResult<Result<(), QuotaKind>>;
+
+    /// Record that `ino` has no names left but is still open in session `session`.
+    async fn add_orphan(&mut self, ino: Ino, session: u64) -> BackendResult<()>;
+
+    /// Forget the orphan record of `ino` (it was reclaimed or linked again).
+    async fn remove_orphan(&mut self, ino: Ino) -> BackendResult<()>;
+
+    /// Make every write of this transaction durable and visible.
+    async fn commit(self: Box<Self>) -> BackendResult<()>;
+}
+
+/// A storage backend. Cheap to share (`Arc<dyn Backend>`); safe to use from many tasks at once and
+/// from many processes on one store.
+#[async_trait]
+pub trait Backend: Send + Sync + fmt::Debug + 'static {
+    /// Short name for logs (`"memory"`, `"postgres"`).
+    fn kind(&self) -> &'static str;
+
+    /// Create a tenant atomically: its record, its base layer (which becomes the head), zero usage
+    /// plus one inode, and `root` as inode [`Ino::ROOT`] of the base layer.
+    /// Fails with [`BackendError::TenantExists`] if the name is taken (also by a deleted tenant not
+    /// yet purged).
+    async fn create_tenant(&self, new: &NewTenant) -> BackendResult<TenantRecord>;
+
+    /// The tenant of that name, active or deleted; `None` if absent.
+    async fn tenant_by_name(&self, name: &str) -> BackendResult<Option<TenantRecord>>;
+
+    /// The tenant with that id; `None` if absent.
+    async fn tenant_by_id(&self, id: TenantId) -> BackendResult<Option<TenantRecord>>;
+
+    /// Every tenant, sorted by name.
+    async fn list_tenants(&self) -> BackendResult<Vec<TenantRecord>>;
+
+    /// Replace the tenant's quota. Takes effect for every engine at its next charge.
+    async fn set_quota(&self, tenant: TenantId, quota: Quota) -> BackendResult<()>;
+
+    /// Current usage of the tenant.
+    async fn usage(&self, tenant: TenantId) -> BackendResult<Usage>;
+
+    /// Mark the tenant deleted. Returns false if it was already deleted. Transactions begun after
+    /// this fail with [`BackendError::TenantGone`].
+    async fn mark_tenant_deleted(&self, tenant: TenantId) -> BackendResult<bool>;
+
+    /// Delete every row of a tenant marked deleted, including its record.
+    async fn purge_tenant(&self, tenant: TenantId) -> BackendResult<()>;
+
+    /// Reserve `count` consecutive unused inode numbers of the tenant; returns the first.
+    async fn alloc_inodes(&self, tenant: TenantId, count: u64) -> BackendResult<u64>;
+
+    /// Every layer of the tenant, in increasing id order.
+    async fn layers(&self, tenant: TenantId) -> BackendResult<Vec<LayerRecord>>;
+
+    /// A reader of committed data through `view`. Cheap; holds no connection between calls.
+    fn reader(&self, view: &LayerView) -> Box<dyn StoreRead>;
+
+    /// Begin a transaction writing through `view`, holding exclusive locks on `locks` until it
+    /// ends. Fails with [`BackendError::StaleView`] if `view.head()` is no longer the tenant's head
+    /// layer, and with [`BackendError::TenantGone`] if the tenant is deleted.
+    async fn begin(&self, view: &LayerView, locks: &[Ino]) -> BackendResult<Box<dyn StoreTxn>>;
+
+    /// Register a live engine session; returns its id. Sessions that stop calling
+    /// [`Backend::heartbeat`] are considered dead after the stale interval.
+    async fn open_session(&self, description: &str, now: Timestamp) -> BackendResult<u64>;
+
+    /// Refresh a session's liveness.
+    async fn heartbeat(&self, session: u64, now: Timestamp) -> BackendResult<()>;
+
+    /// End a session cleanly.
+    async fn close_session(&self, session: u64) -> BackendResult<()>;
+
+    /// Orphans of `tenant` whose session is closed or has not sent a heartbeat since `stale_before`.
+    async fn dead_orphans(
+        &self,
+        tenant: TenantId,
+        stale_before: Timestamp,
+    ) -> BackendResult<Vec<Orphan>>;
+}
+
+/// Open the backend named by `url`: `memory://` (a fresh in-memory store) or
+/// `postgres://user@host:port/database` (migrated on open).
+pub async fn open(url: &str) -> BackendResult<Arc<dyn Backend>> {
+    if url == "memory://" || url == "memory:" || url == "memory" {
+        return Ok(Arc::new(memory::MemoryBackend::new()));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let backend = postgres::PostgresBackend::connect(url).await?;
+        return Ok(Arc::new(backend));
+    }
+    Err(BackendError::Config(format!(
+        "unsupported storage URL {url:?}: expected memory:// or postgres://…"
+    )))
+}

@@ -1,0 +1,717 @@
+//! File data: open, create, read, write, flush, fsync, release, truncate and fallocate.
+//!
+//! Every handle of one inode shares one [`OpenFile`], whose buffer holds written blocks until a
+//! flush, so a read through any handle sees every completed write. Buffers are flushed on `flush`
+//! (every `close`), `fsync`, `release`, before a truncate, and when they exceed the configured size;
+//! a flush is one transaction, so data a program fsynced or closed is durable when the call returns.
+//!
+//! Block mappings read while a file is open are cached with it (close-to-open consistency across
+//! engines, like NFS); decoded block contents are cached engine-wide by hash and never go stale.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::Mutex as AsyncMutex;
+
+use super::attr::{MAX_FILE_SIZE, kill_priv};
+use super::namespace::NodeSpec;
+use super::{Handle, Volume, align4k, blocks, lock, perm};
+use crate::backend::{BlockHash, BlockWrite, StoreRead, StoredBlock};
+use crate::error::{BackendError, FsError, FsResult};
+use crate::types::{
+    Caller, FallocateMode, FileAttr, FileHandle, FileType, Ino, Inode, Timestamp,
+};
+
+/// The shared state of an inode with open handles in this volume.
+pub(crate) struct OpenFile {
+    ino: Ino,
+    /// Handles open on it; changed only under the volume's `open_files` lock.
+    opens: AtomicU32,
+    /// Set when its last name was removed while open: the last release deletes it.
+    unlinked: AtomicBool,
+    state: AsyncMutex<FileState>,
+}
+
+struct FileState {
+    /// Size including buffered writes.
+    size: u64,
+    /// Size as stored.
+    stored_size: u64,
+    /// Bytes charged to the tenant for this file (more than `align4k(stored_size)` while growth
+    /// is reserved ahead of a flush under a byte quota).
+    charged: u64,
+    /// Permission bits, to know whether a write must clear setuid/setgid.
+    perm: u16,
+    /// Whole blocks written since the last flush, by index.
+    dirty: BTreeMap<u64, BytesMut>,
+    /// Modification time of the buffered writes.
+    mtime: Option<Timestamp>,
+    /// Stored mappings seen so far (`None`: a hole).
+    map: HashMap<u64, Option<BlockHash>>,
+}
+
+impl OpenFile {
+    fn new(inode: &Inode) -> OpenFile {
+        OpenFile {
+            ino: inode.ino,
+            opens: AtomicU32::new(0),
+            unlinked: AtomicBool::new(false),
+            state: AsyncMutex::new(FileState {
+                size: inode.size,
+                stored_size: inode.size,
+                charged: align4k(inode.size),
+                perm: inode.perm,
+                dirty: BTreeMap::new(),
+                mtime: None,
+                map: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Show buffered writes in `inode`'s attributes.
+    pub(crate) async fn overlay(&self, inode: &mut Inode) {
+        let st = self.state.lock().await;
+        inode.size = st.size;
+        if let Some(t) = st.mtime {
+            inode.mtime = t;
+            inode.ctime = t;
+        }
+    }
+
+    /// Keep the cached permission bits in step with a setattr.
+    pub(crate) async fn note_attr_change(&self, inode: &Inode) {
+        self.state.lock().await.perm = inode.perm;
+    }
+}
+
+/// Decode the `O_ACCMODE` bits: (read, write).
+fn access_mode(flags: i32) -> FsResult<(bool, bool)> {
+    match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => Ok((true, false)),
+        libc::O_WRONLY => Ok((false, true)),
+        libc::O_RDWR => Ok((true, true)),
+        _ => Err(FsError::Invalid("invalid access mode")),
+    }
+}
+
+impl Volume {
+    /// Open an existing inode. `flags` are `open(2)` flags: the access mode, `O_TRUNC` and
+    /// `O_APPEND` are honoured. `EISDIR` for writing a directory, `EACCES`, `EROFS`.
+    pub async fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<FileHandle> {
+        let inode = self.reader().inode(ino).await?.ok_or(FsError::NotFound)?;
+        let (read, write) = access_mode(flags)?;
+        if inode.kind == FileType::Directory && (write || flags & libc::O_TRUNC != 0) {
+            return Err(FsError::IsDir);
+        }
+        if write && self.inner.read_only {
+            return Err(FsError::ReadOnly);
+        }
+        let mut mask = 0;
+        if read {
+            mask |= perm::R;
+        }
+        if write || flags & libc::O_TRUNC != 0 {
+            mask |= perm::W;
+        }
+        perm::check(caller, &inode, mask)?;
+        self.open_checked(caller, inode, read, write, flags).await
+    }
+
+    async fn open_checked(
+        &self,
+        caller: &Caller,
+        inode: Inode,
+        read: bool,
+        write: bool,
+        flags: i32,
+    ) -> FsResult<FileHandle> {
+        let ino = inode.ino;
+        let file = {
+            let mut files = lock(&self.inner.open_files);
+            let file = files
+                .entry(ino)
+                .or_insert_with(|| Arc::new(OpenFile::new(&inode)))
+                .clone();
+            file.opens.fetch_add(1, Ordering::Relaxed);
+            file
+        };
+        let fh = self.new_handle(Handle::File {
+            file,
+            read,
+            write,
+            append: flags & libc::O_APPEND != 0,
+        });
+        if flags & libc::O_TRUNC != 0 && inode.kind == FileType::Regular {
+            if let Err(e) = self.truncate_open(caller, ino, 0, true).await {
+                let _ = self.release(caller, fh).await;
+                return Err(e);
+            }
+        }
+        Ok(fh)
+    }
+
+    /// Create and open a regular file (`open` with `O_CREAT`). With `O_EXCL` an existing name is
+    /// `EEXIST`; without it the existing file is opened (and truncated with `O_TRUNC`).
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(FileAttr, FileHandle)> {
+        let (read, write) = access_mode(flags)?;
+        let spec = NodeSpec {
+            kind: FileType::Regular,
+            perm: (mode & 0o7777) as u16,
+            rdev: 0,
+            target: &[],
+        };
+        match self.create_node(caller, parent, name, &spec).await {
+            Ok(inode) => {
+                // The creator may use the new file as requested whatever its mode says.
+                let fh = self.open_checked(caller, inode.clone(), read, write, flags & !libc::O_TRUNC).await?;
+                Ok((self.attr_of(inode).await?, fh))
+            }
+            Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {
+                let attr = self.lookup(caller, parent, name).await?;
+                let fh = self.open(caller, attr.ino, flags).await?;
+                Ok((self.getattr(caller, attr.ino).await?, fh))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
+        lock(&self.inner.open_files).get(&ino).cloned()
+    }
+
+    pub(crate) fn is_open(&self, ino: Ino) -> bool {
+        lock(&self.inner.open_files).contains_key(&ino)
+    }
+
+    /// Whether `fh` is a file handle open for writing.
+    pub(crate) fn handle_writes(&self, fh: FileHandle) -> FsResult<bool> {
+        match self.handle(fh)? {
+            Handle::File { write, .. } => Ok(write),
+            Handle::Dir { .. } => Ok(false),
+        }
+    }
+
+    /// An inode lost its last name while open: delete it at its last release, or now if that
+    /// release already happened.
+    pub(crate) async fn mark_unlinked(&self, ino: Ino) {
+        let still_open = {
+            let files = lock(&self.inner.open_files);
+            match files.get(&ino) {
+                Some(f) => {
+                    f.unlinked.store(true, Ordering::Relaxed);
+                    true
+                }
+                None => false,
+            }
+        };
+        if !still_open {
+            if let Err(e) = self.retrying(|| self.destroy_inode(ino)).await {
+                tracing::warn!(%ino, error = %e, "could not reclaim unlinked inode; reclaimed at next start");
+            }
+        }
+    }
+
+    fn file_handle(&self, fh: FileHandle) -> FsResult<(Arc<OpenFile>, bool, bool, bool)> {
+        match self.handle(fh)? {
+            Handle::File {
+                file,
+                read,
+                write,
+                append,
+            } => Ok((file, read, write, append)),
+            Handle::Dir { .. } => Err(FsError::IsDir),
+        }
+    }
+
+    /// Read up to `size` bytes at `offset`. Short only at end of file; holes read as zeros.
+    pub async fn read(&self, _caller: &Caller, fh: FileHandle, offset: u64, size: u32) -> FsResult<Bytes> {
+        let (file, read, _, _) = self.file_handle(fh)?;
+        if !read {
+            return Err(FsError::BadHandle);
+        }
+        let mut st = file.state.lock().await;
+        if offset >= st.size || size == 0 {
+            return Ok(Bytes::new());
+        }
+        let end = st.size.min(offset + u64::from(size));
+        let bs = self.block_size();
+        let first = offset / bs;
+        let last = (end - 1) / bs;
+        let stored = self.stored_blocks(file.ino, &mut st, first..last + 1).await?;
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for idx in first..=last {
+            let block_start = idx * bs;
+            let from = offset.max(block_start) - block_start;
+            let to = end.min(block_start + bs) - block_start;
+            let content: &[u8] = match st.dirty.get(&idx) {
+                Some(buf) => buf,
+                None => stored.get(&idx).map(|b| &b[..]).unwrap_or(&[]),
+            };
+            append_padded(&mut out, content, from as usize, to as usize);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Write `data` at `offset` (at end of file for `O_APPEND` handles). Returns the bytes written.
+    /// `EBADF` if not open for writing, `EFBIG` past the maximum size, `ENOSPC` over quota.
+    pub async fn write(&self, caller: &Caller, fh: FileHandle, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (file, _, write, append) = self.file_handle(fh)?;
+        if !write {
+            return Err(FsError::BadHandle);
+        }
+        self.ensure_writable()?;
+        let mut st = file.state.lock().await;
+        let offset = if append { st.size } else { offset };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooBig)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if !caller.is_root() && st.perm & (libc::S_ISUID | libc::S_ISGID) as u16 != 0 {
+            self.kill_priv_now(file.ino, &mut st).await?;
+        }
+        self.reserve(&mut st, end).await?;
+        let bs = self.block_size();
+        let first = offset / bs;
+        let last = (end - 1) / bs;
+        let partial: Vec<u64> = [first, last]
+            .into_iter()
+            .filter(|&idx| {
+                let covers = offset <= idx * bs && end >= (idx + 1) * bs;
+                !covers && !st.dirty.contains_key(&idx)
+            })
+            .collect();
+        let mut stored = if partial.is_empty() {
+            HashMap::new()
+        } else {
+            let lo = *partial.iter().min().unwrap_or(&first);
+            let hi = *partial.iter().max().unwrap_or(&last);
+            self.stored_blocks(file.ino, &mut st, lo..hi + 1).await?
+        };
+        for idx in first..=last {
+            let block_start = idx * bs;
+            let from = offset.max(block_start);
+            let to = end.min(block_start + bs);
+            let buf = st.dirty.entry(idx).or_insert_with(|| {
+                let mut buf = BytesMut::zeroed(bs as usize);
+                if let Some(old) = stored.remove(&idx) {
+                    buf[..old.len()].copy_from_slice(&old);
+                }
+                buf
+            });
+            let src = &data[(from - offset) as usize..(to - offset) as usize];
+            buf[(from - block_start) as usize..(to - block_start) as usize].copy_from_slice(src);
+        }
+        st.size = st.size.max(end);
+        st.mtime = Some(self.now());
+        if st.dirty.len() as u64 * bs >= self.shared().config.write_buffer_bytes {
+            self.flush_file(file.ino, &mut st).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// Under a byte quota, charge growth before accepting it so concurrent writers never overshoot;
+    /// without one, growth is charged at flush.
+    async fn reserve(&self, st: &mut FileState, end: u64) -> FsResult<()> {
+        let needed = align4k(end);
+        if needed <= st.charged || !self.has_byte_quota().await? {
+            return Ok(());
+        }
+        // Reserve ahead in block-size steps to keep appends cheap, falling back to the exact need
+        // near the limit.
+        let ahead = align4k(end.saturating_add(self.block_size()));
+        for target in [ahead, needed] {
+            let delta = (target - st.charged) as i64;
+            let charged = self
+                .retrying(|| async {
+                    let mut txn = self.begin(&[]).await?;
+                    let r = txn.charge(delta, 0).await?;
+                    txn.commit().await?;
+                    Ok(r)
+                })
+                .await?;
+            match charged {
+                Ok(()) => {
+                    st.charged = target;
+                    return Ok(());
+                }
+                Err(kind) if target == needed => return Err(FsError::QuotaExceeded(kind)),
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn has_byte_quota(&self) -> FsResult<bool> {
+        let record = self.backend().tenant_by_id(self.inner.tenant.id).await?;
+        Ok(record.is_some_and(|t| t.quota.bytes.is_some()))
+    }
+
+    /// Clear setuid/setgid because an unprivileged caller writes (as Linux does on write).
+    async fn kill_priv_now(&self, ino: Ino, st: &mut FileState) -> FsResult<()> {
+        let perm = self
+            .retrying(|| async {
+                let mut txn = self.begin(&[ino]).await?;
+                let mut inode = Volume::inode_in(txn.as_mut(), ino).await?;
+                if kill_priv(&mut inode) {
+                    inode.ctime = self.now();
+                    txn.put_inode(&inode).await?;
+                    txn.commit().await?;
+                }
+                Ok(inode.perm)
+            })
+            .await?;
+        st.perm = perm;
+        Ok(())
+    }
+
+    /// Flush buffered writes of `fh`'s file (called at every `close`).
+    pub async fn flush(&self, _caller: &Caller, fh: FileHandle) -> FsResult<()> {
+        let (file, ..) = self.file_handle(fh)?;
+        let mut st = file.state.lock().await;
+        self.flush_file(file.ino, &mut st).await
+    }
+
+    /// Make the file's data and attributes durable.
+    pub async fn fsync(&self, caller: &Caller, fh: FileHandle, _datasync: bool) -> FsResult<()> {
+        match self.handle(fh)? {
+            Handle::File { .. } => self.flush(caller, fh).await,
+            // Directory changes are committed when each operation returns.
+            Handle::Dir { .. } => Ok(()),
+        }
+    }
+
+    /// Close a handle: flush, and delete the file if this was the last handle of an unlinked file.
+    pub async fn release(&self, _caller: &Caller, fh: FileHandle) -> FsResult<()> {
+        let handle = self.take_handle(fh)?;
+        let Handle::File { file, .. } = handle else {
+            return Ok(());
+        };
+        let flushed = {
+            let mut st = file.state.lock().await;
+            self.flush_file(file.ino, &mut st).await
+        };
+        let last_unlinked = {
+            let mut files = lock(&self.inner.open_files);
+            if file.opens.fetch_sub(1, Ordering::Relaxed) == 1 {
+                files.remove(&file.ino);
+                file.unlinked.load(Ordering::Relaxed)
+            } else {
+                false
+            }
+        };
+        if last_unlinked {
+            self.retrying(|| self.destroy_inode(file.ino)).await?;
+        }
+        flushed
+    }
+
+    /// Write the buffered blocks and size of a file in one transaction.
+    async fn flush_file(&self, ino: Ino, st: &mut FileState) -> FsResult<()> {
+        if st.dirty.is_empty() && st.mtime.is_none() && st.charged == align4k(st.stored_size) {
+            return Ok(());
+        }
+        let bs = self.block_size();
+        let compression = self.inner.tenant.compression;
+        let mut writes = Vec::with_capacity(st.dirty.len());
+        let mut new_blocks: Vec<StoredBlock> = Vec::new();
+        let mut contents: Vec<(BlockHash, Bytes)> = Vec::new();
+        for (&idx, buf) in &st.dirty {
+            let start = idx * bs;
+            if start >= st.size {
+                continue;
+            }
+            let len = (st.size - start).min(bs) as usize;
+            let stored = blocks::encode(&buf[..len], compression);
+            writes.push(BlockWrite {
+                index: idx,
+                block: stored.as_ref().map(|b| b.hash),
+            });
+            if let Some(b) = stored {
+                if !new_blocks.iter().any(|n| n.hash == b.hash) {
+                    let trimmed = buf[..len].iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+                    contents.push((b.hash, Bytes::copy_from_slice(&buf[..trimmed])));
+                    new_blocks.push(b);
+                }
+            }
+        }
+        let size = st.size;
+        let mtime = st.mtime;
+        // The store has charged `st.charged` for this file; afterwards it must be exactly the
+        // charge of the new size (growth without a byte quota is charged here, a reservation
+        // beyond the final size is returned).
+        let delta = align4k(size) as i64 - st.charged as i64;
+        self.retrying(|| async {
+            let mut txn = self.begin(&[ino]).await?;
+            let mut inode = Volume::inode_in(txn.as_mut(), ino).await?;
+            if let Err(kind) = txn.charge(delta, 0).await? {
+                return Err(FsError::QuotaExceeded(kind));
+            }
+            if size < inode.size {
+                // Blocks past a shrink done by another engine are cut here as well.
+                txn.truncate_blocks(ino, size.div_ceil(bs)).await?;
+            }
+            txn.write_blocks(ino, &writes, &new_blocks).await?;
+            inode.size = size;
+            if let Some(t) = mtime {
+                inode.mtime = t;
+                inode.ctime = t;
+            }
+            txn.put_inode(&inode).await?;
+            txn.commit().await?;
+            Ok(())
+        })
+        .await?;
+        for w in &writes {
+            st.map.insert(w.index, w.block);
+        }
+        let tenant = self.inner.tenant.id;
+        for (hash, content) in contents {
+            self.shared().cache.insert(tenant, hash, content);
+        }
+        st.dirty.clear();
+        st.mtime = None;
+        st.stored_size = size;
+        st.charged = align4k(size);
+        Ok(())
+    }
+
+    /// Stored contents (trimmed) of the blocks in `range` that are not holes, using and filling
+    /// the file's mapping cache and the engine's block cache.
+    async fn stored_blocks(
+        &self,
+        ino: Ino,
+        st: &mut FileState,
+        range: std::ops::Range<u64>,
+    ) -> FsResult<HashMap<u64, Bytes>> {
+        let bs = self.block_size();
+        let limit = st.stored_size.div_ceil(bs);
+        let range = range.start..range.end.min(limit);
+        if range.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let wanted: Vec<u64> = range.clone().filter(|i| !st.dirty.contains_key(i)).collect();
+        if wanted.iter().any(|i| !st.map.contains_key(i)) {
+            let mut r = self.reader();
+            let found = r.block_map(ino, range.clone()).await?;
+            for idx in range.clone() {
+                st.map.insert(idx, None);
+            }
+            for (idx, hash) in found {
+                st.map.insert(idx, Some(hash));
+            }
+        }
+        let hashes: Vec<(u64, BlockHash)> = wanted
+            .iter()
+            .filter_map(|i| st.map.get(i).copied().flatten().map(|h| (*i, h)))
+            .collect();
+        let mut r = self.reader();
+        self.fetch_blocks(r.as_mut(), &hashes).await
+    }
+
+    /// Contents of the blocks named by `hashes` (index, hash), from the cache or the store.
+    async fn fetch_blocks(
+        &self,
+        r: &mut dyn StoreRead,
+        hashes: &[(u64, BlockHash)],
+    ) -> FsResult<HashMap<u64, Bytes>> {
+        let tenant = self.inner.tenant.id;
+        let cache = &self.shared().cache;
+        let mut out = HashMap::with_capacity(hashes.len());
+        let mut missing: Vec<BlockHash> = Vec::new();
+        for (idx, hash) in hashes {
+            match cache.get(tenant, hash) {
+                Some(content) => {
+                    out.insert(*idx, content);
+                }
+                None => {
+                    if !missing.contains(hash) {
+                        missing.push(*hash);
+                    }
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let bs = self.block_size();
+        let mut decoded: HashMap<BlockHash, Bytes> = HashMap::new();
+        for block in r.blocks(&missing).await? {
+            let content = blocks::decode(&block, bs)?;
+            cache.insert(tenant, block.hash, content.clone());
+            decoded.insert(block.hash, content);
+        }
+        for (idx, hash) in hashes {
+            if out.contains_key(idx) {
+                continue;
+            }
+            let content = decoded.get(hash).cloned().ok_or_else(|| {
+                BackendError::Corrupt(format!("block {idx} names missing block {hash:?}"))
+            })?;
+            out.insert(*idx, content);
+        }
+        Ok(out)
+    }
+
+    /// Change the size of `ino` (truncate up or down). `writable_handle` is whether the caller
+    /// holds a handle open for writing, which makes write permission unnecessary.
+    pub(crate) async fn truncate(&self, caller: &Caller, ino: Ino, size: u64, writable_handle: bool) -> FsResult<()> {
+        self.ensure_writable()?;
+        let inode = self.reader().inode(ino).await?.ok_or(FsError::NotFound)?;
+        match inode.kind {
+            FileType::Regular => {}
+            FileType::Directory => return Err(FsError::IsDir),
+            _ => return Err(FsError::Invalid("truncate of a special file")),
+        }
+        if !writable_handle {
+            perm::check(caller, &inode, perm::W)?;
+        }
+        self.truncate_open(caller, ino, size, false).await
+    }
+
+    /// Truncate after permission checks, keeping an open file's buffer in step. `always_touch`
+    /// updates mtime/ctime even when the size does not change (`O_TRUNC`).
+    async fn truncate_open(&self, caller: &Caller, ino: Ino, size: u64, always_touch: bool) -> FsResult<()> {
+        let bs = self.block_size();
+        match self.open_file(ino) {
+            Some(file) => {
+                let mut st = file.state.lock().await;
+                self.flush_file(ino, &mut st).await?;
+                self.truncate_stored(caller, ino, size, always_touch).await?;
+                st.size = size;
+                st.stored_size = size;
+                st.charged = align4k(size);
+                let keep = size.div_ceil(bs);
+                st.map.retain(|idx, _| *idx < keep);
+                if size % bs != 0 {
+                    // The cut block was rewritten.
+                    st.map.remove(&(size / bs));
+                }
+                Ok(())
+            }
+            None => self.truncate_stored(caller, ino, size, always_touch).await,
+        }
+    }
+
+    async fn truncate_stored(&self, caller: &Caller, ino: Ino, size: u64, always_touch: bool) -> FsResult<()> {
+        let bs = self.block_size();
+        let compression = self.inner.tenant.compression;
+        self.retrying(|| async {
+            let mut txn = self.begin(&[ino]).await?;
+            let mut inode = Volume::inode_in(txn.as_mut(), ino).await?;
+            let old = inode.size;
+            if size == old && !always_touch {
+                return Ok(());
+            }
+            if size < old {
+                txn.truncate_blocks(ino, size.div_ceil(bs)).await?;
+                if size % bs != 0 {
+                    // Zero the cut block's tail so a later extension reads zeros.
+                    let idx = size / bs;
+                    let map = txn.block_map(ino, idx..idx + 1).await?;
+                    if let Some((_, hash)) = map.first() {
+                        let content = self.fetch_blocks(txn.as_mut(), &[(idx, *hash)]).await?;
+                        let keep = (size % bs) as usize;
+                        let old_block = content.get(&idx).cloned().unwrap_or_default();
+                        let cut = &old_block[..keep.min(old_block.len())];
+                        let stored = blocks::encode(cut, compression);
+                        let write = BlockWrite {
+                            index: idx,
+                            block: stored.as_ref().map(|b| b.hash),
+                        };
+                        let new_blocks: Vec<StoredBlock> = stored.into_iter().collect();
+                        txn.write_blocks(ino, &[write], &new_blocks).await?;
+                    }
+                }
+            }
+            let delta = align4k(size) as i64 - align4k(old) as i64;
+            if let Err(kind) = txn.charge(delta, 0).await? {
+                return Err(FsError::QuotaExceeded(kind));
+            }
+            let now = self.now();
+            inode.size = size;
+            inode.mtime = now;
+            inode.ctime = now;
+            if !caller.is_root() {
+                kill_priv(&mut inode);
+            }
+            txn.put_inode(&inode).await?;
+            txn.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// `fallocate`: the default mode and `KEEP_SIZE` make the range part of the file (extending it
+    /// unless `KEEP_SIZE`); `PUNCH_HOLE` (with `KEEP_SIZE`) and `ZERO_RANGE` make it read as zeros.
+    /// `EINVAL` for a zero length, `EBADF` without a writable handle, `EOPNOTSUPP` for other modes.
+    pub async fn fallocate(
+        &self,
+        caller: &Caller,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: FallocateMode,
+    ) -> FsResult<()> {
+        let (file, _, write, _) = self.file_handle(fh)?;
+        if !write {
+            return Err(FsError::BadHandle);
+        }
+        if length == 0 {
+            return Err(FsError::Invalid("fallocate length is zero"));
+        }
+        if mode.punch_hole && !mode.keep_size {
+            return Err(FsError::NotSupported("PUNCH_HOLE requires KEEP_SIZE"));
+        }
+        let end = offset
+            .checked_add(length)
+            .filter(|e| *e <= MAX_FILE_SIZE)
+            .ok_or(FsError::FileTooBig)?;
+        self.ensure_writable()?;
+        let size = file.state.lock().await.size;
+        if mode.punch_hole || mode.zero_range {
+            let zero_end = if mode.keep_size { end.min(size) } else { end };
+            self.write_zeros(caller, fh, offset, zero_end).await?;
+        } else if !mode.keep_size && end > size {
+            self.truncate_open(caller, file.ino, end, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Overwrite `[offset, end)` with zeros through the write path; whole zero blocks become holes
+    /// when flushed.
+    async fn write_zeros(&self, caller: &Caller, fh: FileHandle, offset: u64, end: u64) -> FsResult<()> {
+        let chunk = self.block_size().max(1 << 20);
+        let zeros = vec![0u8; chunk as usize];
+        let mut pos = offset;
+        while pos < end {
+            let n = (end - pos).min(chunk);
+            self.write(caller, fh, pos, &zeros[..n as usize]).await?;
+            pos += n;
+        }
+        Ok(())
+    }
+}
+
+/// Append `content[from..to]` to `out`, reading zeros past the end of `content`.
+fn append_padded(out: &mut BytesMut, content: &[u8], from: usize, to: usize) {
+    let have = content.len().min(to);
+    if from < have {
+        out.extend_from_slice(&content[from..have]);
+    }
+    let zeros = to - from.max(have);
+    if to > from.max(have) {
+        out.resize(out.len() + zeros, 0);
+    }
+}

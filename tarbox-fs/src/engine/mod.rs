@@ -1,0 +1,454 @@
+//! The engine: every POSIX rule, once.
+//!
+//! An [`Engine`] owns a backend and administers tenants; a [`Volume`] is one tenant's tree as seen
+//! through one layer view, and carries every file operation. Frontends call `Volume` methods with a
+//! [`Caller`] and map the returned [`FsError`] to their protocol with [`FsError::errno`].
+//!
+//! Operations are split by family: `namespace` (lookup, create, remove, link, rename), `attr`
+//! (getattr, setattr, access, statfs), `io` (open files, read, write, flush, truncate), `dir`
+//! (readdir), `xattr`, with the shared checks in `names` and `perm`, block encoding in `blocks`
+//! and tenant administration in `tenants`.
+//!
+//! Every mutation runs in one backend transaction that locks the inodes it changes, re-reads what
+//! it decided on, and commits; a conflict with another engine on the same store (or a layer switch)
+//! makes the whole operation start over, so callers never see a half-applied change.
+
+mod attr;
+mod blocks;
+mod dir;
+mod io;
+mod names;
+mod namespace;
+mod perm;
+mod tenants;
+mod xattr;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+pub use tenants::{TenantInfo, TenantOptions};
+
+use crate::backend::{self, Backend, LayerView, StoreRead, StoreTxn, TenantRecord};
+use crate::error::{BackendError, FsError, FsResult};
+use crate::types::{Clock, FileHandle, Ino, Inode, LayerId, SystemClock, TenantId, Timestamp};
+
+use blocks::BlockCache;
+use io::OpenFile;
+
+/// Engine tuning. The defaults suit a FUSE mount on a local PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Bytes of decoded blocks kept in memory, shared by every volume of the engine.
+    pub block_cache_bytes: u64,
+    /// Dirty bytes buffered per open file before a write flushes them to the backend.
+    pub write_buffer_bytes: u64,
+    /// How often the engine proves to the store that its session is alive.
+    pub heartbeat_interval: Duration,
+    /// A session silent for this long is dead; its orphans are reclaimed.
+    pub session_timeout: Duration,
+    /// Source of timestamps.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            block_cache_bytes: 256 << 20,
+            write_buffer_bytes: 16 << 20,
+            heartbeat_interval: Duration::from_secs(10),
+            session_timeout: Duration::from_secs(60),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// State shared by an engine and all its volumes.
+struct Shared {
+    backend: Arc<dyn Backend>,
+    config: EngineConfig,
+    cache: BlockCache,
+    session: u64,
+}
+
+impl Shared {
+    fn now(&self) -> Timestamp {
+        self.config.clock.now()
+    }
+}
+
+/// The entry point: a backend plus tenant administration. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("backend", &self.shared.backend.kind())
+            .field("session", &self.shared.session)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Open the store named by `url` (`memory://` or `postgres://…`) and register a session.
+    pub async fn open(url: &str, config: EngineConfig) -> FsResult<Engine> {
+        let backend = backend::open(url).await?;
+        Engine::with_backend(backend, config).await
+    }
+
+    /// An engine over an existing backend (several engines may share one, as several machines
+    /// share one database).
+    pub async fn with_backend(backend: Arc<dyn Backend>, config: EngineConfig) -> FsResult<Engine> {
+        let now = config.clock.now();
+        let session = backend
+            .open_session(&format!("tarbox-fs pid {}", std::process::id()), now)
+            .await?;
+        let cache = BlockCache::new(config.block_cache_bytes);
+        let shared = Arc::new(Shared {
+            backend,
+            config,
+            cache,
+            session,
+        });
+        spawn_heartbeat(Arc::downgrade(&shared));
+        Ok(Engine { shared })
+    }
+
+    /// The backend, for tools that need storage-level access (migrations, fsck).
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.shared.backend
+    }
+
+    /// Open the tenant's tree for file operations, writing to its head layer.
+    pub async fn volume(&self, tenant: &str) -> FsResult<Volume> {
+        self.volume_with(tenant, VolumeOptions::default()).await
+    }
+
+    /// Open the tenant's tree with options (read-only, or a read-only view of a checkpoint).
+    pub async fn volume_with(&self, tenant: &str, options: VolumeOptions) -> FsResult<Volume> {
+        let record = self.active_tenant(tenant).await?;
+        let read_only = options.read_only || options.layer.is_some();
+        let view = match &options.layer {
+            None => build_view(self.shared.backend.as_ref(), record.id, record.head_layer).await?,
+            Some(name) => {
+                let layers = self.shared.backend.layers(record.id).await?;
+                let layer = layers
+                    .iter()
+                    .find(|l| l.name.as_deref() == Some(name.as_str()) || l.id.0.to_string() == *name)
+                    .ok_or_else(|| FsError::BadInput(format!("layer {name:?} not found in tenant {tenant:?}")))?;
+                build_view(self.shared.backend.as_ref(), record.id, layer.id).await?
+            }
+        };
+        let volume = Volume {
+            inner: Arc::new(VolumeInner {
+                shared: self.shared.clone(),
+                tenant: record,
+                view: RwLock::new(view),
+                pinned: options.layer.is_some(),
+                read_only,
+                inos: Mutex::new(0..0),
+                handles: Mutex::new(HashMap::new()),
+                next_handle: AtomicU64::new(1),
+                open_files: Mutex::new(HashMap::new()),
+            }),
+        };
+        if !read_only {
+            volume.reclaim_orphans().await?;
+        }
+        Ok(volume)
+    }
+
+    /// End the engine's session: its orphans become reclaimable at once.
+    pub async fn close(&self) -> FsResult<()> {
+        self.shared.backend.close_session(self.shared.session).await?;
+        Ok(())
+    }
+}
+
+fn spawn_heartbeat(shared: std::sync::Weak<Shared>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        loop {
+            let interval = match shared.upgrade() {
+                Some(s) => s.config.heartbeat_interval,
+                None => return,
+            };
+            tokio::time::sleep(interval).await;
+            let Some(s) = shared.upgrade() else { return };
+            if let Err(e) = s.backend.heartbeat(s.session, s.now()).await {
+                warn!(error = %e, "session heartbeat failed");
+            }
+        }
+    });
+}
+
+/// The chain of layers from `head` down to the base.
+async fn build_view(backend: &dyn Backend, tenant: TenantId, head: LayerId) -> FsResult<LayerView> {
+    let layers = backend.layers(tenant).await?;
+    let by_id: HashMap<LayerId, Option<LayerId>> = layers.iter().map(|l| (l.id, l.parent)).collect();
+    let mut chain = vec![head];
+    let mut cur = head;
+    while let Some(parent) = by_id.get(&cur).copied().flatten() {
+        chain.push(parent);
+        cur = parent;
+    }
+    if !by_id.contains_key(&head) {
+        return Err(BackendError::Corrupt(format!("tenant {} has no layer {head}", tenant.0)).into());
+    }
+    Ok(LayerView {
+        tenant,
+        chain: chain.into(),
+    })
+}
+
+/// How a volume is opened.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeOptions {
+    /// Refuse every change with `EROFS`.
+    pub read_only: bool,
+    /// Show the tree as it was at this checkpoint (by name or id); implies read-only.
+    pub layer: Option<String>,
+}
+
+/// One tenant's tree. Cheap to clone; all clones share open handles.
+#[derive(Clone)]
+pub struct Volume {
+    inner: Arc<VolumeInner>,
+}
+
+impl fmt::Debug for Volume {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Volume")
+            .field("tenant", &self.inner.tenant.name)
+            .field("read_only", &self.inner.read_only)
+            .finish()
+    }
+}
+
+struct VolumeInner {
+    shared: Arc<Shared>,
+    tenant: TenantRecord,
+    view: RwLock<LayerView>,
+    /// A time-travel view never follows the tenant's head.
+    pinned: bool,
+    read_only: bool,
+    /// Inode numbers reserved from the store and not yet used.
+    inos: Mutex<std::ops::Range<u64>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
+    /// Files with at least one open handle, shared by all handles of the same inode so every
+    /// handle sees the others' buffered writes.
+    open_files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+}
+
+/// What a handle refers to.
+#[derive(Clone)]
+enum Handle {
+    File {
+        file: Arc<OpenFile>,
+        read: bool,
+        write: bool,
+        append: bool,
+    },
+    Dir {
+        ino: Ino,
+    },
+}
+
+/// How many inode numbers a volume reserves from the store at once.
+const INO_BATCH: u64 = 256;
+/// How often an operation is retried after conflicts before giving up with `EIO`.
+const MAX_ATTEMPTS: u32 = 64;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Volume {
+    /// The tenant this volume belongs to.
+    pub fn tenant_name(&self) -> &str {
+        &self.inner.tenant.name
+    }
+
+    /// Whether every change is refused.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    fn backend(&self) -> &dyn Backend {
+        self.inner.shared.backend.as_ref()
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.shared.now()
+    }
+
+    fn view(&self) -> LayerView {
+        self.inner
+            .view
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn reader(&self) -> Box<dyn StoreRead> {
+        self.backend().reader(&self.view())
+    }
+
+    fn block_size(&self) -> u64 {
+        u64::from(self.inner.tenant.block_size)
+    }
+
+    fn ensure_writable(&self) -> FsResult<()> {
+        if self.inner.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Begin a transaction holding locks on `locks` (deduplicated and sorted here).
+    async fn begin(&self, locks: &[Ino]) -> FsResult<Box<dyn StoreTxn>> {
+        let mut locks = locks.to_vec();
+        locks.sort_unstable();
+        locks.dedup();
+        Ok(self.backend().begin(&self.view(), &locks).await?)
+    }
+
+    /// Run `op` until it succeeds or fails for a reason other than a conflict. Each attempt is a
+    /// whole operation (lookups, checks, one transaction), so a retry decides afresh.
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> FsResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = FsResult<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Err(e) if e.is_retryable() && attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    if matches!(e, FsError::Backend(BackendError::StaleView)) {
+                        self.refresh_view().await?;
+                    }
+                    debug!(attempt, "retrying after conflict");
+                    // Spread out engines that keep colliding on the same rows.
+                    let jitter = u64::from(attempt.min(10)) * (100 + u64::from(std::process::id() % 100));
+                    tokio::time::sleep(Duration::from_micros(jitter)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Re-read the tenant's head layer after another engine moved it.
+    async fn refresh_view(&self) -> FsResult<()> {
+        if self.inner.pinned {
+            return Ok(());
+        }
+        let tenant = self.inner.tenant.id;
+        let record = self
+            .backend()
+            .tenant_by_id(tenant)
+            .await?
+            .ok_or(BackendError::TenantGone)?;
+        let view = build_view(self.backend(), tenant, record.head_layer).await?;
+        *self.inner.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+        Ok(())
+    }
+
+    /// A fresh inode number.
+    async fn alloc_ino(&self) -> FsResult<Ino> {
+        {
+            let mut range = lock(&self.inner.inos);
+            if let Some(n) = range.next() {
+                return Ok(Ino(n));
+            }
+        }
+        let first = self
+            .backend()
+            .alloc_inodes(self.inner.tenant.id, INO_BATCH)
+            .await?;
+        let mut range = lock(&self.inner.inos);
+        *range = first + 1..first + INO_BATCH;
+        Ok(Ino(first))
+    }
+
+    fn new_handle(&self, handle: Handle) -> FileHandle {
+        let id = self.inner.next_handle.fetch_add(1, Ordering::Relaxed);
+        lock(&self.inner.handles).insert(id, handle);
+        FileHandle(id)
+    }
+
+    fn handle(&self, fh: FileHandle) -> FsResult<Handle> {
+        lock(&self.inner.handles)
+            .get(&fh.0)
+            .cloned()
+            .ok_or(FsError::BadHandle)
+    }
+
+    fn take_handle(&self, fh: FileHandle) -> FsResult<Handle> {
+        lock(&self.inner.handles)
+            .remove(&fh.0)
+            .ok_or(FsError::BadHandle)
+    }
+
+    /// The inode, from inside a transaction; `ENOENT` if absent.
+    async fn inode_in(txn: &mut dyn StoreRead, ino: Ino) -> FsResult<Inode> {
+        txn.inode(ino).await?.ok_or(FsError::NotFound)
+    }
+
+    /// Reclaim inodes left open-but-unlinked by sessions that died.
+    async fn reclaim_orphans(&self) -> FsResult<()> {
+        let timeout = i64::try_from(self.shared().config.session_timeout.as_nanos()).unwrap_or(i64::MAX);
+        let stale_before = Timestamp(self.now().0.saturating_sub(timeout));
+        let orphans = self
+            .backend()
+            .dead_orphans(self.inner.tenant.id, stale_before)
+            .await?;
+        for orphan in orphans {
+            debug!(ino = %orphan.ino, "reclaiming orphan of a dead session");
+            self.retrying(|| self.destroy_inode(orphan.ino)).await?;
+        }
+        Ok(())
+    }
+
+    /// Delete an inode whose last name and last handle are gone, returning its quota.
+    async fn destroy_inode(&self, ino: Ino) -> FsResult<()> {
+        let mut txn = self.begin(&[ino]).await?;
+        if let Some(inode) = txn.inode(ino).await? {
+            if inode.nlink == 0 {
+                txn.remove_inode(ino).await?;
+                let bytes = charged_bytes(&inode);
+                // Refunds never fail.
+                let _ = txn.charge(-(bytes as i64), -1).await?;
+            }
+        }
+        txn.remove_orphan(ino).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+/// Bytes an inode counts against the byte quota: its size rounded up to 4 KiB, as `du` would
+/// roughly show for a dense file. Symlink targets count as their length.
+fn charged_bytes(inode: &Inode) -> u64 {
+    align4k(inode.size)
+}
+
+fn align4k(n: u64) -> u64 {
+    n.div_ceil(4096).saturating_mul(4096)
+}

@@ -1,0 +1,234 @@
+//! Tenant administration: create, list, inspect, change quotas, delete and purge.
+//!
+//! A tenant name is a DNS-style name (RFC 1123 subdomain: lowercase letters, digits, `-` and `.`,
+//! up to 253 characters, labels of at most 63 that start and end alphanumerically) so it can be a
+//! Kubernetes PVC or namespace-derived name unchanged.
+
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use super::Engine;
+use crate::backend::{Compression, NewTenant, TenantRecord, TenantState};
+use crate::error::{BackendError, FsError, FsResult};
+use crate::types::{FileType, Ino, Inode, Quota, Timestamp, Usage};
+
+/// Default block size: large enough that a PostgreSQL row per block keeps up with sequential I/O,
+/// small enough that a random 4 KiB write does not rewrite much (see docs/design.md).
+pub const DEFAULT_BLOCK_SIZE: u32 = 256 << 10;
+
+/// Options of a new tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantOptions {
+    /// Block size in bytes: a power of two from 4 KiB to 4 MiB.
+    pub block_size: u32,
+    pub compression: Compression,
+    pub quota: Quota,
+    /// Owner and mode of the root directory.
+    pub root_uid: u32,
+    pub root_gid: u32,
+    pub root_mode: u16,
+}
+
+impl Default for TenantOptions {
+    fn default() -> Self {
+        TenantOptions {
+            block_size: DEFAULT_BLOCK_SIZE,
+            compression: Compression::Zstd,
+            quota: Quota::default(),
+            root_uid: 0,
+            root_gid: 0,
+            root_mode: 0o755,
+        }
+    }
+}
+
+/// A tenant as administrators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantInfo {
+    pub name: String,
+    pub state: TenantState,
+    pub block_size: u32,
+    pub compression: Compression,
+    pub quota: Quota,
+    pub usage: Usage,
+    pub created_at: Timestamp,
+}
+
+/// Check a tenant name (RFC 1123 subdomain, at most 253 characters), naming what is wrong.
+pub fn validate_tenant_name(name: &str) -> FsResult<()> {
+    let bad = |why: &str| Err(FsError::BadInput(format!("invalid tenant name {name:?}: {why}")));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > 253 {
+        return bad("longer than 253 characters");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return bad("empty label between dots");
+        }
+        if label.len() > 63 {
+            return bad("a label is longer than 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return bad("only lowercase letters, digits, '-' and '.' are allowed");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("labels must start and end with a letter or digit");
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Create a tenant with an empty root directory. `EEXIST` if the name is taken.
+    pub async fn create_tenant(&self, name: &str, options: TenantOptions) -> FsResult<TenantInfo> {
+        validate_tenant_name(name)?;
+        let bs = options.block_size;
+        if !bs.is_power_of_two() || !(4096..=4 << 20).contains(&bs) {
+            return Err(FsError::BadInput(format!(
+                "invalid block size {bs}: must be a power of two from 4096 to 4194304"
+            )));
+        }
+        let now = self.shared.now();
+        let root = Inode {
+            ino: Ino::ROOT,
+            kind: FileType::Directory,
+            perm: options.root_mode & 0o7777,
+            uid: options.root_uid,
+            gid: options.root_gid,
+            nlink: 2,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            btime: now,
+            rdev: 0,
+            parent: Ino::ROOT,
+            target: Vec::new(),
+        };
+        let new = NewTenant {
+            name: name.to_string(),
+            block_size: bs,
+            compression: options.compression,
+            quota: options.quota,
+            root,
+            created_at: now,
+        };
+        let record = self.shared.backend.create_tenant(&new).await.map_err(|e| match e {
+            BackendError::TenantExists => FsError::TenantExists(name.to_string()),
+            e => e.into(),
+        })?;
+        info!(tenant = name, block_size = bs, "tenant created");
+        self.info_of(record).await
+    }
+
+    /// Every tenant, deleted ones included, sorted by name.
+    pub async fn list_tenants(&self) -> FsResult<Vec<TenantInfo>> {
+        let mut out = Vec::new();
+        for record in self.shared.backend.list_tenants().await? {
+            out.push(self.info_of(record).await?);
+        }
+        Ok(out)
+    }
+
+    /// One tenant, active or deleted.
+    pub async fn tenant_info(&self, name: &str) -> FsResult<TenantInfo> {
+        let record = self.tenant_record(name).await?;
+        self.info_of(record).await
+    }
+
+    /// Replace a tenant's quota; applies at once to every engine using the tenant. Lowering it
+    /// below current usage refuses further growth but deletes nothing.
+    pub async fn set_quota(&self, name: &str, quota: Quota) -> FsResult<TenantInfo> {
+        let record = self.active_tenant(name).await?;
+        self.shared.backend.set_quota(record.id, quota).await?;
+        self.tenant_info(name).await
+    }
+
+    /// Mark a tenant deleted: new volumes and transactions are refused at once; its data is removed
+    /// by [`Engine::purge_deleted_tenants`].
+    pub async fn delete_tenant(&self, name: &str) -> FsResult<()> {
+        let record = self.tenant_record(name).await?;
+        self.shared.backend.mark_tenant_deleted(record.id).await?;
+        info!(tenant = name, "tenant marked deleted");
+        Ok(())
+    }
+
+    /// Remove the rows of every tenant marked deleted. Returns the names purged.
+    pub async fn purge_deleted_tenants(&self) -> FsResult<Vec<String>> {
+        let mut purged = Vec::new();
+        for record in self.shared.backend.list_tenants().await? {
+            if record.state == TenantState::Deleted {
+                self.shared.backend.purge_tenant(record.id).await?;
+                info!(tenant = %record.name, "tenant purged");
+                purged.push(record.name);
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Start a background task that purges deleted tenants every `interval`.
+    pub fn spawn_purger(&self, interval: std::time::Duration) -> tokio::task::JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if let Err(e) = engine.purge_deleted_tenants().await {
+                    tracing::warn!(error = %e, "purging deleted tenants failed");
+                }
+            }
+        })
+    }
+
+    async fn tenant_record(&self, name: &str) -> FsResult<TenantRecord> {
+        self.shared
+            .backend
+            .tenant_by_name(name)
+            .await?
+            .ok_or_else(|| FsError::TenantNotFound(name.to_string()))
+    }
+
+    /// The tenant, refusing deleted ones as not found.
+    pub(super) async fn active_tenant(&self, name: &str) -> FsResult<TenantRecord> {
+        let record = self.tenant_record(name).await?;
+        if record.state != TenantState::Active {
+            return Err(FsError::TenantNotFound(name.to_string()));
+        }
+        Ok(record)
+    }
+
+    async fn info_of(&self, record: TenantRecord) -> FsResult<TenantInfo> {
+        let usage = self.shared.backend.usage(record.id).await?;
+        Ok(TenantInfo {
+            name: record.name,
+            state: record.state,
+            block_size: record.block_size,
+            compression: record.compression,
+            quota: record.quota,
+            usage,
+            created_at: record.created_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_tenant_name;
+
+    #[test]
+    fn tenant_names_are_dns_subdomains() {
+        for ok in ["a", "agent-1", "pvc-0a1b.ns.cluster", &"a".repeat(63)] {
+            assert!(validate_tenant_name(ok).is_ok(), "{ok}");
+        }
+        let long = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61));
+        assert_eq!(long.len(), 253);
+        assert!(validate_tenant_name(&long).is_ok());
+        for bad in ["", "A", "-a", "a-", "a..b", "a_b", &"a".repeat(64), &format!("{long}x")] {
+            assert!(validate_tenant_name(bad).is_err(), "{bad}");
+        }
+    }
+}

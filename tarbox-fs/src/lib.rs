@@ -1,0 +1,39 @@
+//! # tarbox-fs
+//!
+//! The Tarbox filesystem engine: a multi-tenant POSIX filesystem whose metadata and data live in a
+//! storage backend (PostgreSQL or memory), with copy-on-write layers underneath.
+//!
+//! Every rule lives here — name validation, permission checks, inode allocation, quotas, layer
+//! resolution — so that frontends (the FUSE mount, the CLI, the CSI driver) only translate their
+//! protocol into calls on a [`Volume`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tarbox_fs::FsError> {
+//! use tarbox_fs::{Caller, Engine, EngineConfig, Ino, TenantOptions};
+//!
+//! let engine = Engine::open("memory://", EngineConfig::default()).await?;
+//! engine.create_tenant("agent-1", TenantOptions::default()).await?;
+//! let volume = engine.volume("agent-1").await?;
+//! let me = Caller::root();
+//!
+//! let (attr, fh) = volume.create(&me, Ino::ROOT, b"hello.txt", 0o644, libc::O_WRONLY).await?;
+//! volume.write(&me, fh, 0, b"hello, world\n").await?;
+//! volume.release(&me, fh).await?;
+//!
+//! let fh = volume.open(&me, attr.ino, libc::O_RDONLY).await?;
+//! assert_eq!(&volume.read(&me, fh, 0, 100).await?[..], b"hello, world\n");
+//! volume.release(&me, fh).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod backend;
+mod engine;
+pub mod error;
+pub mod types;
+
+pub use backend::{Backend, Compression, LayerRecord, TenantRecord, TenantState};
+pub use engine::{Engine, EngineConfig, TenantInfo, TenantOptions, Volume, VolumeOptions};
+pub use error::{BackendError, FsError, FsResult, QuotaKind};
+pub use types::*;

@@ -1,0 +1,379 @@
+//! Value types shared by the engine, the backends and the frontends.
+//!
+//! Everything here is plain data: newtypes for identifiers so an inode number can never be passed
+//! where a handle is expected, `FileType` as an enum rather than mode bits, and set-or-keep
+//! structures for `setattr`. No type here knows about FUSE, gRPC or SQL.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// An inode number, unique within one tenant and never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Ino(pub u64);
+
+impl Ino {
+    /// The root directory of every tenant.
+    pub const ROOT: Ino = Ino(1);
+}
+
+impl fmt::Display for Ino {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A tenant's database identifier. Frontends address tenants by name; ids stay internal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TenantId(pub i64);
+
+/// A layer's identifier. Ids grow monotonically within a store, so along any chain from a layer to
+/// the base a child always has a larger id than its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LayerId(pub i64);
+
+impl fmt::Display for LayerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An open file or directory handle issued by a [`crate::Volume`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileHandle(pub u64);
+
+/// The kind of an inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    Regular,
+    Directory,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+}
+
+impl FileType {
+    /// The `S_IFMT` bits of this type.
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileType::Regular => libc::S_IFREG,
+            FileType::Directory => libc::S_IFDIR,
+            FileType::Symlink => libc::S_IFLNK,
+            FileType::CharDevice => libc::S_IFCHR,
+            FileType::BlockDevice => libc::S_IFBLK,
+            FileType::Fifo => libc::S_IFIFO,
+            FileType::Socket => libc::S_IFSOCK,
+        }
+    }
+
+    /// The type named by the `S_IFMT` bits of `mode`, if any.
+    pub fn from_mode(mode: u32) -> Option<FileType> {
+        Some(match mode & libc::S_IFMT {
+            libc::S_IFREG => FileType::Regular,
+            libc::S_IFDIR => FileType::Directory,
+            libc::S_IFLNK => FileType::Symlink,
+            libc::S_IFCHR => FileType::CharDevice,
+            libc::S_IFBLK => FileType::BlockDevice,
+            libc::S_IFIFO => FileType::Fifo,
+            libc::S_IFSOCK => FileType::Socket,
+            _ => return None,
+        })
+    }
+
+    /// Compact code used by storage backends.
+    pub fn code(self) -> i16 {
+        match self {
+            FileType::Regular => 1,
+            FileType::Directory => 2,
+            FileType::Symlink => 3,
+            FileType::CharDevice => 4,
+            FileType::BlockDevice => 5,
+            FileType::Fifo => 6,
+            FileType::Socket => 7,
+        }
+    }
+
+    /// Inverse of [`FileType::code`].
+    pub fn from_code(code: i16) -> Option<FileType> {
+        Some(match code {
+            1 => FileType::Regular,
+            2 => FileType::Directory,
+            3 => FileType::Symlink,
+            4 => FileType::CharDevice,
+            5 => FileType::BlockDevice,
+            6 => FileType::Fifo,
+            7 => FileType::Socket,
+            _ => return None,
+        })
+    }
+}
+
+/// A point in time with nanosecond precision, as nanoseconds since the Unix epoch (may be negative).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    pub fn from_system(t: SystemTime) -> Timestamp {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timestamp(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+            Err(e) => Timestamp(-i64::try_from(e.duration().as_nanos()).unwrap_or(i64::MAX)),
+        }
+    }
+
+    pub fn to_system(self) -> SystemTime {
+        if self.0 >= 0 {
+            UNIX_EPOCH + Duration::from_nanos(self.0 as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_nanos(self.0.unsigned_abs())
+        }
+    }
+
+    /// Whole seconds and the nanosecond remainder, as `struct timespec` holds them.
+    pub fn secs_nanos(self) -> (i64, u32) {
+        (self.0.div_euclid(1_000_000_000), self.0.rem_euclid(1_000_000_000) as u32)
+    }
+}
+
+/// Source of the current time. Library code never reads the system clock directly, so tests can
+/// inject a clock.
+pub trait Clock: Send + Sync + fmt::Debug {
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_system(SystemTime::now())
+    }
+}
+
+/// One stored version of an inode: what `stat` shows plus what the engine needs to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inode {
+    pub ino: Ino,
+    pub kind: FileType,
+    /// Permission bits including suid, sgid and sticky (`0o7777`).
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub btime: Timestamp,
+    pub rdev: u32,
+    /// The containing directory of a directory (its `..`); for other kinds the directory the inode
+    /// was created in, kept for diagnostics only.
+    pub parent: Ino,
+    /// The target of a symlink; empty for other kinds.
+    pub target: Vec<u8>,
+}
+
+impl Inode {
+    /// `st_mode`: type bits and permission bits.
+    pub fn mode(&self) -> u32 {
+        self.kind.mode_bits() | u32::from(self.perm)
+    }
+}
+
+/// Attributes as a frontend reports them to a caller (`struct stat`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileAttr {
+    pub ino: Ino,
+    pub kind: FileType,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// 512-byte units, as `st_blocks`.
+    pub blocks: u64,
+    pub blksize: u32,
+    pub atime: Timestamp,
+    pub mtime: Timestamp,
+    pub ctime: Timestamp,
+    pub btime: Timestamp,
+    pub rdev: u32,
+}
+
+impl FileAttr {
+    pub fn mode(&self) -> u32 {
+        self.kind.mode_bits() | u32::from(self.perm)
+    }
+}
+
+/// A timestamp assignment in `setattr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSet {
+    /// The engine's current time (`UTIME_NOW`); permitted to anyone with write access.
+    Now,
+    /// An explicit time; permitted to the owner only.
+    At(Timestamp),
+}
+
+/// A `setattr` request: every field is "set to this" or `None` for "keep".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    /// New permission bits (type bits are ignored).
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    /// An explicit ctime; only honoured for callers with `CAP_FOWNER` semantics (root).
+    pub ctime: Option<Timestamp>,
+    /// The handle the change is made through (`ftruncate`), if any: a handle opened for writing
+    /// permits truncation even if the mode no longer does.
+    pub handle: Option<FileHandle>,
+}
+
+/// Kubernetes identity of a caller, filled in by the CSI driver when it knows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+}
+
+/// Who performs an operation. Every engine call takes one; frontends build it from their protocol.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    pub pid: u32,
+    pub pod: Option<Arc<PodIdentity>>,
+}
+
+impl Caller {
+    /// The superuser, as used by administrative tools.
+    pub fn root() -> Caller {
+        Caller::default()
+    }
+
+    pub fn new(uid: u32, gid: u32) -> Caller {
+        Caller {
+            uid,
+            gid,
+            ..Caller::default()
+        }
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// Whether the caller belongs to `gid` as primary or supplementary group.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.contains(&gid)
+    }
+}
+
+/// `rename` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RenameFlags {
+    /// `RENAME_NOREPLACE`: fail with `EEXIST` if the target exists.
+    pub no_replace: bool,
+    /// `RENAME_EXCHANGE`: atomically swap source and target, both of which must exist.
+    pub exchange: bool,
+}
+
+impl RenameFlags {
+    /// Decode Linux `renameat2` flags; unknown bits give `None`.
+    pub fn from_linux(flags: u32) -> Option<RenameFlags> {
+        const NOREPLACE: u32 = 1;
+        const EXCHANGE: u32 = 2;
+        if flags & !(NOREPLACE | EXCHANGE) != 0 {
+            return None;
+        }
+        Some(RenameFlags {
+            no_replace: flags & NOREPLACE != 0,
+            exchange: flags & EXCHANGE != 0,
+        })
+    }
+}
+
+/// `setxattr` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XattrMode {
+    /// Create or replace.
+    #[default]
+    Any,
+    /// `XATTR_CREATE`: fail with `EEXIST` if present.
+    Create,
+    /// `XATTR_REPLACE`: fail with `ENODATA` if absent.
+    Replace,
+}
+
+/// `fallocate` modes the engine supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FallocateMode {
+    /// `FALLOC_FL_KEEP_SIZE`: do not change the file size.
+    pub keep_size: bool,
+    /// `FALLOC_FL_PUNCH_HOLE` (requires `keep_size`): zero the range and release its blocks.
+    pub punch_hole: bool,
+    /// `FALLOC_FL_ZERO_RANGE`: zero the range.
+    pub zero_range: bool,
+}
+
+impl FallocateMode {
+    /// Decode Linux `fallocate` mode bits; unsupported bits give `None`.
+    pub fn from_linux(mode: i32) -> Option<FallocateMode> {
+        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 {
+            return None;
+        }
+        Some(FallocateMode {
+            keep_size: mode & libc::FALLOC_FL_KEEP_SIZE != 0,
+            punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
+            zero_range: mode & libc::FALLOC_FL_ZERO_RANGE != 0,
+        })
+    }
+}
+
+/// One directory entry as `readdir` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: FileType,
+    /// The offset to pass to the next `readdir` call to continue after this entry.
+    pub next_offset: u64,
+}
+
+/// `statfs` results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatFs {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_available: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub name_max: u32,
+}
+
+/// Byte and inode limits of a tenant; `None` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Quota {
+    pub bytes: Option<u64>,
+    pub inodes: Option<u64>,
+}
+
+/// What a tenant uses, as counted against its [`Quota`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
