@@ -98,12 +98,18 @@ fn access_mode(flags: i32) -> FsResult<(bool, bool)> {
 
 impl Volume {
     /// Open an existing inode. `flags` are `open(2)` flags: the access mode, `O_TRUNC` and
-    /// `O_APPEND` are honoured. `EISDIR` for writing a directory, `EACCES`, `EROFS`.
+    /// `O_APPEND` are honoured. `EISDIR` for writing a directory, `ELOOP` for a symlink, `EACCES`,
+    /// `EROFS`.
     pub async fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<FileHandle> {
         let inode = self.reader().inode(ino).await?.ok_or(FsError::NotFound)?;
         let (read, write) = access_mode(flags)?;
         if inode.kind == FileType::Directory && (write || flags & libc::O_TRUNC != 0) {
             return Err(FsError::IsDir);
+        }
+        if inode.kind == FileType::Symlink {
+            // Symlinks are resolved by the caller; opening the link itself is `O_NOFOLLOW`'s
+            // ELOOP (a write through such a handle would corrupt the link's size).
+            return Err(FsError::Loop);
         }
         if write && self.inner.read_only {
             return Err(FsError::ReadOnly);
@@ -182,6 +188,20 @@ impl Volume {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Flush the buffered writes of every open file (before an unmount). Handles stay open.
+    pub async fn flush_all(&self) -> FsResult<()> {
+        let files: Vec<Arc<OpenFile>> = lock(&self.inner.open_files).values().cloned().collect();
+        let mut first_error = None;
+        for file in files {
+            let mut st = file.state.lock().await;
+            if let Err(e) = self.flush_file(file.ino, &mut st).await {
+                tracing::error!(ino = %file.ino, error = %e, "flushing buffered writes failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     pub(crate) fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {

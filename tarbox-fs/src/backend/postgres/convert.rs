@@ -37,7 +37,8 @@ pub(super) fn map_err(e: sqlx::Error) -> BackendError {
                 // connection_exception class, admin/crash shutdown, cannot_connect_now,
                 // too_many_connections
                 Some(c)
-                    if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300") =>
+                    if c.starts_with("08")
+                        || matches!(c, "57P01" | "57P02" | "57P03" | "53300") =>
                 {
                     BackendError::Unavailable(db.message().to_owned())
                 }
@@ -101,11 +102,8 @@ pub(super) fn block_hash(bytes: &[u8]) -> Result<BlockHash, BackendError> {
         .map_err(|_| BackendError::Corrupt(format!("block hash of {} bytes", bytes.len())))
 }
 
-/// Columns of `inodes` that [`inode_from_row`] reads, in SELECT-list form.
-pub(super) const INODE_COLUMNS: &str =
-    "tombstone, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, btime, rdev, parent, target";
-
-/// Decode an `inodes` row selected with [`INODE_COLUMNS`]; `None` for a tombstone.
+/// Decode an `inodes` row (columns `tombstone, kind, perm, uid, gid, nlink, size, atime, mtime,
+/// ctime, btime, rdev, parent, target`); `None` for a tombstone.
 pub(super) fn inode_from_row(ino: Ino, row: &PgRow) -> Result<Option<Inode>, BackendError> {
     if col::<bool>(row, "tombstone")? {
         return Ok(None);
@@ -130,9 +128,18 @@ pub(super) fn inode_from_row(ino: Ino, row: &PgRow) -> Result<Option<Inode>, Bac
     }))
 }
 
-/// Columns of `tenants` that [`tenant_from_row`] reads.
-pub(super) const TENANT_COLUMNS: &str = "id, name, state, head_layer, block_size, compression, \
-     quota_bytes, quota_inodes, created_at";
+/// `SELECT` of the `tenants` columns that [`tenant_from_row`] reads, followed by the rest of the
+/// query (a literal, so queries stay `&'static str`).
+macro_rules! select_tenants {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, name, state, head_layer, block_size, compression, quota_bytes, \
+             quota_inodes, created_at FROM tenants ",
+            $rest
+        )
+    };
+}
+pub(super) use select_tenants;
 
 pub(super) fn tenant_from_row(row: &PgRow) -> Result<TenantRecord, BackendError> {
     let state: i16 = col(row, "state")?;

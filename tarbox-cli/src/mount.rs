@@ -1,0 +1,171 @@
+//! `tarbox mount` and `tarbox umount`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use tarbox_fs::{FsError, TenantOptions, VolumeOptions};
+use tarbox_fuse::{CacheTimeouts, MountOptions};
+use tracing::{info, warn};
+
+use crate::Context;
+
+pub const EXAMPLES: &str = "\
+Examples:
+  tarbox mount /mnt/scratch                                   # in-memory, vanishes at unmount
+  tarbox --database postgres://localhost/tarbox mount --tenant agent-1 /mnt/agent-1
+  tarbox mount --tenant agent-1 --layer before-refactor --allow-other /mnt/snapshot
+  tarbox mount -o max_read=131072 /mnt/scratch";
+
+/// Tenant used when none is named.
+const DEFAULT_TENANT: &str = "default";
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Directory to mount on.
+    mountpoint: PathBuf,
+    /// Tenant to mount (default: the config file's `tenant`, else "default").
+    #[arg(long, short = 't')]
+    tenant: Option<String>,
+    /// Create the tenant if it does not exist (always done for the in-memory store).
+    #[arg(long)]
+    create: bool,
+    /// Refuse every change.
+    #[arg(long)]
+    read_only: bool,
+    /// Mount a checkpoint read-only (time travel), by name or id.
+    #[arg(long, value_name = "NAME")]
+    layer: Option<String>,
+    /// Let other users access the mount (needed for pods and for tests that switch users).
+    #[arg(long)]
+    allow_other: bool,
+    /// Seconds the kernel caches attributes.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    attr_timeout: f64,
+    /// Seconds the kernel caches name lookups.
+    #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+    entry_timeout: f64,
+    /// Decoded block cache size (e.g. 256MiB).
+    #[arg(long, default_value = "256MiB", value_name = "SIZE")]
+    cache_size: String,
+    /// Extra FUSE mount options, comma separated or repeated (`-o allow_other,ro` style).
+    #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
+    options: Vec<String>,
+}
+
+fn seconds(flag: &str, v: f64) -> Result<Duration> {
+    if !(0.0..=3600.0).contains(&v) || v.is_nan() {
+        bail!("invalid --{flag} {v}: must be between 0 and 3600 seconds");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
+    let timeouts = CacheTimeouts {
+        attr: seconds("attr-timeout", args.attr_timeout)?,
+        entry: seconds("entry-timeout", args.entry_timeout)?,
+    };
+    let cache_bytes = crate::config::parse_size(&args.cache_size).context("invalid --cache-size")?;
+    // `-o ro` and `-o allow_other` mean what the flags mean.
+    args.options.retain(|o| match o.as_str() {
+        "ro" => {
+            args.read_only = true;
+            false
+        }
+        "rw" => false,
+        "allow_other" => {
+            args.allow_other = true;
+            false
+        }
+        _ => true,
+    });
+    let url = ctx
+        .database
+        .clone()
+        .or_else(|| ctx.file.database_url.clone())
+        .unwrap_or_else(|| "memory://".to_string());
+    let in_memory = url.starts_with("memory");
+    if in_memory {
+        warn!("using the in-memory store: the contents vanish when this mount ends (pass --database to keep them)");
+    }
+    let config = tarbox_fs::EngineConfig {
+        block_cache_bytes: cache_bytes,
+        ..tarbox_fs::EngineConfig::default()
+    };
+    let engine = tarbox_fs::Engine::open(&url, config)
+        .await
+        .with_context(|| format!("cannot open storage {}", crate::redact(&url)))?;
+    let tenant = args
+        .tenant
+        .clone()
+        .or_else(|| ctx.file.tenant.clone())
+        .unwrap_or_else(|| DEFAULT_TENANT.to_string());
+    if in_memory || args.create {
+        match engine.create_tenant(&tenant, TenantOptions::default()).await {
+            Ok(_) => info!(tenant, "tenant created"),
+            Err(FsError::TenantExists(_)) => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create tenant {tenant:?}")),
+        }
+    }
+    let volume = engine
+        .volume_with(
+            &tenant,
+            VolumeOptions {
+                read_only: args.read_only,
+                layer: args.layer.clone(),
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            FsError::TenantNotFound(_) => anyhow::anyhow!(
+                "tenant {tenant:?} does not exist: create it with `tarbox tenant create {tenant}` or pass --create"
+            ),
+            e => anyhow::Error::new(e).context(format!("cannot open tenant {tenant:?}")),
+        })?;
+    let options = MountOptions {
+        allow_other: args.allow_other,
+        read_only: volume.is_read_only(),
+        timeouts,
+        extra: args.options,
+        fs_name: None,
+        threads: 2,
+    };
+    let mounted = tarbox_fuse::mount(volume, &args.mountpoint, &options)?;
+    println!("tarbox: tenant {tenant:?} mounted at {}", args.mountpoint.display());
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot install the SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = sigterm.recv() => info!("SIGTERM: unmounting"),
+            _ = sigint.recv() => info!("SIGINT: unmounting"),
+        }
+    };
+    let served = mounted.run_until(shutdown).await;
+    engine.close().await.ok();
+    served.context("the FUSE session ended with an error")?;
+    info!("unmounted");
+    Ok(())
+}
+
+/// Unmount with umount2 as root, else with fusermount3 (the setuid helper).
+pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    if !tarbox_fuse::is_mount_point(mountpoint) {
+        bail!("{} is not mounted", mountpoint.display());
+    }
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let status = cmd
+        .arg(mountpoint)
+        .status()
+        .context("cannot run fusermount3 (install the fuse3 package)")?;
+    if !status.success() {
+        bail!("fusermount3 -u {} failed ({status}); is it busy? try --lazy", mountpoint.display());
+    }
+    Ok(())
+}

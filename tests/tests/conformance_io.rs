@@ -1,0 +1,486 @@
+//! File data: open and create flags, read and write at any offset, sparse files, truncate,
+//! fsync/flush/release, fallocate, and files unlinked while open.
+//!
+//! Tests that need many blocks use a tenant with 4 KiB blocks so block boundaries are cheap to
+//! cross. Expected results are those of Linux on ext4/tmpfs.
+
+use tarbox_fs::{Caller, FallocateMode, FileHandle, Ino, SetAttr, TenantOptions};
+use tarbox_tests::{TestVolume, alice, assert_errno, backend_tests, bob, now};
+
+const BS: usize = 4096;
+
+/// A tenant on the same store with 4 KiB blocks.
+async fn small_blocks(t: &TestVolume) -> TestVolume {
+    t.new_tenant(TenantOptions {
+        block_size: BS as u32,
+        ..TenantOptions::default()
+    })
+    .await
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different for each seed.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Open an existing path as `caller`.
+async fn open(t: &TestVolume, caller: &Caller, path: &str, flags: i32) -> FileHandle {
+    let ino = t.ino(path).await;
+    t.volume
+        .open(caller, ino, flags)
+        .await
+        .unwrap_or_else(|e| panic!("open {path} with flags {flags:#o}: {e}"))
+}
+
+/// Write all of `data` at `offset` through a handle.
+async fn pwrite(t: &TestVolume, fh: FileHandle, offset: u64, data: &[u8]) {
+    let n = t
+        .volume
+        .write(&Caller::root(), fh, offset, data)
+        .await
+        .unwrap_or_else(|e| panic!("write {} bytes at {offset}: {e}", data.len()));
+    assert_eq!(n as usize, data.len(), "short write at {offset}");
+}
+
+async fn pread(t: &TestVolume, fh: FileHandle, offset: u64, size: u32) -> Vec<u8> {
+    t.volume
+        .read(&Caller::root(), fh, offset, size)
+        .await
+        .unwrap_or_else(|e| panic!("read {size} bytes at {offset}: {e}"))
+        .to_vec()
+}
+
+async fn release(t: &TestVolume, fh: FileHandle) {
+    t.volume.release(&Caller::root(), fh).await.expect("release");
+}
+
+async fn set_size(t: &TestVolume, ino: Ino, size: u64, handle: Option<FileHandle>) {
+    let set = SetAttr {
+        size: Some(size),
+        handle,
+        ..SetAttr::default()
+    };
+    t.volume
+        .setattr(&Caller::root(), ino, &set)
+        .await
+        .unwrap_or_else(|e| panic!("truncate to {size}: {e}"));
+}
+
+fn fallocate_mode(keep_size: bool, punch_hole: bool, zero_range: bool) -> FallocateMode {
+    FallocateMode {
+        keep_size,
+        punch_hole,
+        zero_range,
+    }
+}
+
+backend_tests! {
+    async fn create_exclusive_and_existing(t: TestVolume) {
+        let root = Caller::root();
+        let v = &t.volume;
+        let excl = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+        let (attr, fh) = v.create(&root, Ino::ROOT, b"f", 0o640, excl).await.expect("create");
+        assert_eq!(attr.perm, 0o640);
+        assert_eq!(attr.size, 0);
+        pwrite(&t, fh, 0, b"kept").await;
+        release(&t, fh).await;
+        assert_errno!(v.create(&root, Ino::ROOT, b"f", 0o644, excl).await, libc::EEXIST);
+
+        // Without O_EXCL the existing file is opened as is.
+        let (again, fh) = v.create(&root, Ino::ROOT, b"f", 0o600, libc::O_RDWR | libc::O_CREAT).await.expect("reopen");
+        assert_eq!(again.ino, attr.ino);
+        assert_eq!(again.perm, 0o640, "the mode of an existing file is not changed");
+        assert_eq!(pread(&t, fh, 0, 100).await, b"kept");
+        release(&t, fh).await;
+
+        // With O_TRUNC it is emptied.
+        let (_, fh) = v.create(&root, Ino::ROOT, b"f", 0o600, libc::O_WRONLY | libc::O_TRUNC).await.expect("create O_TRUNC");
+        assert_eq!(v.getattr(&root, attr.ino).await.expect("getattr").size, 0);
+        release(&t, fh).await;
+        assert_eq!(t.read_file("/f").await, b"");
+
+        t.mkdir_p("/d").await;
+        assert_errno!(v.create(&root, Ino::ROOT, b"d", 0o644, libc::O_WRONLY).await, libc::EISDIR);
+        assert_errno!(v.create(&root, Ino::ROOT, b"d", 0o644, excl).await, libc::EEXIST);
+    }
+
+    async fn open_with_o_trunc_empties_the_file(t: TestVolume) {
+        let root = Caller::root();
+        let f = t.write_file("/f", &[7u8; 5000]).await;
+        assert_eq!(f.size, 5000);
+        let fh = open(&t, &root, "/f", libc::O_WRONLY | libc::O_TRUNC).await;
+        assert_eq!(t.stat("/f").await.size, 0, "emptied at open, before any write");
+        pwrite(&t, fh, 0, b"new").await;
+        release(&t, fh).await;
+        assert_eq!(t.read_file("/f").await, b"new");
+        // O_TRUNC needs write permission even with O_RDONLY.
+        assert_errno!(t.volume.open(&bob(), f.ino, libc::O_RDONLY | libc::O_TRUNC).await, libc::EACCES);
+        assert_eq!(t.read_file("/f").await, b"new");
+    }
+
+    async fn o_append_writes_at_the_end(t: TestVolume) {
+        let root = Caller::root();
+        t.write_file("/log", b"hello").await;
+        let fh = open(&t, &root, "/log", libc::O_WRONLY | libc::O_APPEND).await;
+        pwrite(&t, fh, 0, b" world").await;
+        pwrite(&t, fh, 0, b"!").await;
+        // Another handle appending in between: appends go after it too.
+        let other = open(&t, &root, "/log", libc::O_WRONLY).await;
+        pwrite(&t, other, 12, b"?").await;
+        release(&t, other).await;
+        pwrite(&t, fh, 3, b".").await;
+        release(&t, fh).await;
+        assert_eq!(t.read_file("/log").await, b"hello world!?.");
+    }
+
+    async fn open_checks_the_mode(t: TestVolume) {
+        let v = &t.volume;
+        t.mkdir_mode("/w", 0o777).await;
+        let f = t.write_file_as(&alice(), "/w/f", b"secret", 0o600).await.expect("alice writes");
+        assert_errno!(v.open(&bob(), f.ino, libc::O_RDONLY).await, libc::EACCES);
+        assert_errno!(v.open(&bob(), f.ino, libc::O_WRONLY).await, libc::EACCES);
+        t.chmod("/w/f", 0o400).await;
+        let fh = v.open(&alice(), f.ino, libc::O_RDONLY).await.expect("owner reads a 0400 file");
+        v.release(&alice(), fh).await.expect("release");
+        assert_errno!(v.open(&alice(), f.ino, libc::O_WRONLY).await, libc::EACCES);
+        assert_errno!(v.open(&alice(), f.ino, libc::O_RDWR).await, libc::EACCES);
+        // Root reads and writes regardless of the mode.
+        t.chmod("/w/f", 0o000).await;
+        let fh = v.open(&Caller::root(), f.ino, libc::O_RDWR).await.expect("root opens a 0000 file");
+        release(&t, fh).await;
+        let d = t.ino("/w").await;
+        assert_errno!(v.open(&Caller::root(), d, libc::O_WRONLY).await, libc::EISDIR);
+    }
+
+    async fn the_creator_may_write_a_file_it_created_without_permissions(t: TestVolume) {
+        let v = &t.volume;
+        let a = alice();
+        let w = t.mkdir_mode("/w", 0o777).await;
+        let (attr, fh) = v.create(&a, w, b"z", 0o000, libc::O_RDWR | libc::O_CREAT).await.expect("create mode 0");
+        assert_eq!(attr.perm, 0);
+        assert_eq!(v.write(&a, fh, 0, b"mine").await.expect("write through the creating handle"), 4);
+        assert_eq!(&v.read(&a, fh, 0, 10).await.expect("read it back")[..], b"mine");
+        v.release(&a, fh).await.expect("release");
+        // A later open is checked against the mode again.
+        assert_errno!(v.open(&a, attr.ino, libc::O_RDONLY).await, libc::EACCES);
+        assert_eq!(t.read_file("/w/z").await, b"mine");
+    }
+
+    async fn handles_enforce_their_access_mode(t: TestVolume) {
+        let root = Caller::root();
+        let v = &t.volume;
+        t.write_file("/f", b"data").await;
+        let wo = open(&t, &root, "/f", libc::O_WRONLY).await;
+        assert_errno!(v.read(&root, wo, 0, 10).await, libc::EBADF);
+        let ro = open(&t, &root, "/f", libc::O_RDONLY).await;
+        assert_errno!(v.write(&root, ro, 0, b"x").await, libc::EBADF);
+        let fallocate = v.fallocate(&root, ro, 0, 10, fallocate_mode(false, false, false)).await;
+        assert_errno!(fallocate, libc::EBADF);
+        release(&t, wo).await;
+        release(&t, ro).await;
+        assert_errno!(v.read(&root, ro, 0, 10).await, libc::EBADF);
+        assert_errno!(v.release(&root, ro).await, libc::EBADF);
+        assert_errno!(v.write(&root, FileHandle(u64::MAX), 0, b"x").await, libc::EBADF);
+        assert_eq!(t.read_file("/f").await, b"data");
+    }
+
+    async fn sparse_files_read_zeros_in_their_holes(t: TestVolume) {
+        let root = Caller::root();
+        let (attr, fh) = t.volume.create(&root, Ino::ROOT, b"sparse", 0o644, libc::O_RDWR).await.expect("create");
+        let far = (3 << 20) + 5;
+        pwrite(&t, fh, far, b"end").await;
+        pwrite(&t, fh, 10, b"start").await;
+        assert_eq!(t.volume.getattr(&root, attr.ino).await.expect("getattr").size, far + 3);
+        release(&t, fh).await;
+
+        let data = t.read_file("/sparse").await;
+        assert_eq!(data.len() as u64, far + 3);
+        assert!(data[..10].iter().all(|&b| b == 0));
+        assert_eq!(&data[10..15], b"start");
+        assert!(data[15..far as usize].iter().all(|&b| b == 0), "the hole reads as zeros");
+        assert_eq!(&data[far as usize..], b"end");
+    }
+
+    async fn writes_spanning_block_boundaries(t: TestVolume) {
+        let s = small_blocks(&t).await;
+        let root = Caller::root();
+        let (_, fh) = s.volume.create(&root, Ino::ROOT, b"f", 0o644, libc::O_RDWR).await.expect("create");
+        let mut model = vec![0u8; 4000];
+        let first = noise(10_000, 1);
+        pwrite(&s, fh, 4000, &first).await;
+        model.extend_from_slice(&first);
+        // Overwrite across the boundary between blocks 1 and 2, before and after a flush.
+        pwrite(&s, fh, 8190, &[0xEE; 10]).await;
+        model[8190..8200].fill(0xEE);
+        s.volume.flush(&root, fh).await.expect("flush");
+        pwrite(&s, fh, 4095, &[0x11; 2]).await;
+        model[4095..4097].fill(0x11);
+        assert_eq!(pread(&s, fh, 4090, 20).await, &model[4090..4110]);
+        release(&s, fh).await;
+        assert_eq!(s.read_file("/f").await, model);
+
+        // Partial overwrites of stored blocks keep the bytes around them.
+        let fh = open(&s, &root, "/f", libc::O_WRONLY).await;
+        pwrite(&s, fh, 5000, b"0123456789").await;
+        model[5000..5010].copy_from_slice(b"0123456789");
+        release(&s, fh).await;
+        let fresh = s.reopen().await;
+        let ino = s.ino("/f").await;
+        let fh = fresh.open(&root, ino, libc::O_RDONLY).await.expect("open in a fresh volume");
+        let read = fresh.read(&root, fh, 0, 1 << 20).await.expect("read");
+        assert_eq!(&read[..], &model[..]);
+        fresh.release(&root, fh).await.expect("release");
+    }
+
+    async fn a_file_of_many_blocks_reads_back_exactly(t: TestVolume) {
+        let s = small_blocks(&t).await;
+        let root = Caller::root();
+        let data = noise(300 * BS + 123, 2);
+        let (_, fh) = s.volume.create(&root, Ino::ROOT, b"big", 0o644, libc::O_WRONLY).await.expect("create");
+        // Odd-sized chunks so that writes start and end inside blocks.
+        for (i, chunk) in data.chunks(7919).enumerate() {
+            pwrite(&s, fh, (i * 7919) as u64, chunk).await;
+        }
+        release(&s, fh).await;
+        assert_eq!(s.stat("/big").await.size, data.len() as u64);
+        let fresh = s.reopen().await;
+        let ino = s.ino("/big").await;
+        let fh = fresh.open(&root, ino, libc::O_RDONLY).await.expect("open");
+        for (offset, len) in [(0usize, 1usize), (4095, 2), (BS * 17 + 5, BS * 3), (data.len() - 10, 100)] {
+            let got = fresh.read(&root, fh, offset as u64, len as u32).await.expect("read");
+            let end = (offset + len).min(data.len());
+            assert_eq!(&got[..], &data[offset..end], "read of {len} at {offset}");
+        }
+        fresh.release(&root, fh).await.expect("release");
+        assert!(s.read_file("/big").await == data, "whole file differs");
+    }
+
+    async fn every_byte_value_round_trips(t: TestVolume) {
+        let s = small_blocks(&t).await;
+        let all: Vec<u8> = (0..=255u8).collect();
+        s.write_file("/bytes", &all).await;
+        assert_eq!(s.read_file("/bytes").await, all);
+
+        let cycled: Vec<u8> = (0..=255u8).cycle().take(3 * BS + 17).collect();
+        s.write_file("/cycled", &cycled).await;
+        assert_eq!(s.read_file("/cycled").await, cycled);
+
+        // Trailing zeros are data, not padding: inside a block, at the end of a block followed by
+        // more data, and a whole file of zeros.
+        s.write_file("/zeros-at-end", b"abc\0\0\0").await;
+        assert_eq!(s.read_file("/zeros-at-end").await, b"abc\0\0\0");
+        let mut gap = vec![1u8; 100];
+        gap.extend(vec![0u8; BS - 100]);
+        gap.extend(vec![2u8; 10]);
+        s.write_file("/gap", &gap).await;
+        assert_eq!(s.read_file("/gap").await, gap);
+        s.write_file("/all-zero", &vec![0u8; 10_000]).await;
+        assert_eq!(s.stat("/all-zero").await.size, 10_000);
+        assert_eq!(s.read_file("/all-zero").await, vec![0u8; 10_000]);
+
+        // And through a fresh volume, which has nothing cached.
+        let fresh = s.reopen().await;
+        let root = Caller::root();
+        let ino = s.ino("/cycled").await;
+        let fh = fresh.open(&root, ino, libc::O_RDONLY).await.expect("open");
+        assert_eq!(&fresh.read(&root, fh, 0, 1 << 20).await.expect("read")[..], &cycled[..]);
+        fresh.release(&root, fh).await.expect("release");
+    }
+
+    async fn reads_see_every_completed_write(t: TestVolume) {
+        let root = Caller::root();
+        let (attr, writer) = t.volume.create(&root, Ino::ROOT, b"f", 0o644, libc::O_WRONLY).await.expect("create");
+        pwrite(&t, writer, 0, b"buffered").await;
+        // Another handle of the same volume sees the write before any flush.
+        let reader = open(&t, &root, "/f", libc::O_RDONLY).await;
+        assert_eq!(pread(&t, reader, 0, 100).await, b"buffered");
+        assert_eq!(t.stat("/f").await.size, 8, "stat sees buffered growth");
+
+        // After fsync another volume (another mount) sees it too.
+        t.volume.fsync(&root, writer, false).await.expect("fsync");
+        let other = t.reopen().await;
+        let fh = other.open(&root, attr.ino, libc::O_RDONLY).await.expect("open in another volume");
+        assert_eq!(&other.read(&root, fh, 0, 100).await.expect("read")[..], b"buffered");
+        other.release(&root, fh).await.expect("release");
+
+        pwrite(&t, writer, 8, b" then flushed").await;
+        t.volume.flush(&root, writer).await.expect("flush");
+        let fh = other.open(&root, attr.ino, libc::O_RDONLY).await.expect("reopen in another volume");
+        assert_eq!(&other.read(&root, fh, 0, 100).await.expect("read")[..], b"buffered then flushed");
+        other.release(&root, fh).await.expect("release");
+
+        // Reads at and past the end, and of nothing.
+        assert_eq!(pread(&t, reader, 21, 10).await, b"");
+        assert_eq!(pread(&t, reader, 1000, 10).await, b"");
+        assert_eq!(pread(&t, reader, 15, 100).await, b"lushed", "short only at end of file");
+        assert_eq!(pread(&t, reader, 0, 0).await, b"");
+        release(&t, reader).await;
+        release(&t, writer).await;
+
+        // A directory handle syncs trivially.
+        let dh = t.volume.opendir(&root, Ino::ROOT).await.expect("opendir");
+        t.volume.fsync(&root, dh, true).await.expect("fsync of a directory");
+        t.volume.releasedir(&root, dh).await.expect("releasedir");
+    }
+
+    async fn truncate_down_then_up_reads_zeros(t: TestVolume) {
+        let s = small_blocks(&t).await;
+        let root = Caller::root();
+        let f = s.write_file("/f", &[0xAB; 10_000]).await;
+
+        // By path (no handle).
+        set_size(&s, f.ino, 5000, None).await;
+        assert_eq!(s.read_file("/f").await, vec![0xAB; 5000]);
+        set_size(&s, f.ino, 12_000, None).await;
+        let data = s.read_file("/f").await;
+        assert_eq!(data.len(), 12_000);
+        assert!(data[..5000].iter().all(|&b| b == 0xAB));
+        assert!(data[5000..].iter().all(|&b| b == 0), "the cut tail must not come back");
+
+        // To a block boundary and back.
+        set_size(&s, f.ino, 4096, None).await;
+        set_size(&s, f.ino, 9000, None).await;
+        let data = s.read_file("/f").await;
+        assert!(data[..4096].iter().all(|&b| b == 0xAB));
+        assert!(data[4096..].iter().all(|&b| b == 0));
+
+        // Through a handle with buffered writes.
+        let fh = open(&s, &root, "/f", libc::O_RDWR).await;
+        pwrite(&s, fh, 0, &[0xCD; 8000]).await;
+        set_size(&s, f.ino, 3000, Some(fh)).await;
+        assert_eq!(pread(&s, fh, 0, 10_000).await, vec![0xCD; 3000]);
+        set_size(&s, f.ino, 6000, Some(fh)).await;
+        let mut want = vec![0xCD; 3000];
+        want.extend(vec![0; 3000]);
+        assert_eq!(pread(&s, fh, 0, 10_000).await, want);
+        pwrite(&s, fh, 5999, b"!").await;
+        want[5999] = b'!';
+        release(&s, fh).await;
+        assert_eq!(s.read_file("/f").await, want);
+        set_size(&s, f.ino, 0, None).await;
+        assert_eq!(s.read_file("/f").await, b"");
+        assert_eq!(s.stat("/f").await.size, 0);
+    }
+
+    async fn fallocate_modes(t: TestVolume) {
+        let s = small_blocks(&t).await;
+        let root = Caller::root();
+        let v = &s.volume;
+        let (attr, fh) = v.create(&root, Ino::ROOT, b"f", 0o644, libc::O_RDWR).await.expect("create");
+        pwrite(&s, fh, 0, b"abc").await;
+
+        v.fallocate(&root, fh, 0, 10_000, fallocate_mode(false, false, false)).await.expect("fallocate");
+        assert_eq!(v.getattr(&root, attr.ino).await.expect("getattr").size, 10_000, "the default mode extends");
+        let mut want = b"abc".to_vec();
+        want.resize(10_000, 0);
+        assert_eq!(pread(&s, fh, 0, 20_000).await, want);
+
+        v.fallocate(&root, fh, 0, 50_000, fallocate_mode(true, false, false)).await.expect("KEEP_SIZE");
+        assert_eq!(v.getattr(&root, attr.ino).await.expect("getattr").size, 10_000, "KEEP_SIZE keeps the size");
+        v.fallocate(&root, fh, 100, 200, fallocate_mode(false, false, false)).await.expect("inside the file");
+        assert_eq!(v.getattr(&root, attr.ino).await.expect("getattr").size, 10_000, "never shrinks");
+        assert_eq!(pread(&s, fh, 0, 20_000).await, want, "allocation keeps the data");
+
+        // Punch a hole across block boundaries in a file full of data.
+        pwrite(&s, fh, 0, &[0x55; 12_000]).await;
+        v.fallocate(&root, fh, 1000, 6000, fallocate_mode(true, true, false)).await.expect("PUNCH_HOLE");
+        let mut want = vec![0x55; 12_000];
+        want[1000..7000].fill(0);
+        assert_eq!(pread(&s, fh, 0, 20_000).await, want);
+        assert_eq!(v.getattr(&root, attr.ino).await.expect("getattr").size, 12_000);
+        // A hole punched past the end changes nothing.
+        v.fallocate(&root, fh, 20_000, 100, fallocate_mode(true, true, false)).await.expect("punch past EOF");
+        assert_eq!(v.getattr(&root, attr.ino).await.expect("getattr").size, 12_000);
+
+        // ZERO_RANGE without KEEP_SIZE zeroes and extends.
+        v.fallocate(&root, fh, 11_000, 2000, fallocate_mode(false, false, true)).await.expect("ZERO_RANGE");
+        want[11_000..].fill(0);
+        want.resize(13_000, 0);
+        assert_eq!(pread(&s, fh, 0, 20_000).await, want);
+
+        assert_errno!(v.fallocate(&root, fh, 0, 0, fallocate_mode(false, false, false)).await, libc::EINVAL);
+        assert_errno!(v.fallocate(&root, fh, 0, 10, fallocate_mode(false, true, false)).await, libc::EOPNOTSUPP);
+        release(&s, fh).await;
+        assert_eq!(s.read_file("/f").await, want);
+    }
+
+    async fn writes_update_mtime_and_reads_do_not(t: TestVolume) {
+        let root = Caller::root();
+        let f = t.write_file("/f", b"x").await;
+        let old = tarbox_fs::Timestamp(1_000_000_000);
+        let set = SetAttr {
+            atime: Some(tarbox_fs::TimeSet::At(old)),
+            mtime: Some(tarbox_fs::TimeSet::At(old)),
+            ..SetAttr::default()
+        };
+        t.volume.setattr(&root, f.ino, &set).await.expect("set old times");
+        let _ = t.read_file("/f").await;
+        assert_eq!(t.stat("/f").await.mtime, old, "reading does not modify");
+
+        let before = now();
+        let fh = open(&t, &root, "/f", libc::O_WRONLY).await;
+        pwrite(&t, fh, 1, b"y").await;
+        release(&t, fh).await;
+        let after = t.stat("/f").await;
+        assert!(after.mtime >= before, "write sets mtime: {:?} < {before:?}", after.mtime);
+        assert!(after.ctime >= before, "write sets ctime");
+    }
+
+    async fn a_file_unlinked_while_open_lives_until_released(t: TestVolume) {
+        let root = Caller::root();
+        let v = &t.volume;
+        let baseline = t.usage().await;
+        let (attr, fh) = v.create(&root, Ino::ROOT, b"f", 0o644, libc::O_RDWR).await.expect("create");
+        pwrite(&t, fh, 0, &vec![b'h'; 20_000]).await;
+        v.flush(&root, fh).await.expect("flush");
+        let while_linked = t.usage().await;
+        assert_eq!(while_linked.inodes, baseline.inodes + 1);
+        assert!(while_linked.bytes >= baseline.bytes + 20_000, "usage counts the data: {while_linked:?}");
+
+        v.unlink(&root, Ino::ROOT, b"f").await.expect("unlink while open");
+        assert_errno!(t.resolve("/f").await, libc::ENOENT);
+        assert!(t.ls("/").await.is_empty());
+        assert_eq!(pread(&t, fh, 19_990, 100).await, vec![b'h'; 10], "still readable");
+        pwrite(&t, fh, 20_000, b" and more").await;
+        v.flush(&root, fh).await.expect("flush an unlinked file");
+        assert_eq!(pread(&t, fh, 19_998, 100).await, b"hh and more", "still writable");
+        let orphan = v.getattr(&root, attr.ino).await.expect("getattr of an open unlinked file");
+        assert_eq!(orphan.nlink, 0);
+        assert_eq!(orphan.size, 20_009);
+        assert_eq!(t.usage().await.inodes, baseline.inodes + 1, "the space is held while open");
+
+        // Two handles: the first release keeps it, the last frees it.
+        let second = v.open(&root, attr.ino, libc::O_RDONLY).await.expect("open by inode while orphaned");
+        release(&t, fh).await;
+        assert_eq!(pread(&t, second, 0, 2).await, b"hh");
+        release(&t, second).await;
+        assert_errno!(v.getattr(&root, attr.ino).await, libc::ENOENT);
+        assert_eq!(t.usage().await, baseline, "usage returns to what it was");
+    }
+
+    async fn a_file_replaced_by_rename_while_open_lives_until_released(t: TestVolume) {
+        let root = Caller::root();
+        let v = &t.volume;
+        t.write_file("/victim", b"old data").await;
+        let one_file = t.usage().await;
+        t.write_file("/new", b"new data").await;
+        let fh = open(&t, &root, "/victim", libc::O_RDONLY).await;
+        v.rename(&root, Ino::ROOT, b"new", Ino::ROOT, b"victim", tarbox_fs::RenameFlags::default())
+            .await
+            .expect("rename over an open file");
+        assert_eq!(t.read_file("/victim").await, b"new data");
+        assert_eq!(pread(&t, fh, 0, 100).await, b"old data", "the open handle keeps the old file");
+        assert_eq!(t.usage().await.inodes, one_file.inodes + 1, "the replaced file is held while open");
+        release(&t, fh).await;
+        // Both files have the same size, so one file's worth is what remains.
+        assert_eq!(t.usage().await, one_file, "the replaced file is freed at release");
+    }
+}
