@@ -28,6 +28,10 @@
 //! # }
 //! ```
 
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod backend;
 mod engine;
 pub mod error;

@@ -290,13 +290,14 @@ impl Volume {
         }
         perm::check_modify_dir(caller, &dir)?;
         let mut victim = Volume::inode_in(txn.as_mut(), entry.ino).await?;
+        // Linux's may_delete order: directory permission, sticky rule, then the type.
+        perm::check_sticky(caller, &dir, &victim)?;
         let is_dir = victim.kind == FileType::Directory;
         match (dir_wanted, is_dir) {
             (false, true) => return Err(FsError::IsDir),
             (true, false) => return Err(FsError::NotDir),
             _ => {}
         }
-        perm::check_sticky(caller, &dir, &victim)?;
         if is_dir && txn.dir_has_entries(victim.ino).await? {
             return Err(FsError::NotEmpty);
         }
@@ -354,15 +355,16 @@ impl Volume {
     async fn link_once(&self, caller: &Caller, ino: Ino, newparent: Ino, newname: &[u8]) -> FsResult<Inode> {
         let mut txn = self.begin(&[ino, newparent]).await?;
         let mut inode = Volume::inode_in(txn.as_mut(), ino).await?;
-        if inode.kind == FileType::Directory {
-            return Err(FsError::NotPermitted);
-        }
         let mut dir = Volume::inode_in(txn.as_mut(), newparent).await?;
+        // Linux's order: the new parent and name (ENOTDIR, EEXIST, EACCES), then the source.
         perm::check_search(caller, &dir)?;
         if txn.lookup(newparent, newname).await?.is_some() {
             return Err(FsError::Exists);
         }
         perm::check_modify_dir(caller, &dir)?;
+        if inode.kind == FileType::Directory {
+            return Err(FsError::NotPermitted);
+        }
         if inode.nlink == 0 {
             return Err(FsError::NotFound);
         }
@@ -426,11 +428,13 @@ impl Volume {
     ) -> FsResult<Option<Ino>> {
         let (src, dst) = {
             let mut r = self.reader();
+            // Both parents are checked before either name is looked up, as Linux resolves both
+            // parent paths first (a missing source under a non-directory target is ENOTDIR).
             let sdir = r.inode(sp).await?.ok_or(FsError::NotFound)?;
             perm::check_search(caller, &sdir)?;
-            let src = r.lookup(sp, sname).await?.ok_or(FsError::NotFound)?;
             let ddir = r.inode(dp).await?.ok_or(FsError::NotFound)?;
             perm::check_search(caller, &ddir)?;
+            let src = r.lookup(sp, sname).await?.ok_or(FsError::NotFound)?;
             (src, r.lookup(dp, dname).await?)
         };
         let mut locks = vec![sp, dp, src.ino];
@@ -467,15 +471,16 @@ impl Volume {
             }
             None => None,
         };
-        if d.as_ref().is_some_and(|d| d.ino == s.ino) {
-            // Two names of one inode: POSIX says do nothing.
-            return Ok(None);
-        }
         if flags.no_replace && d.is_some() {
+            // Even onto another name of the same inode, as Linux.
             return Err(FsError::Exists);
         }
         if flags.exchange && d.is_none() {
             return Err(FsError::NotFound);
+        }
+        if d.as_ref().is_some_and(|d| d.ino == s.ino) {
+            // Two names of one inode: POSIX says do nothing.
+            return Ok(None);
         }
         let s_dir = s.kind == FileType::Directory;
         if s_dir && sp != dp {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 
 use super::PostgresBackend;
 use crate::backend::{
@@ -629,6 +629,19 @@ async fn begin_checks_the_head_and_leaves_connections_clean() {
             stale.err()
         );
     }
+    // The connection is outside any transaction block and holds no lock. (A simple-protocol
+    // query: outside a block it runs in a fresh transaction, so now() is its own start time.)
+    let row = sqlx::raw_sql(
+        "SELECT now() = statement_timestamp() AS idle, \
+                (SELECT count(*) FROM pg_locks \
+                 WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS locks",
+    )
+    .fetch_one(one.pool())
+    .await
+    .expect("session state");
+    let idle: bool = row.try_get("idle").expect("idle");
+    let locks: i64 = row.try_get("locks").expect("locks");
+    assert!(idle && locks == 0, "idle: {idle}, advisory locks: {locks}");
     let mut tx = one
         .begin(&new, &[Ino(0), Ino::ROOT])
         .await

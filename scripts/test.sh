@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Every test of the project, on a fresh Debian machine as on a developer's:
+#   formatting and lints, the engine suites on memory and PostgreSQL, FUSE end-to-end tests,
+#   and the pjdfstest POSIX suite on a mount backed by PostgreSQL.
+#
+# Provisions what it needs: uses the PostgreSQL named by TARBOX_TEST_DATABASE_URL, else one
+# answering on 127.0.0.1:5432 (starting the local Debian cluster if it is down), else a throwaway
+# cluster of its own (initdb into target/tarbox-pg, installing the postgresql package if root and
+# missing); installs fuse3 if fusermount3 is missing (root only), and pjdfstest/fsx with cargo.
+# Never skips the PostgreSQL suites: they fail if PostgreSQL cannot be provided.
+#
+# Usage: scripts/test.sh [--quick]   (--quick: no pjdfstest/fsx)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$PWD"
+QUICK=0
+[[ "${1:-}" == "--quick" ]] && QUICK=1
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else die "need root to run: $*"; fi; }
+
+apt_install() {
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null \
+    || { as_root apt-get update -q >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; }
+}
+
+pg_answers() { # host port
+  if command -v pg_isready >/dev/null; then pg_isready -q -h "$1" -p "$2"; else (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; fi
+}
+
+provision_postgres() {
+  if [[ -n "${TARBOX_TEST_DATABASE_URL:-}" ]]; then
+    say "PostgreSQL: using TARBOX_TEST_DATABASE_URL"; return
+  fi
+  if ! pg_answers 127.0.0.1 5432 && command -v pg_ctlcluster >/dev/null && [[ -d /etc/postgresql ]]; then
+    local v; v=$(ls /etc/postgresql | sort -V | tail -1)
+    say "PostgreSQL: starting the local cluster $v/main"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$v" main start || true
+    for _ in $(seq 30); do pg_answers 127.0.0.1 5432 && break; sleep 0.5; done
+  fi
+  if pg_answers 127.0.0.1 5432 && psql -h 127.0.0.1 -U postgres -d postgres -Atc 'select 1' >/dev/null 2>&1; then
+    export TARBOX_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/tarbox_test"
+    say "PostgreSQL: using 127.0.0.1:5432"; return
+  fi
+  # A throwaway cluster of our own.
+  local bin; bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+  if [[ -z "$bin" ]]; then
+    say "PostgreSQL: installing the postgresql package"
+    apt_install postgresql
+    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  fi
+  local data="$ROOT/target/tarbox-pg" port=54329 run=()
+  [[ $(id -u) -eq 0 ]] && run=(runuser -u postgres --)
+  mkdir -p "$ROOT/target"
+  if [[ ! -f "$data/PG_VERSION" ]]; then
+    say "PostgreSQL: initdb $data"
+    mkdir -p "$data"; [[ $(id -u) -eq 0 ]] && chown postgres "$data"
+    "${run[@]}" "$bin/initdb" -D "$data" -U postgres --auth=trust >/dev/null
+  fi
+  if ! pg_answers 127.0.0.1 "$port"; then
+    "${run[@]}" "$bin/pg_ctl" -D "$data" -l "$data/log" -w start \
+      -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c fsync=on" >/dev/null
+  fi
+  export TARBOX_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/tarbox_test"
+  say "PostgreSQL: throwaway cluster on port $port"
+}
+
+provision_fuse() {
+  [[ -e /dev/fuse ]] || die "/dev/fuse is missing: the FUSE tests cannot run here"
+  if ! command -v fusermount3 >/dev/null; then
+    say "installing fuse3"; apt_install fuse3
+  fi
+}
+
+provision_conformance_tools() {
+  command -v pjdfstest >/dev/null || { say "cargo install pjdfstest"; cargo install -q --locked pjdfstest; }
+  command -v fsx >/dev/null || { say "cargo install fsx"; cargo install -q --locked fsx; }
+}
+
+provision_postgres
+provision_fuse
+export TARBOX_REQUIRE_POSTGRES=1
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+say "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -q -- -D warnings
+say "cargo test (memory and PostgreSQL)"
+cargo test --workspace -q
+if [[ $QUICK -eq 0 ]]; then
+  provision_conformance_tools
+  say "POSIX conformance on a PostgreSQL-backed mount"
+  scripts/conformance.sh
+fi
+say "all tests passed"
