@@ -153,6 +153,39 @@ fn path() -> impl Strategy<Value = P> {
     ]
 }
 
+/// A name, usually one of `preferred`.
+fn name_from(preferred: [u8; 2]) -> impl Strategy<Value = u8> {
+    prop_oneof![
+        3 => prop::sample::select(preferred.to_vec()),
+        1 => prop::sample::select(vec![b'a', b'b', b'c', b'd']),
+    ]
+}
+
+/// A path that usually names a file: `c`, `d` at the top or under the usual directories `a`, `b`.
+fn fpath() -> impl Strategy<Value = P> {
+    prop_oneof![
+        2 => name_from(*b"cd").prop_map(|a| P(vec![a])),
+        3 => (name_from(*b"ab"), name_from(*b"cd")).prop_map(|(a, b)| P(vec![a, b])),
+    ]
+}
+
+/// A path that usually names a directory.
+fn dpath() -> impl Strategy<Value = P> {
+    prop_oneof![
+        3 => name_from(*b"ab").prop_map(|a| P(vec![a])),
+        2 => (name_from(*b"ab"), name_from(*b"ab")).prop_map(|(a, b)| P(vec![a, b])),
+    ]
+}
+
+/// A path for xattr operations: usually one of the prelude's nodes, so that get and remove find
+/// what set stored.
+fn xpath() -> impl Strategy<Value = P> {
+    prop_oneof![
+        3 => prop::sample::select(vec![P(vec![b'a']), P(vec![b'c']), P(vec![b'a', b'd'])]),
+        1 => path(),
+    ]
+}
+
 fn offset() -> impl Strategy<Value = u64> {
     prop_oneof![
         0u64..16,
@@ -204,35 +237,57 @@ fn op() -> impl Strategy<Value = Op> {
     let xmode = prop_oneof![Just(XattrMode::Any), Just(XattrMode::Create), Just(XattrMode::Replace)];
     let target = prop::sample::select(vec!["t", "a/b", "../x", "/abs/path/that/is/longer"]);
     prop_oneof![
-        8 => (who(), path(), file_mode(), any::<bool>(), prop::bool::weighted(0.2))
+        8 => (who(), fpath(), file_mode(), any::<bool>(), prop::bool::weighted(0.2))
             .prop_map(|(who, path, mode, excl, trunc)| Op::Create { who, path, mode, excl, trunc }),
-        5 => (who(), path(), dir_mode()).prop_map(|(who, path, mode)| Op::Mkdir { who, path, mode }),
-        2 => (path(), target).prop_map(|(path, target)| Op::Symlink { path, target }),
-        1 => path().prop_map(|path| Op::Readlink { path }),
-        8 => (who(), path(), offset(), length(), seed())
+        3 => (who(), dpath(), dir_mode()).prop_map(|(who, path, mode)| Op::Mkdir { who, path, mode }),
+        2 => (fpath(), target).prop_map(|(path, target)| Op::Symlink { path, target }),
+        1 => fpath().prop_map(|path| Op::Readlink { path }),
+        8 => (who(), fpath(), offset(), length(), seed())
             .prop_map(|(who, path, off, len, seed)| Op::Write { who, path, off, len, seed }),
-        4 => (who(), path(), offset(), length())
+        4 => (who(), fpath(), offset(), length())
             .prop_map(|(who, path, off, len)| Op::Read { who, path, off, len: len as u32 }),
-        3 => (who(), path(), offset()).prop_map(|(who, path, size)| Op::Truncate { who, path, size }),
+        3 => (who(), fpath(), offset()).prop_map(|(who, path, size)| Op::Truncate { who, path, size }),
         4 => (who(), path()).prop_map(|(who, path)| Op::Unlink { who, path }),
-        3 => (who(), path()).prop_map(|(who, path)| Op::Rmdir { who, path }),
+        3 => (who(), dpath()).prop_map(|(who, path)| Op::Rmdir { who, path }),
         8 => (path(), path(), rflags).prop_map(|(from, to, flags)| Op::Rename { from, to, flags }),
-        3 => (path(), path()).prop_map(|(from, to)| Op::Link { from, to }),
-        2 => (who(), path(), xname(), prop::collection::vec(any::<u8>(), 0..4), xmode)
+        3 => (fpath(), path()).prop_map(|(from, to)| Op::Link { from, to }),
+        2 => (who(), xpath(), xname(), prop::collection::vec(any::<u8>(), 0..4), xmode)
             .prop_map(|(who, path, name, value, mode)| Op::SetXattr { who, path, name, value, mode }),
-        1 => (who(), path(), xname()).prop_map(|(who, path, name)| Op::GetXattr { who, path, name }),
-        1 => (who(), path(), xname()).prop_map(|(who, path, name)| Op::RemoveXattr { who, path, name }),
-        1 => path().prop_map(|path| Op::ListXattr { path }),
+        2 => (who(), xpath(), xname()).prop_map(|(who, path, name)| Op::GetXattr { who, path, name }),
+        1 => (who(), xpath(), xname()).prop_map(|(who, path, name)| Op::RemoveXattr { who, path, name }),
+        1 => xpath().prop_map(|path| Op::ListXattr { path }),
         3 => (who(), path(), chmod_mode()).prop_map(|(who, path, mode)| Op::Chmod { who, path, mode }),
         3 => (who(), path()).prop_map(|(who, path)| Op::Stat { who, path }),
-        2 => (slot(), path()).prop_map(|(slot, path)| Op::HOpen { slot, path }),
-        3 => (slot(), offset(), length(), seed())
+        3 => (slot(), fpath()).prop_map(|(slot, path)| Op::HOpen { slot, path }),
+        4 => (slot(), offset(), length(), seed())
             .prop_map(|(slot, off, len, seed)| Op::HWrite { slot, off, len, seed }),
         2 => (slot(), offset(), length()).prop_map(|(slot, off, len)| Op::HRead { slot, off, len: len as u32 }),
         1 => (slot(), offset()).prop_map(|(slot, size)| Op::HTruncate { slot, size }),
         1 => slot().prop_map(|slot| Op::HStat { slot }),
         1 => slot().prop_map(|slot| Op::HClose { slot }),
     ]
+}
+
+/// Every sequence starts with these operations, so that random paths often name something:
+/// directories `a` (writable by everyone) and `b`, files `c` and `a/d` with data.
+fn prelude() -> Vec<Op> {
+    let p = |s: &str| P(s.bytes().filter(|c| *c != b'/').collect());
+    vec![
+        Op::Mkdir { who: Who::Root, path: p("a"), mode: Mode(0o777) },
+        Op::Mkdir { who: Who::Root, path: p("b"), mode: Mode(0o755) },
+        Op::Create { who: Who::Root, path: p("c"), mode: Mode(0o644), excl: true, trunc: false },
+        Op::Write { who: Who::Root, path: p("c"), off: 100, len: 5000, seed: 7 },
+        Op::Create { who: Who::User, path: p("a/d"), mode: Mode(0o644), excl: true, trunc: false },
+        Op::Write { who: Who::User, path: p("a/d"), off: 0, len: 300, seed: 9 },
+    ]
+}
+
+fn sequence() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(op(), 1..60).prop_map(|ops| {
+        let mut all = prelude();
+        all.extend(ops);
+        all
+    })
 }
 
 /// The bytes a write of `len` at `off` with `seed` carries: zeros for seed 0, else a pattern that
@@ -1169,6 +1224,30 @@ impl Sut {
 // Running a sequence
 // ---------------------------------------------------------------------------------------------
 
+/// How often each operation ended with each result, to see that the generator reaches the
+/// interesting cases (printed with `--nocapture`).
+static STATS: std::sync::Mutex<BTreeMap<String, u64>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn record(op: &Op, result: &MRes) {
+    let name = format!("{op:?}");
+    let name = name.split([' ', '{']).next().unwrap_or_default().to_string();
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("{e:?}"),
+    };
+    *STATS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(format!("{name} -> {outcome}"))
+        .or_default() += 1;
+}
+
+fn print_stats() {
+    let stats = STATS.lock().unwrap_or_else(|p| p.into_inner());
+    let lines: Vec<String> = stats.iter().map(|(k, v)| format!("  {k}: {v}")).collect();
+    println!("operation outcomes:\n{}", lines.join("\n"));
+}
+
 fn show_ops(ops: &[Op], upto: usize) -> String {
     ops.iter()
         .take(upto + 1)
@@ -1224,6 +1303,7 @@ async fn run_sequence(t: &TestVolume, ops: &[Op]) -> Result<(), String> {
         let Some(want) = applied.expect else { continue };
         let (got, created) = sut.apply(op).await;
         compare(step, ops, &got, &want)?;
+        record(op, &want);
         if let Some(id) = applied.created {
             let ino = created.ok_or_else(|| format!("step {step}: the engine created no inode\n{}", show_ops(ops, step)))?;
             if !seen_inos.insert(ino) {
@@ -1417,11 +1497,12 @@ fn run_model(t: &TestVolume, rt: &tokio::runtime::Runtime, cases: u32) {
         failure_persistence: None,
         ..Config::default()
     };
-    proptest!(config, |(ops in prop::collection::vec(op(), 1..60))| {
+    proptest!(config, |(ops in sequence())| {
         if let Err(msg) = rt.block_on(run_sequence(t, &ops)) {
             return Err(TestCaseError::fail(msg));
         }
     });
+    print_stats();
 }
 
 mod memory {

@@ -524,6 +524,13 @@ impl Volume {
         let mut orphan = None;
         if let Some(d) = &d {
             let d_dir = d.kind == FileType::Directory;
+            if d_dir && sp != dp {
+                // Replacing an ancestor of the source (`a/f` onto `a`): Linux says ENOTEMPTY
+                // before looking at types.
+                if let Err(FsError::Invalid(_)) = self.check_not_ancestor(t, d.ino, sp).await {
+                    return Err(FsError::NotEmpty);
+                }
+            }
             if s_dir && !d_dir {
                 return Err(FsError::NotDir);
             }

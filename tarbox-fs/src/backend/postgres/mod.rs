@@ -23,11 +23,11 @@
 //! common case of a tenant without checkpoints) and a chain form (`layer_id = ANY($chain)`).
 //!
 //! # Round trips
-//! The backend is designed so that each trait method costs one statement, and so one round trip:
-//! multi-step writes are single statements with data-modifying CTEs, batches travel as arrays
-//! (`UNNEST`), and [`Backend::begin`] opens the transaction, takes its locks and checks the head
-//! in one message (see [`txn`]). Blocks whose count drops to zero are deleted in one extra
-//! statement at commit.
+//! Each method is one statement, hence one round trip: multi-step writes are single statements
+//! with data-modifying CTEs, batches travel as arrays (`UNNEST`), and [`Backend::begin`] opens the
+//! transaction, takes its inode locks and checks the head in one message (`txn.rs` explains how).
+//! The exceptions: `commit` adds one `DELETE` when blocks lost their last reference in the
+//! transaction, and a refused `charge` costs a second statement to tell which limit was hit.
 //!
 //! # Concurrency
 //! File operations run under READ COMMITTED with advisory locks on the inodes they modify; the

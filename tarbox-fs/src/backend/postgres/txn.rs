@@ -57,7 +57,8 @@ fn lock_key(tenant: i64, ino: Ino) -> i64 {
         z ^ (z >> 31)
     }
     // Bit reinterpretations: only the bits matter for a lock key.
-    splitmix64(splitmix64(tenant as u64) ^ ino.0) as i64
+    let tenant = u64::from_ne_bytes(tenant.to_ne_bytes());
+    i64::from_ne_bytes(splitmix64(splitmix64(tenant) ^ ino.0).to_ne_bytes())
 }
 
 /// The opening message of a transaction (see the module docs). Only integers are formatted into

@@ -1,0 +1,182 @@
+//! Engine benchmarks on every available backend: create, lookup/stat, readdir, 4 KiB and 1 MiB
+//! reads and writes, and a block-size sweep of sequential I/O (how the default was chosen).
+//!
+//! `cargo bench -p tarbox-benches` (PostgreSQL from TARBOX_BENCH_DATABASE_URL or the local test
+//! database). Compare ratios between rows of one run, not absolute numbers across days.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use tarbox_benches::{backends, fresh_volume};
+use tarbox_fs::{Caller, Ino, Volume};
+use tokio::runtime::Runtime;
+
+/// `len` bytes that differ from those of every other `seed` in each 4 KiB, so that
+/// content-addressed deduplication cannot make a benchmark store less than it writes.
+fn distinct(seed: u64, len: usize) -> Vec<u8> {
+    let mut buf: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    for (k, chunk) in buf.chunks_mut(4096).enumerate() {
+        let tag = seed.wrapping_mul(1 << 20).wrapping_add(k as u64);
+        let n = chunk.len().min(8);
+        chunk[..n].copy_from_slice(&tag.to_le_bytes()[..n]);
+    }
+    buf
+}
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+const DEFAULT_BLOCK: u32 = 256 << 10;
+
+fn metadata(c: &mut Criterion) {
+    let rt = runtime();
+    let engines = rt.block_on(backends());
+    let me = Caller::root();
+    let mut g = c.benchmark_group("metadata");
+    g.measurement_time(Duration::from_secs(5)).sample_size(20);
+    for (name, engine) in &engines {
+        let vol = rt.block_on(fresh_volume(engine, DEFAULT_BLOCK));
+        let dir = rt
+            .block_on(vol.mkdir(&me, Ino::ROOT, b"create", 0o755))
+            .expect("mkdir")
+            .ino;
+        let n = AtomicU64::new(0);
+        g.bench_function(BenchmarkId::new("create_close", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let i = n.fetch_add(1, Ordering::Relaxed);
+                let (_, fh) = vol
+                    .create(&me, dir, format!("f{i}").as_bytes(), 0o644, libc::O_WRONLY | libc::O_EXCL)
+                    .await
+                    .expect("create");
+                vol.release(&me, fh).await.expect("release");
+            })
+        });
+        let stat_dir = rt.block_on(populated_dir(&vol, b"stat", 1000));
+        let k = AtomicU64::new(0);
+        g.bench_function(BenchmarkId::new("lookup_stat", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let i = k.fetch_add(1, Ordering::Relaxed) % 1000;
+                vol.lookup(&me, stat_dir, format!("f{i}").as_bytes()).await.expect("lookup")
+            })
+        });
+        g.throughput(Throughput::Elements(1000));
+        g.bench_function(BenchmarkId::new("readdir_1000", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let fh = vol.opendir(&me, stat_dir).await.expect("opendir");
+                let mut offset = 0;
+                let mut seen = 0;
+                loop {
+                    let page = vol.readdir(&me, fh, offset).await.expect("readdir");
+                    let Some(last) = page.last() else { break };
+                    offset = last.next_offset;
+                    seen += page.len();
+                }
+                vol.releasedir(&me, fh).await.expect("releasedir");
+                assert_eq!(seen, 1002);
+            })
+        });
+        g.throughput(Throughput::Elements(1));
+    }
+    g.finish();
+}
+
+async fn populated_dir(vol: &Volume, name: &[u8], n: usize) -> Ino {
+    let me = Caller::root();
+    let dir = vol.mkdir(&me, Ino::ROOT, name, 0o755).await.expect("mkdir").ino;
+    for i in 0..n {
+        vol.mknod(&me, dir, format!("f{i}").as_bytes(), libc::S_IFREG | 0o644, 0)
+            .await
+            .expect("mknod");
+    }
+    dir
+}
+
+/// Writes of `size` bytes at random block-aligned offsets in a 64 MiB file, each followed by fsync
+/// (what a database or a checkpoint writer does), and reads of the same size.
+fn data(c: &mut Criterion) {
+    let rt = runtime();
+    let engines = rt.block_on(backends());
+    let me = Caller::root();
+    let mut g = c.benchmark_group("data");
+    g.measurement_time(Duration::from_secs(5)).sample_size(20);
+    const FILE: u64 = 64 << 20;
+    for (name, engine) in &engines {
+        let vol = rt.block_on(fresh_volume(engine, DEFAULT_BLOCK));
+        let (attr, fh) = rt
+            .block_on(vol.create(&me, Ino::ROOT, b"data", 0o644, libc::O_RDWR))
+            .expect("create");
+        let _ = attr;
+        rt.block_on(async {
+            for off in (0..FILE).step_by(1 << 20) {
+                vol.write(&me, fh, off, &distinct(off, 1 << 20)).await.expect("fill");
+            }
+            vol.fsync(&me, fh, false).await.expect("fsync");
+        });
+        for size in [4096usize, 1 << 20] {
+            let seq = AtomicU64::new(1);
+            g.throughput(Throughput::Bytes(size as u64));
+            let label = if size == 4096 { "4KiB" } else { "1MiB" };
+            g.bench_function(BenchmarkId::new(format!("write_fsync_{label}"), name), |b| {
+                b.to_async(&rt).iter(|| async {
+                    let i = seq.fetch_add(7919, Ordering::Relaxed);
+                    let off = (i * size as u64) % (FILE - size as u64);
+                    let off = off - off % size as u64;
+                    vol.write(&me, fh, off, &distinct(i, size)).await.expect("write");
+                    vol.fsync(&me, fh, false).await.expect("fsync");
+                })
+            });
+            g.bench_function(BenchmarkId::new(format!("read_{label}"), name), |b| {
+                b.to_async(&rt).iter(|| async {
+                    let i = seq.fetch_add(7919, Ordering::Relaxed);
+                    let off = (i * size as u64) % (FILE - size as u64);
+                    vol.read(&me, fh, off, size as u32).await.expect("read")
+                })
+            });
+        }
+        rt.block_on(vol.release(&me, fh)).expect("release");
+    }
+    g.finish();
+}
+
+/// Sequential 16 MiB write+fsync per block size: the default
+/// block size is the smallest that reaches the throughput plateau on PostgreSQL.
+fn block_size(c: &mut Criterion) {
+    let rt = runtime();
+    let engines = rt.block_on(backends());
+    let me = Caller::root();
+    let mut g = c.benchmark_group("block_size");
+    g.measurement_time(Duration::from_secs(8)).sample_size(10);
+    const TOTAL: usize = 16 << 20;
+    g.throughput(Throughput::Bytes(TOTAL as u64));
+    for (name, engine) in engines.iter().filter(|(n, _)| *n == "postgres") {
+        for bs in [64u32 << 10, 256 << 10, 1 << 20] {
+            let vol = rt.block_on(fresh_volume(engine, bs));
+            let n = AtomicU64::new(0);
+            g.bench_function(BenchmarkId::new(format!("seq_write_{}KiB", bs >> 10), name), |b| {
+                b.to_async(&rt).iter(|| async {
+                    let i = n.fetch_add(1, Ordering::Relaxed);
+                    let (_, fh) = vol
+                        .create(&me, Ino::ROOT, format!("s{i}").as_bytes(), 0o644, libc::O_WRONLY)
+                        .await
+                        .expect("create");
+                    for off in (0..TOTAL).step_by(1 << 20) {
+                        let payload = distinct(i << 8 | (off >> 20) as u64, 1 << 20);
+                        vol.write(&me, fh, off as u64, &payload).await.expect("write");
+                    }
+                    vol.fsync(&me, fh, false).await.expect("fsync");
+                    vol.release(&me, fh).await.expect("release");
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, metadata, data, block_size);
+criterion_main!(benches);
