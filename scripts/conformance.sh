@@ -12,8 +12,8 @@ URL="${TARBOX_TEST_DATABASE_URL:?set TARBOX_TEST_DATABASE_URL (scripts/test.sh d
 psql "${URL%/*}/postgres" -qAtc "select 1 from pg_database where datname='${URL##*/}'" | grep -q 1 \
   || psql "${URL%/*}/postgres" -qc "create database \"${URL##*/}\""
 
-cargo build --release -q -p tarbox-cli
-BIN="$PWD/target/release/tarbox"
+cargo build -q -p tarbox-cli
+BIN="$PWD/target/debug/tarbox"
 MNT=$(mktemp -d /tmp/tarbox-conformance.XXXXXX)
 LOG=$(mktemp /tmp/tarbox-conformance-log.XXXXXX)
 TENANT="conformance-$$-$(date +%s)"

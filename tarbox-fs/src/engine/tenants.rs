@@ -130,7 +130,13 @@ impl Engine {
     pub async fn list_tenants(&self) -> FsResult<Vec<TenantInfo>> {
         let mut out = Vec::new();
         for record in self.shared.backend.list_tenants().await? {
-            out.push(self.info_of(record).await?);
+            match self.info_of(record).await {
+                Ok(info) => out.push(info),
+                // Purged (by another engine or the background purger) between the listing and
+                // the usage query: it no longer exists, which is not an error of the listing.
+                Err(FsError::Backend(BackendError::TenantGone)) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }

@@ -1,0 +1,329 @@
+//! End-to-end tests: mount with the real `tarbox` binary (memory and PostgreSQL) and run ordinary
+//! programs against the mount. Needs root and /dev/fuse; under `CI=true` or
+//! `TARBOX_REQUIRE_POSTGRES=1` a missing PostgreSQL or FUSE fails instead of skipping.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tarbox");
+
+fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var("TARBOX_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
+}
+
+fn pg_url() -> String {
+    std::env::var("TARBOX_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tarbox_test".into())
+}
+
+/// Whether this machine can run FUSE tests; fails loudly in strict mode when it cannot.
+fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists() && running_as_root();
+    if !ok {
+        assert!(!strict(), "FUSE end-to-end tests need root and /dev/fuse");
+        eprintln!("SKIPPED: FUSE end-to-end tests need root and /dev/fuse");
+    }
+    ok
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+fn is_mounted(p: &Path) -> bool {
+    let Ok(p) = p.canonicalize() else { return false };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4).is_some_and(|x| Path::new(x) == p)))
+        .unwrap_or(false)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Store {
+    Memory,
+    Postgres,
+}
+
+struct Mount {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl Mount {
+    /// Mount a fresh tenant; `None` if PostgreSQL is wanted but absent (outside strict mode).
+    fn new(store: Store) -> Option<Mount> {
+        let tenant = format!("e2e-{}-{}", std::process::id(), nanos());
+        let mut args = Vec::new();
+        if let Store::Postgres = store {
+            let url = pg_url();
+            let ok = Command::new(BIN)
+                .args(["--database", &url, "tenant", "create", &tenant])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                assert!(!strict(), "PostgreSQL at {url} is required (CI=true) but tenant creation failed");
+                eprintln!("SKIPPED: PostgreSQL at {url} not usable");
+                return None;
+            }
+            args.extend(["--database".to_string(), url]);
+        }
+        args.extend(["mount".into(), "--tenant".into(), tenant, "--allow-other".into()]);
+        let dir = tempfile::tempdir().expect("mount dir");
+        let mut m = Mount { dir, child: None, args };
+        m.start();
+        Some(m)
+    }
+
+    fn start(&mut self) {
+        let child = Command::new(BIN)
+            .args(&self.args)
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tarbox mount");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(self.dir.path()) {
+            assert!(Instant::now() < deadline, "mount did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Kill the mount process without letting it flush or unmount (a crash).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("fusermount3").arg("-u").arg(self.dir.path()).status();
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new(BIN).arg("umount").arg(self.dir.path()).status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+macro_rules! e2e {
+    ($($name:ident),* $(,)?) => {
+        mod memory { $( #[test] fn $name() { if super::fuse_available() { if let Some(m) = super::Mount::new(super::Store::Memory) { super::$name(m) } } } )* }
+        mod postgres { $( #[test] fn $name() { if super::fuse_available() { if let Some(m) = super::Mount::new(super::Store::Postgres) { super::$name(m) } } } )* }
+    };
+}
+
+e2e!(copy_tree_and_diff, python_seek_append_read, editor_style_save, random_offsets_verified_by_hash, links_and_special_files, git_workflow, concurrent_writers);
+
+fn copy_tree_and_diff(m: Mount) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("tarbox-fs");
+    run(Command::new("cp").arg("-a").arg(&src).arg(m.path("copy")));
+    run(Command::new("diff").arg("-r").arg("--no-dereference").arg(&src).arg(m.path("copy")));
+    run(Command::new("rm").arg("-r").arg(m.path("copy")));
+    assert!(!m.path("copy").exists());
+}
+
+fn python_seek_append_read(m: Mount) {
+    let script = r#"
+import os, sys
+p = sys.argv[1]
+with open(p, "wb") as f:
+    f.write(b"hello")
+    f.seek(100)
+    f.write(b"world")
+with open(p, "ab") as f:
+    f.write(b"!")
+with open(p, "r+b") as f:
+    f.seek(2); f.write(b"LL")
+data = open(p, "rb").read()
+assert data == b"heLLo" + b"\0" * 95 + b"world!", data
+assert os.stat(p).st_size == 106
+os.truncate(p, 3)
+assert open(p, "rb").read() == b"heL"
+print("ok")
+"#;
+    let out = run(Command::new("python3").arg("-c").arg(script).arg(m.path("py.bin")));
+    assert_eq!(out.trim(), "ok");
+}
+
+fn editor_style_save(m: Mount) {
+    let target = m.path("notes.txt");
+    std::fs::write(&target, b"version 1\n").expect("write v1");
+    for v in 2..5 {
+        let tmp = m.path(".notes.txt.swp");
+        let mut f = std::fs::File::create(&tmp).expect("create temp");
+        f.write_all(format!("version {v}\r\nno newline at end").as_bytes()).expect("write temp");
+        f.sync_all().expect("fsync temp");
+        drop(f);
+        std::fs::rename(&tmp, &target).expect("rename over");
+        assert_eq!(std::fs::read(&target).expect("read"), format!("version {v}\r\nno newline at end").as_bytes());
+        assert!(!tmp.exists());
+    }
+}
+
+fn random_offsets_verified_by_hash(m: Mount) {
+    const SIZE: u64 = 100 << 20;
+    let p = m.path("big.bin");
+    let mut f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&p).expect("open");
+    f.set_len(SIZE).expect("set_len");
+    let mut model = vec![0u8; SIZE as usize];
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    for i in 0..400u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = 1 + (x % (300 << 10)) as usize;
+        let off = (x >> 20) % (SIZE - len as u64);
+        let chunk: Vec<u8> = (0..len).map(|k| (k as u64 ^ i ^ x) as u8).collect();
+        f.seek(SeekFrom::Start(off)).expect("seek");
+        f.write_all(&chunk).expect("write");
+        model[off as usize..off as usize + len].copy_from_slice(&chunk);
+    }
+    f.sync_all().expect("fsync");
+    drop(f);
+    let mut back = Vec::with_capacity(SIZE as usize);
+    std::fs::File::open(&p).expect("reopen").read_to_end(&mut back).expect("read back");
+    assert_eq!(back.len(), model.len());
+    assert!(back == model, "content differs from what was written");
+}
+
+fn links_and_special_files(m: Mount) {
+    std::fs::write(m.path("a"), b"data").expect("write");
+    std::fs::hard_link(m.path("a"), m.path("b")).expect("link");
+    std::os::unix::fs::symlink("a", m.path("s")).expect("symlink");
+    assert_eq!(std::fs::metadata(m.path("a")).expect("stat").nlink(), 2);
+    assert_eq!(std::fs::read_link(m.path("s")).expect("readlink"), Path::new("a"));
+    assert_eq!(std::fs::read(m.path("s")).expect("read through symlink"), b"data");
+    std::fs::remove_file(m.path("a")).expect("unlink");
+    assert_eq!(std::fs::metadata(m.path("b")).expect("stat").nlink(), 1);
+    assert!(std::fs::metadata(m.path("s")).is_err(), "dangling symlink must not resolve");
+    run(Command::new("mkfifo").arg(m.path("fifo")));
+    assert!(std::fs::symlink_metadata(m.path("fifo")).expect("stat fifo").file_type().is_fifo());
+    run(Command::new("mknod").arg(m.path("null")).args(["c", "1", "3"]));
+    let md = std::fs::symlink_metadata(m.path("null")).expect("stat dev");
+    assert_eq!(md.rdev(), libc_makedev(1, 3));
+}
+
+fn libc_makedev(major: u64, minor: u64) -> u64 {
+    ((major & 0xfffff000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffffff00) << 12) | (minor & 0xff)
+}
+
+use std::os::unix::fs::FileTypeExt;
+
+fn git_workflow(m: Mount) {
+    let repo = m.path("repo");
+    std::fs::create_dir(&repo).expect("mkdir");
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(&repo))
+    };
+    git(&["init", "-q"]);
+    std::fs::write(repo.join("a.txt"), b"one\n").expect("write");
+    git(&["add", "a.txt"]);
+    git(&["commit", "-qm", "first"]);
+    git(&["checkout", "-qb", "feature"]);
+    std::fs::write(repo.join("a.txt"), b"two\n").expect("write");
+    git(&["commit", "-qam", "second"]);
+    git(&["checkout", "-q", "main"]);
+    assert_eq!(std::fs::read(repo.join("a.txt")).expect("read"), b"one\n");
+    assert_eq!(git(&["status", "--porcelain"]).trim(), "");
+    assert_eq!(git(&["log", "--oneline", "feature"]).lines().count(), 2);
+}
+
+fn concurrent_writers(m: Mount) {
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let p = m.path(&format!("w{t}"));
+            std::thread::spawn(move || {
+                let mut f = std::fs::File::create(&p).expect("create");
+                for i in 0..256u32 {
+                    f.write_all(&[(t as u8) ^ (i as u8); 4096]).expect("write");
+                }
+                f.sync_all().expect("fsync");
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("writer");
+    }
+    for t in 0..4u8 {
+        let data = std::fs::read(m.path(&format!("w{t}"))).expect("read");
+        assert_eq!(data.len(), 256 * 4096);
+        for (i, chunk) in data.chunks(4096).enumerate() {
+            assert!(chunk.iter().all(|&b| b == t ^ i as u8), "writer {t} chunk {i} corrupted");
+        }
+    }
+}
+
+/// Everything fsynced before the mount process is killed is there after a remount, and the tree
+/// is consistent.
+#[test]
+fn fsynced_data_survives_sigkill() {
+    if !fuse_available() {
+        return;
+    }
+    let Some(mut m) = Mount::new(Store::Postgres) else { return };
+    std::fs::create_dir(m.path("d")).expect("mkdir");
+    for i in 0..20 {
+        let mut f = std::fs::File::create(m.path(&format!("d/f{i}"))).expect("create");
+        f.write_all(format!("durable {i}\n").repeat(1000).as_bytes()).expect("write");
+        f.sync_all().expect("fsync");
+    }
+    // Unsynced writes in flight when the process dies may or may not survive.
+    let mut pending = std::fs::File::create(m.path("d/pending")).expect("create pending");
+    pending.write_all(b"maybe").expect("write pending");
+    m.kill();
+    m.start();
+    for i in 0..20 {
+        let data = std::fs::read(m.path(&format!("d/f{i}"))).expect("fsynced file present");
+        assert_eq!(data, format!("durable {i}\n").repeat(1000).as_bytes());
+    }
+    let names = std::fs::read_dir(m.path("d")).expect("readdir").count();
+    assert!(names == 20 || names == 21, "unexpected entries after crash: {names}");
+}
