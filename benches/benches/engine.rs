@@ -15,7 +15,9 @@ use tokio::runtime::Runtime;
 /// `len` bytes that differ from those of every other `seed` in each 4 KiB, so that
 /// content-addressed deduplication cannot make a benchmark store less than it writes.
 fn distinct(seed: u64, len: usize) -> Vec<u8> {
-    let mut buf: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+    let mut buf: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
     for (k, chunk) in buf.chunks_mut(4096).enumerate() {
         let tag = seed.wrapping_mul(1 << 20).wrapping_add(k as u64);
         let n = chunk.len().min(8);
@@ -51,7 +53,13 @@ fn metadata(c: &mut Criterion) {
             b.to_async(&rt).iter(|| async {
                 let i = n.fetch_add(1, Ordering::Relaxed);
                 let (_, fh) = vol
-                    .create(&me, dir, format!("f{i}").as_bytes(), 0o644, libc::O_WRONLY | libc::O_EXCL)
+                    .create(
+                        &me,
+                        dir,
+                        format!("f{i}").as_bytes(),
+                        0o644,
+                        libc::O_WRONLY | libc::O_EXCL,
+                    )
                     .await
                     .expect("create");
                 vol.release(&me, fh).await.expect("release");
@@ -62,7 +70,9 @@ fn metadata(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("lookup_stat", name), |b| {
             b.to_async(&rt).iter(|| async {
                 let i = k.fetch_add(1, Ordering::Relaxed) % 1000;
-                vol.lookup(&me, stat_dir, format!("f{i}").as_bytes()).await.expect("lookup")
+                vol.lookup(&me, stat_dir, format!("f{i}").as_bytes())
+                    .await
+                    .expect("lookup")
             })
         });
         g.throughput(Throughput::Elements(1000));
@@ -88,11 +98,21 @@ fn metadata(c: &mut Criterion) {
 
 async fn populated_dir(vol: &Volume, name: &[u8], n: usize) -> Ino {
     let me = Caller::root();
-    let dir = vol.mkdir(&me, Ino::ROOT, name, 0o755).await.expect("mkdir").ino;
+    let dir = vol
+        .mkdir(&me, Ino::ROOT, name, 0o755)
+        .await
+        .expect("mkdir")
+        .ino;
     for i in 0..n {
-        vol.mknod(&me, dir, format!("f{i}").as_bytes(), libc::S_IFREG | 0o644, 0)
-            .await
-            .expect("mknod");
+        vol.mknod(
+            &me,
+            dir,
+            format!("f{i}").as_bytes(),
+            libc::S_IFREG | 0o644,
+            0,
+        )
+        .await
+        .expect("mknod");
     }
     dir
 }
@@ -114,7 +134,9 @@ fn data(c: &mut Criterion) {
         let _ = attr;
         rt.block_on(async {
             for off in (0..FILE).step_by(1 << 20) {
-                vol.write(&me, fh, off, &distinct(off, 1 << 20)).await.expect("fill");
+                vol.write(&me, fh, off, &distinct(off, 1 << 20))
+                    .await
+                    .expect("fill");
             }
             vol.fsync(&me, fh, false).await.expect("fsync");
         });
@@ -122,15 +144,20 @@ fn data(c: &mut Criterion) {
             let seq = AtomicU64::new(1);
             g.throughput(Throughput::Bytes(size as u64));
             let label = if size == 4096 { "4KiB" } else { "1MiB" };
-            g.bench_function(BenchmarkId::new(format!("write_fsync_{label}"), name), |b| {
-                b.to_async(&rt).iter(|| async {
-                    let i = seq.fetch_add(7919, Ordering::Relaxed);
-                    let off = (i * size as u64) % (FILE - size as u64);
-                    let off = off - off % size as u64;
-                    vol.write(&me, fh, off, &distinct(i, size)).await.expect("write");
-                    vol.fsync(&me, fh, false).await.expect("fsync");
-                })
-            });
+            g.bench_function(
+                BenchmarkId::new(format!("write_fsync_{label}"), name),
+                |b| {
+                    b.to_async(&rt).iter(|| async {
+                        let i = seq.fetch_add(7919, Ordering::Relaxed);
+                        let off = (i * size as u64) % (FILE - size as u64);
+                        let off = off - off % size as u64;
+                        vol.write(&me, fh, off, &distinct(i, size))
+                            .await
+                            .expect("write");
+                        vol.fsync(&me, fh, false).await.expect("fsync");
+                    })
+                },
+            );
             g.bench_function(BenchmarkId::new(format!("read_{label}"), name), |b| {
                 b.to_async(&rt).iter(|| async {
                     let i = seq.fetch_add(7919, Ordering::Relaxed);
@@ -158,21 +185,32 @@ fn block_size(c: &mut Criterion) {
         for bs in [64u32 << 10, 256 << 10, 1 << 20] {
             let vol = rt.block_on(fresh_volume(engine, bs));
             let n = AtomicU64::new(0);
-            g.bench_function(BenchmarkId::new(format!("seq_write_{}KiB", bs >> 10), name), |b| {
-                b.to_async(&rt).iter(|| async {
-                    let i = n.fetch_add(1, Ordering::Relaxed);
-                    let (_, fh) = vol
-                        .create(&me, Ino::ROOT, format!("s{i}").as_bytes(), 0o644, libc::O_WRONLY)
-                        .await
-                        .expect("create");
-                    for off in (0..TOTAL).step_by(1 << 20) {
-                        let payload = distinct(i << 8 | (off >> 20) as u64, 1 << 20);
-                        vol.write(&me, fh, off as u64, &payload).await.expect("write");
-                    }
-                    vol.fsync(&me, fh, false).await.expect("fsync");
-                    vol.release(&me, fh).await.expect("release");
-                })
-            });
+            g.bench_function(
+                BenchmarkId::new(format!("seq_write_{}KiB", bs >> 10), name),
+                |b| {
+                    b.to_async(&rt).iter(|| async {
+                        let i = n.fetch_add(1, Ordering::Relaxed);
+                        let (_, fh) = vol
+                            .create(
+                                &me,
+                                Ino::ROOT,
+                                format!("s{i}").as_bytes(),
+                                0o644,
+                                libc::O_WRONLY,
+                            )
+                            .await
+                            .expect("create");
+                        for off in (0..TOTAL).step_by(1 << 20) {
+                            let payload = distinct(i << 8 | (off >> 20) as u64, 1 << 20);
+                            vol.write(&me, fh, off as u64, &payload)
+                                .await
+                                .expect("write");
+                        }
+                        vol.fsync(&me, fh, false).await.expect("fsync");
+                        vol.release(&me, fh).await.expect("release");
+                    })
+                },
+            );
         }
     }
     g.finish();

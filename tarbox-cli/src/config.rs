@@ -46,11 +46,13 @@ fn default_path() -> Option<PathBuf> {
 /// Parse a byte size such as `4096`, `64KiB`, `10G`, `1.5TiB` (K/M/G/T are powers of 1024).
 pub fn parse_size(text: &str) -> Result<u64> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .with_context(|| format!("invalid size {text:?}: expected a number with an optional unit like 10GiB"))?;
+    let value: f64 = num.parse().with_context(|| {
+        format!("invalid size {text:?}: expected a number with an optional unit like 10GiB")
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,

@@ -157,9 +157,16 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Mount(_)) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Mount(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     init_logging(cli.verbose, default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tarbox: cannot start the async runtime: {e}");

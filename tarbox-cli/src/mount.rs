@@ -66,7 +66,8 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
         attr: seconds("attr-timeout", args.attr_timeout)?,
         entry: seconds("entry-timeout", args.entry_timeout)?,
     };
-    let cache_bytes = crate::config::parse_size(&args.cache_size).context("invalid --cache-size")?;
+    let cache_bytes =
+        crate::config::parse_size(&args.cache_size).context("invalid --cache-size")?;
     // `-o ro` and `-o allow_other` mean what the flags mean.
     args.options.retain(|o| match o.as_str() {
         "ro" => {
@@ -87,7 +88,9 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
         .unwrap_or_else(|| "memory://".to_string());
     let in_memory = url.starts_with("memory");
     if in_memory {
-        warn!("using the in-memory store: the contents vanish when this mount ends (pass --database to keep them)");
+        warn!(
+            "using the in-memory store: the contents vanish when this mount ends (pass --database to keep them)"
+        );
     }
     let config = tarbox_fs::EngineConfig {
         block_cache_bytes: cache_bytes,
@@ -102,7 +105,10 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
         .or_else(|| ctx.file.tenant.clone())
         .unwrap_or_else(|| DEFAULT_TENANT.to_string());
     if in_memory || args.create {
-        match engine.create_tenant(&tenant, TenantOptions::default()).await {
+        match engine
+            .create_tenant(&tenant, TenantOptions::default())
+            .await
+        {
             Ok(_) => info!(tenant, "tenant created"),
             Err(FsError::TenantExists(_)) => {}
             Err(e) => return Err(e).with_context(|| format!("cannot create tenant {tenant:?}")),
@@ -132,7 +138,10 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
         threads: 2,
     };
     let mounted = tarbox_fuse::mount(volume, &args.mountpoint, &options)?;
-    println!("tarbox: tenant {tenant:?} mounted at {}", args.mountpoint.display());
+    println!(
+        "tarbox: tenant {tenant:?} mounted at {}",
+        args.mountpoint.display()
+    );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -165,7 +174,10 @@ pub fn umount(mountpoint: &Path, lazy: bool) -> Result<()> {
         .status()
         .context("cannot run fusermount3 (install the fuse3 package)")?;
     if !status.success() {
-        bail!("fusermount3 -u {} failed ({status}); is it busy? try --lazy", mountpoint.display());
+        bail!(
+            "fusermount3 -u {} failed ({status}); is it busy? try --lazy",
+            mountpoint.display()
+        );
     }
     Ok(())
 }

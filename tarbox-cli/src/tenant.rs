@@ -10,7 +10,9 @@ use crate::{Context, Output};
 #[derive(Debug, Subcommand)]
 pub enum TenantCommand {
     /// Create a tenant (a DNS-style name, up to 253 characters).
-    #[command(after_help = "Example:\n  tarbox tenant create agent-1 --quota-bytes 10GiB --quota-inodes 1000000")]
+    #[command(
+        after_help = "Example:\n  tarbox tenant create agent-1 --quota-bytes 10GiB --quota-inodes 1000000"
+    )]
     Create {
         name: String,
         /// Byte quota (e.g. 10GiB); unlimited if absent.
@@ -64,7 +66,9 @@ fn limit(flag: &str, text: &str, parse: impl Fn(&str) -> Result<u64>) -> Result<
     if text.eq_ignore_ascii_case("none") {
         return Ok(None);
     }
-    parse(text).map(Some).with_context(|| format!("invalid --{flag} {text:?}"))
+    parse(text)
+        .map(Some)
+        .with_context(|| format!("invalid --{flag} {text:?}"))
 }
 
 pub async fn run(ctx: &Context, cmd: TenantCommand) -> Result<()> {
@@ -84,7 +88,8 @@ pub async fn run(ctx: &Context, cmd: TenantCommand) -> Result<()> {
             options.quota.inodes = quota_inodes;
             if let Some(bs) = block_size {
                 let bs = parse_size(&bs).context("invalid --block-size")?;
-                options.block_size = u32::try_from(bs).context("invalid --block-size: too large")?;
+                options.block_size =
+                    u32::try_from(bs).context("invalid --block-size: too large")?;
             }
             options.compression = match compression {
                 CompressionArg::Zstd => Compression::Zstd,
@@ -98,7 +103,10 @@ pub async fn run(ctx: &Context, cmd: TenantCommand) -> Result<()> {
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&all)?),
                 Output::Table => {
-                    println!("{:<40} {:<8} {:>14} {:>14} {:>10} {:>10}", "NAME", "STATE", "USED", "QUOTA", "INODES", "IQUOTA");
+                    println!(
+                        "{:<40} {:<8} {:>14} {:>14} {:>10} {:>10}",
+                        "NAME", "STATE", "USED", "QUOTA", "INODES", "IQUOTA"
+                    );
                     for t in &all {
                         println!(
                             "{:<40} {:<8} {:>14} {:>14} {:>10} {:>10}",
@@ -114,8 +122,14 @@ pub async fn run(ctx: &Context, cmd: TenantCommand) -> Result<()> {
             }
             Ok(())
         }
-        TenantCommand::Info { name, output } => print_one(&engine.tenant_info(&name).await?, output),
-        TenantCommand::Quota { name, bytes, inodes } => {
+        TenantCommand::Info { name, output } => {
+            print_one(&engine.tenant_info(&name).await?, output)
+        }
+        TenantCommand::Quota {
+            name,
+            bytes,
+            inodes,
+        } => {
             let current = engine.tenant_info(&name).await?.quota;
             let quota = Quota {
                 bytes: match bytes {
@@ -157,8 +171,16 @@ fn print_one(t: &TenantInfo, output: Output) -> Result<()> {
             println!("state:       {}", state(t));
             println!("block size:  {}", human(u64::from(t.block_size)));
             println!("compression: {:?}", t.compression);
-            println!("bytes:       {} of {}", human(t.usage.bytes), t.quota.bytes.map_or("unlimited".into(), human));
-            println!("inodes:      {} of {}", t.usage.inodes, t.quota.inodes.map_or("unlimited".into(), |n| n.to_string()));
+            println!(
+                "bytes:       {} of {}",
+                human(t.usage.bytes),
+                t.quota.bytes.map_or("unlimited".into(), human)
+            );
+            println!(
+                "inodes:      {} of {}",
+                t.usage.inodes,
+                t.quota.inodes.map_or("unlimited".into(), |n| n.to_string())
+            );
         }
     }
     Ok(())
@@ -173,5 +195,9 @@ fn human(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

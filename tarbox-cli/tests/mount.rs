@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_tarbox");
 
 fn strict() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true") || std::env::var("TARBOX_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
+    std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("TARBOX_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
 }
 
 fn pg_url() -> String {
-    std::env::var("TARBOX_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tarbox_test".into())
+    std::env::var("TARBOX_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tarbox_test".into())
 }
 
 /// Whether this machine can run FUSE tests; fails loudly in strict mode when it cannot.
@@ -31,14 +33,23 @@ fn fuse_available() -> bool {
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 fn is_mounted(p: &Path) -> bool {
-    let Ok(p) = p.canonicalize() else { return false };
+    let Ok(p) = p.canonicalize() else {
+        return false;
+    };
     std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(4).is_some_and(|x| Path::new(x) == p)))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4).is_some_and(|x| Path::new(x) == p))
+        })
         .unwrap_or(false)
 }
 
@@ -67,15 +78,27 @@ impl Mount {
                 .status()
                 .is_ok_and(|s| s.success());
             if !ok {
-                assert!(!strict(), "PostgreSQL at {url} is required (CI=true) but tenant creation failed");
+                assert!(
+                    !strict(),
+                    "PostgreSQL at {url} is required (CI=true) but tenant creation failed"
+                );
                 eprintln!("SKIPPED: PostgreSQL at {url} not usable");
                 return None;
             }
             args.extend(["--database".to_string(), url]);
         }
-        args.extend(["mount".into(), "--tenant".into(), tenant, "--allow-other".into()]);
+        args.extend([
+            "mount".into(),
+            "--tenant".into(),
+            tenant,
+            "--allow-other".into(),
+        ]);
         let dir = tempfile::tempdir().expect("mount dir");
-        let mut m = Mount { dir, child: None, args };
+        let mut m = Mount {
+            dir,
+            child: None,
+            args,
+        };
         m.start();
         Some(m)
     }
@@ -106,13 +129,22 @@ impl Mount {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new("fusermount3").arg("-u").arg(self.dir.path()).status();
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(self.dir.path())
+            .status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new(BIN).arg("umount").arg(self.dir.path()).status();
+            let _ = Command::new(BIN)
+                .arg("umount")
+                .arg(self.dir.path())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if c.try_wait().ok().flatten().is_some() {
@@ -140,7 +172,9 @@ fn nanos() -> u128 {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -157,12 +191,26 @@ macro_rules! e2e {
     };
 }
 
-e2e!(copy_tree_and_diff, python_seek_append_read, editor_style_save, random_offsets_verified_by_hash, links_and_special_files, git_workflow, concurrent_writers);
+e2e!(
+    copy_tree_and_diff,
+    python_seek_append_read,
+    editor_style_save,
+    random_offsets_verified_by_hash,
+    links_and_special_files,
+    git_workflow,
+    concurrent_writers
+);
 
 fn copy_tree_and_diff(m: Mount) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("tarbox-fs");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("tarbox-fs");
     run(Command::new("cp").arg("-a").arg(&src).arg(m.path("copy")));
-    run(Command::new("diff").arg("-r").arg("--no-dereference").arg(&src).arg(m.path("copy")));
+    run(Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(&src)
+        .arg(m.path("copy")));
     run(Command::new("rm").arg("-r").arg(m.path("copy")));
     assert!(!m.path("copy").exists());
 }
@@ -186,7 +234,10 @@ os.truncate(p, 3)
 assert open(p, "rb").read() == b"heL"
 print("ok")
 "#;
-    let out = run(Command::new("python3").arg("-c").arg(script).arg(m.path("py.bin")));
+    let out = run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(m.path("py.bin")));
     assert_eq!(out.trim(), "ok");
 }
 
@@ -196,11 +247,15 @@ fn editor_style_save(m: Mount) {
     for v in 2..5 {
         let tmp = m.path(".notes.txt.swp");
         let mut f = std::fs::File::create(&tmp).expect("create temp");
-        f.write_all(format!("version {v}\r\nno newline at end").as_bytes()).expect("write temp");
+        f.write_all(format!("version {v}\r\nno newline at end").as_bytes())
+            .expect("write temp");
         f.sync_all().expect("fsync temp");
         drop(f);
         std::fs::rename(&tmp, &target).expect("rename over");
-        assert_eq!(std::fs::read(&target).expect("read"), format!("version {v}\r\nno newline at end").as_bytes());
+        assert_eq!(
+            std::fs::read(&target).expect("read"),
+            format!("version {v}\r\nno newline at end").as_bytes()
+        );
         assert!(!tmp.exists());
     }
 }
@@ -208,7 +263,12 @@ fn editor_style_save(m: Mount) {
 fn random_offsets_verified_by_hash(m: Mount) {
     const SIZE: u64 = 100 << 20;
     let p = m.path("big.bin");
-    let mut f = std::fs::OpenOptions::new().create(true).read(true).write(true).open(&p).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .expect("open");
     f.set_len(SIZE).expect("set_len");
     let mut model = vec![0u8; SIZE as usize];
     let mut x: u64 = 0x9E3779B97F4A7C15;
@@ -226,7 +286,10 @@ fn random_offsets_verified_by_hash(m: Mount) {
     f.sync_all().expect("fsync");
     drop(f);
     let mut back = Vec::with_capacity(SIZE as usize);
-    std::fs::File::open(&p).expect("reopen").read_to_end(&mut back).expect("read back");
+    std::fs::File::open(&p)
+        .expect("reopen")
+        .read_to_end(&mut back)
+        .expect("read back");
     assert_eq!(back.len(), model.len());
     assert!(back == model, "content differs from what was written");
 }
@@ -236,20 +299,39 @@ fn links_and_special_files(m: Mount) {
     std::fs::hard_link(m.path("a"), m.path("b")).expect("link");
     std::os::unix::fs::symlink("a", m.path("s")).expect("symlink");
     assert_eq!(std::fs::metadata(m.path("a")).expect("stat").nlink(), 2);
-    assert_eq!(std::fs::read_link(m.path("s")).expect("readlink"), Path::new("a"));
-    assert_eq!(std::fs::read(m.path("s")).expect("read through symlink"), b"data");
+    assert_eq!(
+        std::fs::read_link(m.path("s")).expect("readlink"),
+        Path::new("a")
+    );
+    assert_eq!(
+        std::fs::read(m.path("s")).expect("read through symlink"),
+        b"data"
+    );
     std::fs::remove_file(m.path("a")).expect("unlink");
     assert_eq!(std::fs::metadata(m.path("b")).expect("stat").nlink(), 1);
-    assert!(std::fs::metadata(m.path("s")).is_err(), "dangling symlink must not resolve");
+    assert!(
+        std::fs::metadata(m.path("s")).is_err(),
+        "dangling symlink must not resolve"
+    );
     run(Command::new("mkfifo").arg(m.path("fifo")));
-    assert!(std::fs::symlink_metadata(m.path("fifo")).expect("stat fifo").file_type().is_fifo());
-    run(Command::new("mknod").arg(m.path("null")).args(["c", "1", "3"]));
+    assert!(
+        std::fs::symlink_metadata(m.path("fifo"))
+            .expect("stat fifo")
+            .file_type()
+            .is_fifo()
+    );
+    run(Command::new("mknod")
+        .arg(m.path("null"))
+        .args(["c", "1", "3"]));
     let md = std::fs::symlink_metadata(m.path("null")).expect("stat dev");
     assert_eq!(md.rdev(), libc_makedev(1, 3));
 }
 
 fn libc_makedev(major: u64, minor: u64) -> u64 {
-    ((major & 0xfffff000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffffff00) << 12) | (minor & 0xff)
+    ((major & 0xfffff000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffffff00) << 12)
+        | (minor & 0xff)
 }
 
 use std::os::unix::fs::FileTypeExt;
@@ -259,7 +341,14 @@ fn git_workflow(m: Mount) {
     std::fs::create_dir(&repo).expect("mkdir");
     let git = |args: &[&str]| {
         run(Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.com",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .current_dir(&repo))
     };
@@ -296,7 +385,10 @@ fn concurrent_writers(m: Mount) {
         let data = std::fs::read(m.path(&format!("w{t}"))).expect("read");
         assert_eq!(data.len(), 256 * 4096);
         for (i, chunk) in data.chunks(4096).enumerate() {
-            assert!(chunk.iter().all(|&b| b == t ^ i as u8), "writer {t} chunk {i} corrupted");
+            assert!(
+                chunk.iter().all(|&b| b == t ^ i as u8),
+                "writer {t} chunk {i} corrupted"
+            );
         }
     }
 }
@@ -308,11 +400,14 @@ fn fsynced_data_survives_sigkill() {
     if !fuse_available() {
         return;
     }
-    let Some(mut m) = Mount::new(Store::Postgres) else { return };
+    let Some(mut m) = Mount::new(Store::Postgres) else {
+        return;
+    };
     std::fs::create_dir(m.path("d")).expect("mkdir");
     for i in 0..20 {
         let mut f = std::fs::File::create(m.path(&format!("d/f{i}"))).expect("create");
-        f.write_all(format!("durable {i}\n").repeat(1000).as_bytes()).expect("write");
+        f.write_all(format!("durable {i}\n").repeat(1000).as_bytes())
+            .expect("write");
         f.sync_all().expect("fsync");
     }
     // Unsynced writes in flight when the process dies may or may not survive.
@@ -325,5 +420,8 @@ fn fsynced_data_survives_sigkill() {
         assert_eq!(data, format!("durable {i}\n").repeat(1000).as_bytes());
     }
     let names = std::fs::read_dir(m.path("d")).expect("readdir").count();
-    assert!(names == 20 || names == 21, "unexpected entries after crash: {names}");
+    assert!(
+        names == 20 || names == 21,
+        "unexpected entries after crash: {names}"
+    );
 }

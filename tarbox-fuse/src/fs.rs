@@ -82,7 +82,10 @@ impl TarboxFuse {
         });
     }
 
-    fn reply_entry(&self, reply: ReplyEntry) -> impl FnOnce(FsResult<tarbox_fs::FileAttr>) + Send + 'static {
+    fn reply_entry(
+        &self,
+        reply: ReplyEntry,
+    ) -> impl FnOnce(FsResult<tarbox_fs::FileAttr>) + Send + 'static {
         let ttl = self.timeouts.entry;
         move |r| match r {
             Ok(a) => reply.entry(&ttl, &attr(&a), GENERATION),
@@ -90,7 +93,10 @@ impl TarboxFuse {
         }
     }
 
-    fn reply_attr(&self, reply: ReplyAttr) -> impl FnOnce(FsResult<tarbox_fs::FileAttr>) + Send + 'static {
+    fn reply_attr(
+        &self,
+        reply: ReplyAttr,
+    ) -> impl FnOnce(FsResult<tarbox_fs::FileAttr>) + Send + 'static {
         let ttl = self.timeouts.attr;
         move |r| match r {
             Ok(a) => reply.attr(&ttl, &attr(&a)),
@@ -146,12 +152,18 @@ impl Filesystem for TarboxFuse {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
-        self.run(async move { v.lookup(&c, ino(parent), &name).await }, self.reply_entry(reply));
+        self.run(
+            async move { v.lookup(&c, ino(parent), &name).await },
+            self.reply_entry(reply),
+        );
     }
 
     fn getattr(&self, req: &Request, i: INodeNo, _fh: Option<FuseFh>, reply: ReplyAttr) {
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.getattr(&c, ino(i)).await }, self.reply_attr(reply));
+        self.run(
+            async move { v.getattr(&c, ino(i)).await },
+            self.reply_attr(reply),
+        );
     }
 
     fn setattr(
@@ -183,15 +195,21 @@ impl Filesystem for TarboxFuse {
             handle: fh.map(|f| FileHandle(f.0)),
         };
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.setattr(&c, ino(i), &set).await }, self.reply_attr(reply));
+        self.run(
+            async move { v.setattr(&c, ino(i), &set).await },
+            self.reply_attr(reply),
+        );
     }
 
     fn readlink(&self, req: &Request, i: INodeNo, reply: ReplyData) {
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.readlink(&c, ino(i)).await }, move |r| match r {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.run(
+            async move { v.readlink(&c, ino(i)).await },
+            move |r| match r {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn mknod(
@@ -212,24 +230,52 @@ impl Filesystem for TarboxFuse {
         );
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
         let mode = mode & !(umask & 0o777);
-        self.run(async move { v.mkdir(&c, ino(parent), &name, mode).await }, self.reply_entry(reply));
+        self.run(
+            async move { v.mkdir(&c, ino(parent), &name, mode).await },
+            self.reply_entry(reply),
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
-        self.run(async move { v.unlink(&c, ino(parent), &name).await }, reply_empty(reply));
+        self.run(
+            async move { v.unlink(&c, ino(parent), &name).await },
+            reply_empty(reply),
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
-        self.run(async move { v.rmdir(&c, ino(parent), &name).await }, reply_empty(reply));
+        self.run(
+            async move { v.rmdir(&c, ino(parent), &name).await },
+            reply_empty(reply),
+        );
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(link_name));
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (v, c, name) = (
+            self.volume.clone(),
+            self.caller(req),
+            convert::name(link_name),
+        );
         let target = target.as_os_str().as_bytes().to_vec();
         self.run(
             async move { v.symlink(&c, ino(parent), &name, &target).await },
@@ -254,13 +300,27 @@ impl Filesystem for TarboxFuse {
         let (v, c) = (self.volume.clone(), self.caller(req));
         let (name, newname) = (convert::name(name), convert::name(newname));
         self.run(
-            async move { v.rename(&c, ino(parent), &name, ino(newparent), &newname, flags).await },
+            async move {
+                v.rename(&c, ino(parent), &name, ino(newparent), &newname, flags)
+                    .await
+            },
             reply_empty(reply),
         );
     }
 
-    fn link(&self, req: &Request, i: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(newname));
+    fn link(
+        &self,
+        req: &Request,
+        i: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (v, c, name) = (
+            self.volume.clone(),
+            self.caller(req),
+            convert::name(newname),
+        );
         self.run(
             async move { v.link(&c, ino(i), ino(newparent), &name).await },
             self.reply_entry(reply),
@@ -269,10 +329,13 @@ impl Filesystem for TarboxFuse {
 
     fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.open(&c, ino(i), flags.0).await }, move |r| match r {
-            Ok(fh) => reply.opened(FuseFh(fh.0), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.run(
+            async move { v.open(&c, ino(i), flags.0).await },
+            move |r| match r {
+                Ok(fh) => reply.opened(FuseFh(fh.0), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn read(
@@ -287,10 +350,13 @@ impl Filesystem for TarboxFuse {
         reply: ReplyData,
     ) {
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.read(&c, FileHandle(fh.0), offset, size).await }, move |r| match r {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.run(
+            async move { v.read(&c, FileHandle(fh.0), offset, size).await },
+            move |r| match r {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn write(
@@ -306,15 +372,28 @@ impl Filesystem for TarboxFuse {
         reply: ReplyWrite,
     ) {
         let (v, c, data) = (self.volume.clone(), self.caller(req), data.to_vec());
-        self.run(async move { v.write(&c, FileHandle(fh.0), offset, &data).await }, move |r| match r {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.run(
+            async move { v.write(&c, FileHandle(fh.0), offset, &data).await },
+            move |r| match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
-    fn flush(&self, req: &Request, _i: INodeNo, fh: FuseFh, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        req: &Request,
+        _i: INodeNo,
+        fh: FuseFh,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.flush(&c, FileHandle(fh.0)).await }, reply_empty(reply));
+        self.run(
+            async move { v.flush(&c, FileHandle(fh.0)).await },
+            reply_empty(reply),
+        );
     }
 
     fn release(
@@ -328,63 +407,112 @@ impl Filesystem for TarboxFuse {
         reply: ReplyEmpty,
     ) {
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.release(&c, FileHandle(fh.0)).await }, reply_empty(reply));
+        self.run(
+            async move { v.release(&c, FileHandle(fh.0)).await },
+            reply_empty(reply),
+        );
     }
 
     fn fsync(&self, req: &Request, _i: INodeNo, fh: FuseFh, datasync: bool, reply: ReplyEmpty) {
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.fsync(&c, FileHandle(fh.0), datasync).await }, reply_empty(reply));
+        self.run(
+            async move { v.fsync(&c, FileHandle(fh.0), datasync).await },
+            reply_empty(reply),
+        );
     }
 
     fn opendir(&self, req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.opendir(&c, ino(i)).await }, move |r| match r {
-            Ok(fh) => reply.opened(FuseFh(fh.0), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
-        });
+        self.run(
+            async move { v.opendir(&c, ino(i)).await },
+            move |r| match r {
+                Ok(fh) => reply.opened(FuseFh(fh.0), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
-    fn readdir(&self, req: &Request, _i: INodeNo, fh: FuseFh, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        req: &Request,
+        _i: INodeNo,
+        fh: FuseFh,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.readdir(&c, FileHandle(fh.0), offset).await }, move |r| match r {
-            Ok(entries) => {
-                for e in entries {
-                    let name = OsStr::from_bytes(&e.name);
-                    if reply.add(node(e.ino), e.next_offset, convert::kind(e.kind), name) {
-                        break;
+        self.run(
+            async move { v.readdir(&c, FileHandle(fh.0), offset).await },
+            move |r| match r {
+                Ok(entries) => {
+                    for e in entries {
+                        let name = OsStr::from_bytes(&e.name);
+                        if reply.add(node(e.ino), e.next_offset, convert::kind(e.kind), name) {
+                            break;
+                        }
                     }
+                    reply.ok();
                 }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno(&e)),
-        });
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
-    fn readdirplus(&self, req: &Request, _i: INodeNo, fh: FuseFh, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        req: &Request,
+        _i: INodeNo,
+        fh: FuseFh,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let (v, c) = (self.volume.clone(), self.caller(req));
         let ttl = self.timeouts.entry;
-        self.run(async move { v.readdirplus(&c, FileHandle(fh.0), offset).await }, move |r| match r {
-            Ok(entries) => {
-                for (e, a) in entries {
-                    let name = OsStr::from_bytes(&e.name);
-                    if reply.add(node(e.ino), e.next_offset, name, &ttl, &attr(&a), GENERATION) {
-                        break;
+        self.run(
+            async move { v.readdirplus(&c, FileHandle(fh.0), offset).await },
+            move |r| match r {
+                Ok(entries) => {
+                    for (e, a) in entries {
+                        let name = OsStr::from_bytes(&e.name);
+                        if reply.add(
+                            node(e.ino),
+                            e.next_offset,
+                            name,
+                            &ttl,
+                            &attr(&a),
+                            GENERATION,
+                        ) {
+                            break;
+                        }
                     }
+                    reply.ok();
                 }
-                reply.ok();
-            }
-            Err(e) => reply.error(errno(&e)),
-        });
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
-    fn releasedir(&self, req: &Request, _i: INodeNo, fh: FuseFh, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        req: &Request,
+        _i: INodeNo,
+        fh: FuseFh,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.releasedir(&c, FileHandle(fh.0)).await }, reply_empty(reply));
+        self.run(
+            async move { v.releasedir(&c, FileHandle(fh.0)).await },
+            reply_empty(reply),
+        );
     }
 
     fn fsyncdir(&self, req: &Request, _i: INodeNo, fh: FuseFh, datasync: bool, reply: ReplyEmpty) {
         let (v, c) = (self.volume.clone(), self.caller(req));
-        self.run(async move { v.fsync(&c, FileHandle(fh.0), datasync).await }, reply_empty(reply));
+        self.run(
+            async move { v.fsync(&c, FileHandle(fh.0), datasync).await },
+            reply_empty(reply),
+        );
     }
 
     fn statfs(&self, req: &Request, _i: INodeNo, reply: ReplyStatfs) {
@@ -423,7 +551,12 @@ impl Filesystem for TarboxFuse {
                 return;
             }
         };
-        let (v, c, name, value) = (self.volume.clone(), self.caller(req), convert::name(name), value.to_vec());
+        let (v, c, name, value) = (
+            self.volume.clone(),
+            self.caller(req),
+            convert::name(name),
+            value.to_vec(),
+        );
         self.run(
             async move { v.setxattr(&c, ino(i), &name, &value, mode).await },
             reply_empty(reply),
@@ -432,7 +565,10 @@ impl Filesystem for TarboxFuse {
 
     fn getxattr(&self, req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
-        self.run(async move { v.getxattr(&c, ino(i), &name).await }, reply_xattr(reply, size));
+        self.run(
+            async move { v.getxattr(&c, ino(i), &name).await },
+            reply_xattr(reply, size),
+        );
     }
 
     fn listxattr(&self, req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
@@ -453,13 +589,19 @@ impl Filesystem for TarboxFuse {
 
     fn removexattr(&self, req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
-        self.run(async move { v.removexattr(&c, ino(i), &name).await }, reply_empty(reply));
+        self.run(
+            async move { v.removexattr(&c, ino(i), &name).await },
+            reply_empty(reply),
+        );
     }
 
     fn access(&self, req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let (v, c) = (self.volume.clone(), self.caller(req));
         let mask = mask.bits() as u32;
-        self.run(async move { v.access(&c, ino(i), mask).await }, reply_empty(reply));
+        self.run(
+            async move { v.access(&c, ino(i), mask).await },
+            reply_empty(reply),
+        );
     }
 
     fn create(
@@ -478,7 +620,13 @@ impl Filesystem for TarboxFuse {
         self.run(
             async move { v.create(&c, ino(parent), &name, mode, flags).await },
             move |r| match r {
-                Ok((a, fh)) => reply.created(&ttl, &attr(&a), GENERATION, FuseFh(fh.0), FopenFlags::empty()),
+                Ok((a, fh)) => reply.created(
+                    &ttl,
+                    &attr(&a),
+                    GENERATION,
+                    FuseFh(fh.0),
+                    FopenFlags::empty(),
+                ),
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -500,7 +648,10 @@ impl Filesystem for TarboxFuse {
         };
         let (v, c) = (self.volume.clone(), self.caller(req));
         self.run(
-            async move { v.fallocate(&c, FileHandle(fh.0), offset, length, mode).await },
+            async move {
+                v.fallocate(&c, FileHandle(fh.0), offset, length, mode)
+                    .await
+            },
             reply_empty(reply),
         );
     }

@@ -68,7 +68,9 @@ pub enum MountError {
     NoMountPoint(PathBuf),
     #[error("mount point {0} is already mounted (busy); unmount it first")]
     Busy(PathBuf),
-    #[error("/dev/fuse is missing: load the fuse module or run the container with --device /dev/fuse")]
+    #[error(
+        "/dev/fuse is missing: load the fuse module or run the container with --device /dev/fuse"
+    )]
     NoFuseDevice,
     #[error("must be called from within a Tokio runtime")]
     NoRuntime,
@@ -111,7 +113,10 @@ impl Mounted {
 
     /// Serve until the filesystem is unmounted from outside or `shutdown` completes (then unmount
     /// cleanly, flushing buffered writes first).
-    pub async fn run_until(mut self, shutdown: impl std::future::Future<Output = ()>) -> io::Result<()> {
+    pub async fn run_until(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> io::Result<()> {
         tokio::select! {
             r = &mut self.done => {
                 if let Err(e) = self.volume.flush_all().await {
@@ -142,7 +147,11 @@ pub fn is_mount_point(path: &Path) -> bool {
 }
 
 /// Mount `volume` at `mountpoint` and serve it until unmounted.
-pub fn mount(volume: Volume, mountpoint: &Path, options: &MountOptions) -> Result<Mounted, MountError> {
+pub fn mount(
+    volume: Volume,
+    mountpoint: &Path,
+    options: &MountOptions,
+) -> Result<Mounted, MountError> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| MountError::NoRuntime)?;
     if !mountpoint.is_dir() {
         return Err(MountError::NoMountPoint(mountpoint.to_path_buf()));
@@ -163,18 +172,27 @@ pub fn mount(volume: Volume, mountpoint: &Path, options: &MountOptions) -> Resul
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
     ];
-    mount_options.push(if options.read_only { MountOption::RO } else { MountOption::RW });
+    mount_options.push(if options.read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
     mount_options.extend(options.extra.iter().map(|o| MountOption::CUSTOM(o.clone())));
     let mut config = Config::default();
     config.mount_options = mount_options;
-    config.acl = if options.allow_other { SessionACL::All } else { SessionACL::Owner };
+    config.acl = if options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = options.threads > 1;
     let fs = fs::TarboxFuse::new(volume.clone(), runtime, options.timeouts);
-    let mut session = fuser::Session::new(fs, mountpoint, &config).map_err(|source| MountError::Mount {
-        path: mountpoint.to_path_buf(),
-        source,
-    })?;
+    let mut session =
+        fuser::Session::new(fs, mountpoint, &config).map_err(|source| MountError::Mount {
+            path: mountpoint.to_path_buf(),
+            source,
+        })?;
     let unmounter = session.unmount_callable();
     let (tx, done) = oneshot::channel();
     std::thread::Builder::new()
