@@ -265,6 +265,7 @@ fn random_offsets_verified_by_hash(m: Mount) {
     let p = m.path("big.bin");
     let mut f = std::fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&p)

@@ -114,7 +114,9 @@ impl FileType {
 }
 
 /// A point in time with nanosecond precision, as nanoseconds since the Unix epoch (may be negative).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
@@ -135,7 +137,10 @@ impl Timestamp {
 
     /// Whole seconds and the nanosecond remainder, as `struct timespec` holds them.
     pub fn secs_nanos(self) -> (i64, u32) {
-        (self.0.div_euclid(1_000_000_000), self.0.rem_euclid(1_000_000_000) as u32)
+        (
+            self.0.div_euclid(1_000_000_000),
+            self.0.rem_euclid(1_000_000_000) as u32,
+        )
     }
 }
 
@@ -330,7 +335,8 @@ pub struct FallocateMode {
 impl FallocateMode {
     /// Decode Linux `fallocate` mode bits; unsupported bits give `None`.
     pub fn from_linux(mode: i32) -> Option<FallocateMode> {
-        let known = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if mode & !known != 0 {
             return None;
         }

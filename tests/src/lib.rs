@@ -72,31 +72,46 @@ fn postgres_required() -> bool {
 /// Connect to the server's `postgres` database and create the test database if it is missing.
 /// `Err` only for an unreachable server; a reachable server that refuses the setup panics.
 async fn probe_postgres() -> Result<String, String> {
-    let url = std::env::var("TARBOX_TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_string());
+    let url = std::env::var("TARBOX_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_string());
     let options = PgConnectOptions::from_str(&url)
-        .unwrap_or_else(|e| panic!("TARBOX_TEST_DATABASE_URL {url:?} is not a PostgreSQL URL: {e}"));
+        .unwrap_or_else(|e| panic!("TARBOX_TEST_DATABASE_URL is not a PostgreSQL URL: {e}"));
+    // Messages name the server without the URL's password.
+    let server = format!(
+        "postgres://{}@{}:{}",
+        options.get_username(),
+        options.get_host(),
+        options.get_port()
+    );
     let Some(database) = options.get_database().map(str::to_string) else {
         // No database named: the server's default for the user is used as is.
         return Ok(url);
     };
     let admin = options.clone().database("postgres");
-    let mut conn = match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&admin)).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(format!("{url}: {e}")),
-        Err(_) => return Err(format!("{url}: no answer within {CONNECT_TIMEOUT:?}")),
-    };
+    let mut conn =
+        match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&admin)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(format!("{server}: {e}")),
+            Err(_) => return Err(format!("{server}: no answer within {CONNECT_TIMEOUT:?}")),
+        };
     let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
         .bind(&database)
         .fetch_optional(&mut conn)
         .await
-        .unwrap_or_else(|e| panic!("cannot query pg_database on {url}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot query pg_database on {server}: {e}"));
     if exists.is_none() {
         let create = format!("CREATE DATABASE \"{}\"", database.replace('"', "\"\""));
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(create)).execute(&mut conn).await {
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+            .execute(&mut conn)
+            .await
+        {
             // Another test process may have created it in between.
-            let code = e.as_database_error().and_then(|d| d.code()).unwrap_or_default();
+            let code = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .unwrap_or_default();
             if code != "42P04" && code != "23505" {
-                panic!("cannot create database {database:?} on {url}: {e}");
+                panic!("cannot create database {database:?} on {server}: {e}");
             }
         }
     }
@@ -220,10 +235,14 @@ impl TestVolume {
 
     /// An engine on `url` with one fresh tenant of default options.
     pub async fn open(url: &str) -> TestVolume {
+        let backend = if url.starts_with("memory") {
+            "memory"
+        } else {
+            "postgres"
+        };
         let engine = Engine::open(url, EngineConfig::default())
             .await
-            .unwrap_or_else(|e| panic!("cannot open engine on {url}: {e}"));
-        let backend = if url.starts_with("memory") { "memory" } else { "postgres" };
+            .unwrap_or_else(|e| panic!("cannot open an engine on the {backend} store: {e}"));
         TestVolume::with_tenant(engine, backend, Arc::default(), TenantOptions::default()).await
     }
 
@@ -258,7 +277,13 @@ impl TestVolume {
     /// Another fresh tenant on the same engine (and so the same store), with `options`: a small
     /// block size, a quota, another root owner.
     pub async fn new_tenant(&self, options: TenantOptions) -> TestVolume {
-        TestVolume::with_tenant(self.engine.clone(), self.backend, self.created.clone(), options).await
+        TestVolume::with_tenant(
+            self.engine.clone(),
+            self.backend,
+            self.created.clone(),
+            options,
+        )
+        .await
     }
 
     /// A second volume of the same tenant, as another mount would open it: it shares the store
@@ -291,7 +316,10 @@ impl TestVolume {
     pub async fn resolve_as(&self, caller: &Caller, path: &str) -> FsResult<FileAttr> {
         let mut attr = self.volume.getattr(caller, Ino::ROOT).await?;
         for name in components(path) {
-            attr = self.volume.lookup(caller, attr.ino, name.as_bytes()).await?;
+            attr = self
+                .volume
+                .lookup(caller, attr.ino, name.as_bytes())
+                .await?;
         }
         Ok(attr)
     }
@@ -330,7 +358,13 @@ impl TestVolume {
     }
 
     /// Create (or truncate) a file as `caller` with `mode` and write `data` into it.
-    pub async fn write_file_as(&self, caller: &Caller, path: &str, data: &[u8], mode: u32) -> FsResult<FileAttr> {
+    pub async fn write_file_as(
+        &self,
+        caller: &Caller,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+    ) -> FsResult<FileAttr> {
         let (dir, name) = self.parent(path).await;
         let flags = libc::O_WRONLY | libc::O_TRUNC;
         let (attr, fh) = self.volume.create(caller, dir, &name, mode, flags).await?;
@@ -423,12 +457,13 @@ impl TestVolume {
         for name in components(path) {
             dir = match self.volume.lookup(&root, dir, name.as_bytes()).await {
                 Ok(attr) => attr.ino,
-                Err(FsError::NotFound) => self
-                    .volume
-                    .mkdir(&root, dir, name.as_bytes(), 0o755)
-                    .await
-                    .unwrap_or_else(|e| panic!("mkdir {name} in {path}: {e}"))
-                    .ino,
+                Err(FsError::NotFound) => {
+                    self.volume
+                        .mkdir(&root, dir, name.as_bytes(), 0o755)
+                        .await
+                        .unwrap_or_else(|e| panic!("mkdir {name} in {path}: {e}"))
+                        .ino
+                }
                 Err(e) => panic!("lookup {name} in {path}: {e}"),
             };
         }

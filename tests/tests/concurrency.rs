@@ -42,7 +42,10 @@ impl Cluster {
     /// tenant with `options`. `None` when PostgreSQL is unavailable outside CI (already reported).
     async fn start(store: Store, n: usize, options: TenantOptions) -> Option<Cluster> {
         let (memory, url) = match store {
-            Store::Memory => (Some(Arc::new(MemoryBackend::new()) as Arc<dyn Backend>), None),
+            Store::Memory => (
+                Some(Arc::new(MemoryBackend::new()) as Arc<dyn Backend>),
+                None,
+            ),
             Store::Postgres => (None, Some(postgres_url().await?)),
         };
         let mut cluster = Cluster {
@@ -65,7 +68,9 @@ impl Cluster {
     /// Another engine on the same store.
     async fn new_engine(&self) -> Engine {
         let engine = match (&self.memory, &self.url) {
-            (Some(backend), _) => Engine::with_backend(backend.clone(), EngineConfig::default()).await,
+            (Some(backend), _) => {
+                Engine::with_backend(backend.clone(), EngineConfig::default()).await
+            }
             (None, Some(url)) => Engine::open(url, EngineConfig::default()).await,
             (None, None) => unreachable!("a cluster has a store"),
         };
@@ -137,10 +142,15 @@ on_both_stores!(
     racing_renames_between_two_directories,
     racing_unlinks_and_creates,
     racing_mkdir_and_rmdir,
+    racing_renames_onto_one_target,
+    racing_links_and_unlinks,
+    racing_exclusive_xattrs,
     racing_directory_renames_never_make_a_cycle,
-    racing_three_way_directory_rotation,
+    racing_cross_subtree_directory_moves,
+    racing_three_way_cross_subtree_moves,
     concurrent_writers_to_aligned_regions,
     concurrent_writers_to_unaligned_regions,
+    concurrent_writers_to_one_file_under_a_byte_quota,
     byte_quota_holds_under_concurrent_writers,
     inode_quota_holds_under_concurrent_creates,
 );
@@ -198,7 +208,10 @@ async fn list(vol: &Volume, dir: Ino) -> BTreeMap<String, (Ino, FileType)> {
 }
 
 async fn read_all(vol: &Volume, ino: Ino) -> Vec<u8> {
-    let fh = vol.open(&root(), ino, libc::O_RDONLY).await.expect("open for reading");
+    let fh = vol
+        .open(&root(), ino, libc::O_RDONLY)
+        .await
+        .expect("open for reading");
     let mut out = Vec::new();
     loop {
         let chunk = vol
@@ -216,7 +229,13 @@ async fn read_all(vol: &Volume, ino: Ino) -> Vec<u8> {
 
 async fn new_file(vol: &Volume, dir: Ino, name: &str, data: &[u8]) -> Ino {
     let (attr, fh) = vol
-        .create(&root(), dir, name.as_bytes(), 0o644, libc::O_WRONLY | libc::O_EXCL)
+        .create(
+            &root(),
+            dir,
+            name.as_bytes(),
+            0o644,
+            libc::O_WRONLY | libc::O_EXCL,
+        )
         .await
         .unwrap_or_else(|e| panic!("create {name}: {e}"));
     if !data.is_empty() {
@@ -239,7 +258,10 @@ async fn nlink(vol: &Volume, ino: Ino) -> u32 {
 
 /// Number of subdirectories listed in `dir`.
 fn subdirs(listing: &BTreeMap<String, (Ino, FileType)>) -> u32 {
-    listing.values().filter(|(_, k)| *k == FileType::Directory).count() as u32
+    listing
+        .values()
+        .filter(|(_, k)| *k == FileType::Directory)
+        .count() as u32
 }
 
 /// Spawn one task per volume, all released together by a barrier; returns their results in
@@ -274,7 +296,9 @@ where
 /// see EEXIST, the directory lists each name once, with the winner's inode and data.
 async fn racing_exclusive_creates(store: Store) {
     const NAMES: usize = 32;
-    let Some(cluster) = Cluster::start(store, 4, small_blocks()).await else { return };
+    let Some(cluster) = Cluster::start(store, 4, small_blocks()).await else {
+        return;
+    };
     let vols = cluster.volumes().await;
     let dir = mkdir(&vols[0], Ino::ROOT, "race").await;
     let results = race(&vols, |engine, vol| async move {
@@ -282,7 +306,9 @@ async fn racing_exclusive_creates(store: Store) {
         for i in 0..NAMES {
             let name = format!("f{i}");
             let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-            let r = vol.create(&root(), dir, name.as_bytes(), 0o644, flags).await;
+            let r = vol
+                .create(&root(), dir, name.as_bytes(), 0o644, flags)
+                .await;
             let r = match r {
                 Ok((attr, fh)) => {
                     vol.write(&root(), fh, 0, format!("engine {engine}").as_bytes())
@@ -311,12 +337,21 @@ async fn racing_exclusive_creates(store: Store) {
         assert_eq!(winners.len(), 1, "{name}: winners {winners:?}");
         for (e, r) in results.iter().enumerate() {
             if r[i].is_err() {
-                assert_eq!(errno(&r[i]), Some(libc::EEXIST), "{name} by engine {e}: {}", describe(&r[i]));
+                assert_eq!(
+                    errno(&r[i]),
+                    Some(libc::EEXIST),
+                    "{name} by engine {e}: {}",
+                    describe(&r[i])
+                );
             }
         }
         let (winner, ino) = winners[0];
         assert_eq!(listing[&name], (ino, FileType::Regular), "{name}");
-        assert_eq!(read_all(&reader, ino).await, format!("engine {winner}").as_bytes(), "{name}");
+        assert_eq!(
+            read_all(&reader, ino).await,
+            format!("engine {winner}").as_bytes(),
+            "{name}"
+        );
         assert_eq!(nlink(&reader, ino).await, 1);
     }
     assert_eq!(nlink(&reader, dir).await, 2);
@@ -338,7 +373,9 @@ async fn racing_renames_between_two_directories(store: Store) {
     const DIRS: usize = 4;
     const SHARED: usize = 4;
     const ROUNDS: usize = 8;
-    let Some(cluster) = Cluster::start(store, ENGINES, small_blocks()).await else { return };
+    let Some(cluster) = Cluster::start(store, ENGINES, small_blocks()).await else {
+        return;
+    };
     let vols = cluster.volumes().await;
     let v = &vols[0];
     let d1 = mkdir(v, Ino::ROOT, "d1").await;
@@ -376,7 +413,9 @@ async fn racing_renames_between_two_directories(store: Store) {
                         no_replace: true,
                         exchange: false,
                     };
-                    let r = vol.rename(&root(), from, name.as_bytes(), to, name.as_bytes(), flags).await;
+                    let r = vol
+                        .rename(&root(), from, name.as_bytes(), to, name.as_bytes(), flags)
+                        .await;
                     let c = counts.entry(name.clone()).or_default();
                     match errno(&r) {
                         None => c.0 += 1,
@@ -405,9 +444,25 @@ async fn racing_renames_between_two_directories(store: Store) {
         );
         assert!(!there.contains_key(name), "{name} is in both directories");
     }
-    assert_eq!(l1.len() + l2.len(), names.len(), "d1 {:?}, d2 {:?}", l1.keys(), l2.keys());
-    assert_eq!(nlink(&check, d1).await, 2 + subdirs(&l1), "nlink of d1 ({:?})", l1.keys());
-    assert_eq!(nlink(&check, d2).await, 2 + subdirs(&l2), "nlink of d2 ({:?})", l2.keys());
+    assert_eq!(
+        l1.len() + l2.len(),
+        names.len(),
+        "d1 {:?}, d2 {:?}",
+        l1.keys(),
+        l2.keys()
+    );
+    assert_eq!(
+        nlink(&check, d1).await,
+        2 + subdirs(&l1),
+        "nlink of d1 ({:?})",
+        l1.keys()
+    );
+    assert_eq!(
+        nlink(&check, d2).await,
+        2 + subdirs(&l2),
+        "nlink of d2 ({:?})",
+        l2.keys()
+    );
     assert_eq!(nlink(&check, Ino::ROOT).await, 4);
     for (dir, listing) in [(d1, &l1), (d2, &l2)] {
         for (name, (ino, kind)) in listing {
@@ -415,7 +470,10 @@ async fn racing_renames_between_two_directories(store: Store) {
                 let dotdot = check.lookup(&root(), *ino, b"..").await.expect("lookup ..");
                 assert_eq!(dotdot.ino, dir, "'..' of {name}");
                 assert_eq!(nlink(&check, *ino).await, 2, "nlink of {name}");
-                let inner = check.lookup(&root(), *ino, b"inner").await.expect("inner file");
+                let inner = check
+                    .lookup(&root(), *ino, b"inner")
+                    .await
+                    .expect("inner file");
                 assert_eq!(read_all(&check, inner.ino).await, name.as_bytes());
             } else {
                 assert_eq!(read_all(&check, *ino).await, name.as_bytes());
@@ -435,7 +493,9 @@ async fn racing_unlinks_and_creates(store: Store) {
     const ENGINES: usize = 4;
     const NAMES: usize = 3;
     const ITERATIONS: usize = 40;
-    let Some(cluster) = Cluster::start(store, ENGINES, small_blocks()).await else { return };
+    let Some(cluster) = Cluster::start(store, ENGINES, small_blocks()).await else {
+        return;
+    };
     let vols = cluster.volumes().await;
     let dir = mkdir(&vols[0], Ino::ROOT, "churn").await;
     let results = race(&vols, |engine, vol| async move {
@@ -446,7 +506,9 @@ async fn racing_unlinks_and_creates(store: Store) {
             let name = format!("n{n}");
             if (i + engine / 2) % 2 == 0 {
                 let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-                let r = vol.create(&root(), dir, name.as_bytes(), 0o644, flags).await;
+                let r = vol
+                    .create(&root(), dir, name.as_bytes(), 0o644, flags)
+                    .await;
                 match r {
                     Ok((_, fh)) => {
                         counts[n].0 += 1;
@@ -493,7 +555,9 @@ async fn racing_unlinks_and_creates(store: Store) {
 async fn racing_mkdir_and_rmdir(store: Store) {
     const ENGINES: usize = 4;
     const ITERATIONS: usize = 30;
-    let Some(cluster) = Cluster::start(store, ENGINES, small_blocks()).await else { return };
+    let Some(cluster) = Cluster::start(store, ENGINES, small_blocks()).await else {
+        return;
+    };
     let vols = cluster.volumes().await;
     let results = race(&vols, |engine, vol| async move {
         let (mut mkdirs, mut rmdirs) = (0u32, 0u32);
@@ -506,9 +570,14 @@ async fn racing_mkdir_and_rmdir(store: Store) {
                     Err(e) => panic!("engine {engine}: mkdir x: {e}"),
                 }
                 // Whoever made it: try to put a file inside, then take it out again.
-                let Ok(x) = vol.lookup(&root(), Ino::ROOT, b"x").await else { continue };
+                let Ok(x) = vol.lookup(&root(), Ino::ROOT, b"x").await else {
+                    continue;
+                };
                 let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-                match vol.create(&root(), x.ino, mine.as_bytes(), 0o644, flags).await {
+                match vol
+                    .create(&root(), x.ino, mine.as_bytes(), 0o644, flags)
+                    .await
+                {
                     Ok((_, fh)) => {
                         vol.release(&root(), fh).await.expect("release");
                         // Nobody else may remove x while the file is in it.
@@ -551,6 +620,204 @@ async fn racing_mkdir_and_rmdir(store: Store) {
     cluster.finish().await;
 }
 
+/// Engines rename their own file onto one shared target name at once (replacing whatever is
+/// there), round after round. Every rename succeeds; the target ends as one of the sources, every
+/// source name is gone, and every replaced inode is freed (no leaked inode or byte).
+async fn racing_renames_onto_one_target(store: Store) {
+    const ENGINES: usize = 4;
+    const ROUNDS: usize = 10;
+    let Some(cluster) = Cluster::start(store, ENGINES, small_blocks()).await else {
+        return;
+    };
+    let vols = cluster.volumes().await;
+    let dir = mkdir(&vols[0], Ino::ROOT, "dir").await;
+    for round in 0..ROUNDS {
+        let mut sources = BTreeMap::new();
+        for (e, vol) in vols.iter().enumerate() {
+            let name = format!("s{e}");
+            let ino = new_file(
+                vol,
+                dir,
+                &name,
+                format!("round {round} engine {e}").as_bytes(),
+            )
+            .await;
+            sources.insert(ino, e);
+        }
+        let results = race(&vols, |e, vol| async move {
+            let name = format!("s{e}");
+            vol.rename(
+                &root(),
+                dir,
+                name.as_bytes(),
+                dir,
+                b"t",
+                RenameFlags::default(),
+            )
+            .await
+        })
+        .await;
+        for (e, r) in results.iter().enumerate() {
+            assert!(
+                r.is_ok(),
+                "round {round}: rename s{e} -> t: {}",
+                describe(r)
+            );
+        }
+        let listing = list(&vols[0], dir).await;
+        assert_eq!(listing.keys().collect::<Vec<_>>(), ["t"], "round {round}");
+        let (t, _) = listing["t"];
+        let winner = sources
+            .get(&t)
+            .unwrap_or_else(|| panic!("round {round}: t is inode {t}, not a source"));
+        assert_eq!(
+            read_all(&vols[0], t).await,
+            format!("round {round} engine {winner}").as_bytes()
+        );
+        assert_eq!(nlink(&vols[0], t).await, 1);
+        let usage = cluster.usage().await;
+        assert_eq!(
+            (usage.inodes, usage.bytes),
+            (3, 4096),
+            "round {round}: replaced inodes must be freed"
+        );
+    }
+    cluster.finish().await;
+}
+
+/// Engines add and remove hard links to one file, each under its own names and all under one
+/// shared name. Every link and unlink locks the file, so its link count always equals its names.
+async fn racing_links_and_unlinks(store: Store) {
+    const ENGINES: usize = 4;
+    const ITERATIONS: usize = 24;
+    let Some(cluster) = Cluster::start(store, ENGINES, small_blocks()).await else {
+        return;
+    };
+    let vols = cluster.volumes().await;
+    let dir = mkdir(&vols[0], Ino::ROOT, "links").await;
+    let file = new_file(&vols[0], dir, "file", b"data").await;
+    let results = race(&vols, |e, vol| async move {
+        // (shared links made, shared unlinks made)
+        let (mut linked, mut unlinked) = (0u32, 0u32);
+        for i in 0..ITERATIONS {
+            let own = format!("l{e}-{}", i % 3);
+            match i % 4 {
+                0 | 1 => {
+                    let r = vol.link(&root(), file, dir, own.as_bytes()).await;
+                    assert!(
+                        r.is_ok() || errno(&r) == Some(libc::EEXIST),
+                        "engine {e}: link {own}: {}",
+                        describe(&r)
+                    );
+                    let r = vol.link(&root(), file, dir, b"shared").await;
+                    match errno(&r) {
+                        None => linked += 1,
+                        Some(libc::EEXIST) => {}
+                        _ => panic!("engine {e}: link shared: {}", describe(&r)),
+                    }
+                }
+                _ => {
+                    let r = vol.unlink(&root(), dir, own.as_bytes()).await;
+                    assert!(
+                        r.is_ok() || errno(&r) == Some(libc::ENOENT),
+                        "engine {e}: unlink {own}: {}",
+                        describe(&r)
+                    );
+                    let r = vol.unlink(&root(), dir, b"shared").await;
+                    match errno(&r) {
+                        None => unlinked += 1,
+                        Some(libc::ENOENT) => {}
+                        _ => panic!("engine {e}: unlink shared: {}", describe(&r)),
+                    }
+                }
+            }
+        }
+        (linked, unlinked)
+    })
+    .await;
+    let check = cluster.fresh_volume().await;
+    let listing = list(&check, dir).await;
+    for (name, (ino, _)) in &listing {
+        assert_eq!(*ino, file, "{name} names another inode");
+    }
+    assert_eq!(
+        nlink(&check, file).await,
+        listing.len() as u32,
+        "names: {:?}",
+        listing.keys()
+    );
+    let linked: u32 = results.iter().map(|r| r.0).sum();
+    let unlinked: u32 = results.iter().map(|r| r.1).sum();
+    assert_eq!(
+        i64::from(linked) - i64::from(unlinked),
+        i64::from(listing.contains_key("shared")),
+        "{linked} links and {unlinked} unlinks of the shared name succeeded"
+    );
+    assert_eq!(read_all(&check, file).await, b"data");
+    assert_eq!(cluster.usage().await.inodes, 3);
+    cluster.finish().await;
+}
+
+/// Engines set the same extended attributes with XATTR_CREATE at once: exactly one wins each.
+async fn racing_exclusive_xattrs(store: Store) {
+    const ENGINES: usize = 4;
+    const NAMES: usize = 12;
+    let Some(cluster) = Cluster::start(store, ENGINES, small_blocks()).await else {
+        return;
+    };
+    let vols = cluster.volumes().await;
+    let file = new_file(&vols[0], Ino::ROOT, "file", b"").await;
+    let results = race(&vols, |e, vol| async move {
+        let mut out = Vec::new();
+        for i in 0..NAMES {
+            let name = format!("user.n{i}");
+            let value = format!("engine {e}");
+            out.push(
+                vol.setxattr(
+                    &root(),
+                    file,
+                    name.as_bytes(),
+                    value.as_bytes(),
+                    tarbox_fs::XattrMode::Create,
+                )
+                .await,
+            );
+        }
+        out
+    })
+    .await;
+    let check = cluster.fresh_volume().await;
+    assert_eq!(
+        check
+            .listxattr(&root(), file)
+            .await
+            .expect("listxattr")
+            .len(),
+        NAMES
+    );
+    for i in 0..NAMES {
+        let name = format!("user.n{i}");
+        let winners: Vec<usize> = (0..ENGINES).filter(|e| results[*e][i].is_ok()).collect();
+        assert_eq!(winners.len(), 1, "{name}: winners {winners:?}");
+        for (e, r) in results.iter().enumerate() {
+            if r[i].is_err() {
+                assert_eq!(
+                    errno(&r[i]),
+                    Some(libc::EEXIST),
+                    "{name} by {e}: {}",
+                    describe(&r[i])
+                );
+            }
+        }
+        let value = check
+            .getxattr(&root(), file, name.as_bytes())
+            .await
+            .expect("getxattr");
+        assert_eq!(value, format!("engine {}", winners[0]).as_bytes(), "{name}");
+    }
+    cluster.finish().await;
+}
+
 /// Every directory's `..` chain reaches the root within `limit` steps, and every directory is
 /// reachable from the root through listings: the tree is acyclic and connected.
 async fn assert_tree_sound(vol: &Volume, dirs: &BTreeMap<String, Ino>) {
@@ -561,25 +828,46 @@ async fn assert_tree_sound(vol: &Volume, dirs: &BTreeMap<String, Ino>) {
             if cur == Ino::ROOT {
                 break;
             }
-            cur = vol.lookup(&root(), cur, b"..").await.expect("lookup ..").ino;
+            cur = vol
+                .lookup(&root(), cur, b"..")
+                .await
+                .expect("lookup ..")
+                .ino;
             path.push(cur.to_string());
         }
-        assert_eq!(cur, Ino::ROOT, "'..' chain from {name} does not reach the root: {path:?}");
+        assert_eq!(
+            cur,
+            Ino::ROOT,
+            "'..' chain from {name} does not reach the root: {path:?}"
+        );
     }
     let mut reachable = BTreeSet::new();
     let mut stack = vec![Ino::ROOT];
     while let Some(dir) = stack.pop() {
         for (name, (ino, kind)) in list(vol, dir).await {
             if kind == FileType::Directory {
-                assert!(reachable.insert(ino), "directory {name} ({ino}) reachable twice");
-                let dotdot = vol.lookup(&root(), ino, b"..").await.expect("lookup ..").ino;
-                assert_eq!(dotdot, dir, "'..' of {name} is not the directory listing it");
+                assert!(
+                    reachable.insert(ino),
+                    "directory {name} ({ino}) reachable twice"
+                );
+                let dotdot = vol
+                    .lookup(&root(), ino, b"..")
+                    .await
+                    .expect("lookup ..")
+                    .ino;
+                assert_eq!(
+                    dotdot, dir,
+                    "'..' of {name} is not the directory listing it"
+                );
                 stack.push(ino);
             }
         }
     }
     for (name, ino) in dirs {
-        assert!(reachable.contains(ino), "directory {name} is unreachable from the root");
+        assert!(
+            reachable.contains(ino),
+            "directory {name} is unreachable from the root"
+        );
     }
 }
 
@@ -588,7 +876,9 @@ async fn assert_tree_sound(vol: &Volume, dirs: &BTreeMap<String, Ino>) {
 /// descendant) and never create a cycle detached from the root.
 async fn racing_directory_renames_never_make_a_cycle(store: Store) {
     const ROUNDS: usize = 20;
-    let Some(cluster) = Cluster::start(store, 2, small_blocks()).await else { return };
+    let Some(cluster) = Cluster::start(store, 2, small_blocks()).await else {
+        return;
+    };
     let vols = cluster.volumes().await;
     let a = mkdir(&vols[0], Ino::ROOT, "a").await;
     let b = mkdir(&vols[0], Ino::ROOT, "b").await;
@@ -596,11 +886,25 @@ async fn racing_directory_renames_never_make_a_cycle(store: Store) {
     for round in 0..ROUNDS {
         let results = race(&vols, |engine, vol| async move {
             let (name, target): (&[u8], Ino) = if engine == 0 { (b"a", b) } else { (b"b", a) };
-            vol.rename(&root(), Ino::ROOT, name, target, name, RenameFlags::default()).await
+            vol.rename(
+                &root(),
+                Ino::ROOT,
+                name,
+                target,
+                name,
+                RenameFlags::default(),
+            )
+            .await
         })
         .await;
         let ok: Vec<usize> = (0..2).filter(|i| results[*i].is_ok()).collect();
-        assert_eq!(ok.len(), 1, "round {round}: a->b {}, b->a {}", describe(&results[0]), describe(&results[1]));
+        assert_eq!(
+            ok.len(),
+            1,
+            "round {round}: a->b {}, b->a {}",
+            describe(&results[0]),
+            describe(&results[1])
+        );
         let loser = 1 - ok[0];
         assert!(
             matches!(errno(&results[loser]), Some(libc::EINVAL | libc::ENOENT)),
@@ -611,7 +915,14 @@ async fn racing_directory_renames_never_make_a_cycle(store: Store) {
         // Put the moved directory back at the top.
         let (parent, name): (Ino, &[u8]) = if ok[0] == 0 { (b, b"a") } else { (a, b"b") };
         vols[0]
-            .rename(&root(), parent, name, Ino::ROOT, name, RenameFlags::default())
+            .rename(
+                &root(),
+                parent,
+                name,
+                Ino::ROOT,
+                name,
+                RenameFlags::default(),
+            )
             .await
             .expect("move back");
     }
@@ -621,59 +932,98 @@ async fn racing_directory_renames_never_make_a_cycle(store: Store) {
     cluster.finish().await;
 }
 
-/// Three engines rotate `a` into `b`, `b` into `c` and `c` into `a` at once: at most two can
-/// succeed, and whatever succeeds, the tree stays acyclic and connected with correct link counts.
-async fn racing_three_way_directory_rotation(store: Store) {
-    const ROUNDS: usize = 15;
-    let Some(cluster) = Cluster::start(store, 3, small_blocks()).await else { return };
+/// Engine `i` moves directory `a{i}` (in `p{i}`) into `a{i+1}/c{i+1}`, the child of the next one,
+/// all at the same time. The moves touch disjoint inodes (each locks its source parent, target
+/// parent and the directory moved), so nothing but the engine's own serialization of
+/// cross-directory directory renames prevents a cycle `a0 → c1 → a1 → c0 → a0` detached from the
+/// root. With two engines exactly one move may succeed (the other is then a move into its own
+/// descendant: EINVAL); with three, one or two. The tree must stay acyclic and connected, with
+/// correct link counts.
+async fn cross_subtree_moves(store: Store, engines: usize, rounds: usize) {
+    let Some(cluster) = Cluster::start(store, engines, small_blocks()).await else {
+        return;
+    };
     let vols = cluster.volumes().await;
-    let names = ["a", "b", "c"];
+    let v = &vols[0];
     let mut dirs = BTreeMap::new();
-    for n in names {
-        dirs.insert(n.to_string(), mkdir(&vols[0], Ino::ROOT, n).await);
+    let (mut p, mut a, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..engines {
+        p.push(mkdir(v, Ino::ROOT, &format!("p{i}")).await);
+        a.push(mkdir(v, p[i], &format!("a{i}")).await);
+        c.push(mkdir(v, a[i], &format!("c{i}")).await);
+        dirs.insert(format!("p{i}"), p[i]);
+        dirs.insert(format!("a{i}"), a[i]);
+        dirs.insert(format!("c{i}"), c[i]);
     }
-    let inos: Vec<Ino> = names.iter().map(|n| dirs[*n]).collect();
-    for round in 0..ROUNDS {
-        let results = race(&vols, |engine, vol| {
-            let target = inos[(engine + 1) % 3];
-            let name = names[engine];
+    let (p, c) = (Arc::new(p), Arc::new(c));
+    for round in 0..rounds {
+        let results = race(&vols, |i, vol| {
+            let (p, c) = (p.clone(), c.clone());
             async move {
-                vol.rename(&root(), Ino::ROOT, name.as_bytes(), target, name.as_bytes(), RenameFlags::default())
-                    .await
+                let name = format!("a{i}");
+                let target = c[(i + 1) % engines];
+                vol.rename(
+                    &root(),
+                    p[i],
+                    name.as_bytes(),
+                    target,
+                    name.as_bytes(),
+                    RenameFlags::default(),
+                )
+                .await
             }
         })
         .await;
         let ok = results.iter().filter(|r| r.is_ok()).count();
-        assert!((1..=2).contains(&ok), "round {round}: {ok} renames succeeded");
-        for (engine, r) in results.iter().enumerate() {
+        let outcome: Vec<String> = results.iter().map(describe).collect();
+        assert!(
+            (1..engines).contains(&ok),
+            "round {round}: {ok} of {engines} moves succeeded: {outcome:?}"
+        );
+        for r in &results {
             assert!(
                 r.is_ok() || matches!(errno(r), Some(libc::EINVAL | libc::ENOENT)),
-                "round {round}: rename of {} failed with {}",
-                names[engine],
-                describe(r)
+                "round {round}: {outcome:?}"
             );
         }
-        assert_tree_sound(&vols[0], &dirs).await;
-        // Link counts: 2 + subdirectories everywhere.
-        let mut total_sub = 0;
-        for dir in std::iter::once(Ino::ROOT).chain(inos.iter().copied()) {
-            let listing = list(&vols[0], dir).await;
-            total_sub += subdirs(&listing);
-            assert_eq!(nlink(&vols[0], dir).await, 2 + subdirs(&listing), "round {round}: nlink of {dir}");
+        assert_tree_sound(v, &dirs).await;
+        for (name, ino) in std::iter::once(("root".to_string(), Ino::ROOT)).chain(dirs.clone()) {
+            let listing = list(v, ino).await;
+            assert_eq!(
+                nlink(v, ino).await,
+                2 + subdirs(&listing),
+                "round {round}: nlink of {name}"
+            );
         }
-        assert_eq!(total_sub, 3);
-        // Back to the top, each from wherever it is.
-        for (n, ino) in names.iter().zip(&inos) {
-            let parent = vols[0].lookup(&root(), *ino, b"..").await.expect("lookup ..").ino;
-            if parent != Ino::ROOT {
-                vols[0]
-                    .rename(&root(), parent, n.as_bytes(), Ino::ROOT, n.as_bytes(), RenameFlags::default())
-                    .await
-                    .expect("move back");
+        // Every a{i} back into its p{i}.
+        for (i, ai) in a.iter().enumerate() {
+            let parent = v.lookup(&root(), *ai, b"..").await.expect("lookup ..").ino;
+            if parent != p[i] {
+                let name = format!("a{i}");
+                v.rename(
+                    &root(),
+                    parent,
+                    name.as_bytes(),
+                    p[i],
+                    name.as_bytes(),
+                    RenameFlags::default(),
+                )
+                .await
+                .expect("move back");
             }
         }
     }
+    let check = cluster.fresh_volume().await;
+    assert_tree_sound(&check, &dirs).await;
     cluster.finish().await;
+}
+
+async fn racing_cross_subtree_directory_moves(store: Store) {
+    cross_subtree_moves(store, 2, 20).await;
+}
+
+async fn racing_three_way_cross_subtree_moves(store: Store) {
+    cross_subtree_moves(store, 3, 15).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -688,20 +1038,37 @@ fn region_byte(r: usize, i: u64) -> u8 {
 /// Writers on different engines fill different regions of one file (which none of them created),
 /// in chunks with fsyncs in between, all at once; a reader on an engine opened afterwards must see
 /// every region and the full size.
-async fn concurrent_writers(store: Store, region: u64) {
+///
+/// With `quota`, the tenant has a byte quota (large enough): writes then reserve quota ahead
+/// from each engine's own view of the file, which the flushes must reconcile.
+async fn concurrent_writers(store: Store, region: u64, quota: Option<u64>) {
     const WRITERS: usize = 3;
     const CHUNK: u64 = 3000;
-    let Some(cluster) = Cluster::start(store, WRITERS, small_blocks()).await else { return };
+    let options = TenantOptions {
+        quota: Quota {
+            bytes: quota,
+            inodes: None,
+        },
+        ..small_blocks()
+    };
+    let Some(cluster) = Cluster::start(store, WRITERS, options).await else {
+        return;
+    };
     let vols = cluster.volumes().await;
     let file = new_file(&vols[0], Ino::ROOT, "shared", b"").await;
     race(&vols, |w, vol| async move {
-        let fh = vol.open(&root(), file, libc::O_WRONLY).await.expect("open for writing");
+        let fh = vol
+            .open(&root(), file, libc::O_WRONLY)
+            .await
+            .expect("open for writing");
         let start = w as u64 * region;
         let mut pos = 0;
         while pos < region {
             let n = CHUNK.min(region - pos);
             let data: Vec<u8> = (pos..pos + n).map(|i| region_byte(w, i)).collect();
-            vol.write(&root(), fh, start + pos, &data).await.expect("write");
+            vol.write(&root(), fh, start + pos, &data)
+                .await
+                .expect("write");
             vol.fsync(&root(), fh, false).await.expect("fsync");
             pos += n;
         }
@@ -710,14 +1077,22 @@ async fn concurrent_writers(store: Store, region: u64) {
     .await;
     let reader = cluster.fresh_volume().await;
     let size = WRITERS as u64 * region;
-    assert_eq!(reader.getattr(&root(), file).await.expect("getattr").size, size);
+    assert_eq!(
+        reader.getattr(&root(), file).await.expect("getattr").size,
+        size
+    );
     let data = read_all(&reader, file).await;
     assert_eq!(data.len() as u64, size);
     for w in 0..WRITERS {
         let start = w as u64 * region;
         for i in 0..region {
             let (got, want) = (data[(start + i) as usize], region_byte(w, i));
-            assert_eq!(got, want, "byte {} (region {w}, offset {i} in it): got {got:#04x}, want {want:#04x}", start + i);
+            assert_eq!(
+                got,
+                want,
+                "byte {} (region {w}, offset {i} in it): got {got:#04x}, want {want:#04x}",
+                start + i
+            );
         }
     }
     assert_eq!(cluster.usage().await.bytes, size.div_ceil(4096) * 4096);
@@ -726,12 +1101,17 @@ async fn concurrent_writers(store: Store, region: u64) {
 
 /// Regions of whole blocks: no block is shared between writers.
 async fn concurrent_writers_to_aligned_regions(store: Store) {
-    concurrent_writers(store, 4 * 4096).await;
+    concurrent_writers(store, 4 * 4096, None).await;
 }
 
 /// Regions that share their boundary blocks with the neighbouring writers.
 async fn concurrent_writers_to_unaligned_regions(store: Store) {
-    concurrent_writers(store, 10_000).await;
+    concurrent_writers(store, 10_000, None).await;
+}
+
+/// Unaligned regions under a byte quota: usage must end as the charge of the final size.
+async fn concurrent_writers_to_one_file_under_a_byte_quota(store: Store) {
+    concurrent_writers(store, 10_000, Some(1 << 20)).await;
 }
 
 /// Tenant byte quota under concurrent appenders on several engines: each appends 64 KiB writes
@@ -751,7 +1131,9 @@ async fn byte_quota_holds_under_concurrent_writers(store: Store) {
         },
         ..TenantOptions::default()
     };
-    let Some(cluster) = Cluster::start(store, WRITERS, options).await else { return };
+    let Some(cluster) = Cluster::start(store, WRITERS, options).await else {
+        return;
+    };
     let vols = cluster.volumes().await;
     let mut files = Vec::new();
     for w in 0..WRITERS {
@@ -767,7 +1149,11 @@ async fn byte_quota_holds_under_concurrent_writers(store: Store) {
             let mut max = 0;
             let mut samples = 0u32;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let usage = engine.tenant_info(&tenant).await.expect("tenant_info").usage;
+                let usage = engine
+                    .tenant_info(&tenant)
+                    .await
+                    .expect("tenant_info")
+                    .usage;
                 max = max.max(usage.bytes);
                 samples += 1;
                 tokio::task::yield_now().await;
@@ -778,7 +1164,10 @@ async fn byte_quota_holds_under_concurrent_writers(store: Store) {
     let written = race(&vols, |w, vol| {
         let files = files.clone();
         async move {
-            let fh = vol.open(&root(), files[w], libc::O_WRONLY | libc::O_APPEND).await.expect("open");
+            let fh = vol
+                .open(&root(), files[w], libc::O_WRONLY | libc::O_APPEND)
+                .await
+                .expect("open");
             let data = vec![w as u8 + 1; WRITE as usize];
             let mut total = 0u64;
             let mut writes = 0u32;
@@ -793,35 +1182,60 @@ async fn byte_quota_holds_under_concurrent_writers(store: Store) {
                         break e;
                     }
                 }
-                assert!(total <= QUOTA, "writer {w} wrote {total} bytes, more than the quota");
+                assert!(
+                    total <= QUOTA,
+                    "writer {w} wrote {total} bytes, more than the quota"
+                );
             };
-            assert_eq!(outcome.errno(), libc::ENOSPC, "writer {w} stopped with {outcome}");
-            vol.release(&root(), fh).await.expect("release after ENOSPC");
+            assert_eq!(
+                outcome.errno(),
+                libc::ENOSPC,
+                "writer {w} stopped with {outcome}"
+            );
+            vol.release(&root(), fh)
+                .await
+                .expect("release after ENOSPC");
             total
         }
     })
     .await;
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let (max_seen, samples) = monitor.await.expect("monitor");
-    assert!(max_seen <= QUOTA, "usage reached {max_seen} bytes over a {QUOTA}-byte quota");
+    assert!(
+        max_seen <= QUOTA,
+        "usage reached {max_seen} bytes over a {QUOTA}-byte quota"
+    );
     assert!(samples > 0);
     let check = cluster.fresh_volume().await;
     let mut sizes = 0;
     let mut charged = 0;
     for (w, file) in files.iter().enumerate() {
         let size = check.getattr(&root(), *file).await.expect("getattr").size;
-        assert_eq!(size, written[w], "writer {w}: file size against bytes written");
+        assert_eq!(
+            size, written[w],
+            "writer {w}: file size against bytes written"
+        );
         sizes += size;
         charged += size.div_ceil(4096) * 4096;
     }
     let usage = cluster.usage().await;
-    assert!(sizes <= QUOTA, "files hold {sizes} bytes over a {QUOTA}-byte quota");
-    assert!(usage.bytes <= QUOTA, "usage {} over the quota {QUOTA}", usage.bytes);
+    assert!(
+        sizes <= QUOTA,
+        "files hold {sizes} bytes over a {QUOTA}-byte quota"
+    );
+    assert!(
+        usage.bytes <= QUOTA,
+        "usage {} over the quota {QUOTA}",
+        usage.bytes
+    );
     assert_eq!(usage.bytes, charged, "usage after every handle closed");
     // Each writer stopped when less than one write (plus the others' read-ahead reservations)
     // was left.
     let slack = WRITE + WRITERS as u64 * (BLOCK + 4096);
-    assert!(sizes + slack >= QUOTA, "only {sizes} of {QUOTA} bytes could be written");
+    assert!(
+        sizes + slack >= QUOTA,
+        "only {sizes} of {QUOTA} bytes could be written"
+    );
     cluster.finish().await;
 }
 
@@ -838,17 +1252,24 @@ async fn inode_quota_holds_under_concurrent_creates(store: Store) {
         },
         ..TenantOptions::default()
     };
-    let Some(cluster) = Cluster::start(store, ENGINES, options).await else { return };
+    let Some(cluster) = Cluster::start(store, ENGINES, options).await else {
+        return;
+    };
     let vols = cluster.volumes().await;
     let created = race(&vols, |engine, vol| async move {
         let mut created = Vec::new();
         for i in 0.. {
             let name = format!("e{engine}-{i}");
             let r = if i % 5 == 4 {
-                vol.mkdir(&root(), Ino::ROOT, name.as_bytes(), 0o755).await.map(|_| ())
+                vol.mkdir(&root(), Ino::ROOT, name.as_bytes(), 0o755)
+                    .await
+                    .map(|_| ())
             } else {
                 let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-                match vol.create(&root(), Ino::ROOT, name.as_bytes(), 0o644, flags).await {
+                match vol
+                    .create(&root(), Ino::ROOT, name.as_bytes(), 0o644, flags)
+                    .await
+                {
                     Ok((_, fh)) => vol.release(&root(), fh).await,
                     Err(e) => Err(e),
                 }
@@ -856,7 +1277,11 @@ async fn inode_quota_holds_under_concurrent_creates(store: Store) {
             match r {
                 Ok(()) => created.push(name),
                 Err(e) => {
-                    assert_eq!(e.errno(), libc::ENOSPC, "engine {engine}: creating {name}: {e}");
+                    assert_eq!(
+                        e.errno(),
+                        libc::ENOSPC,
+                        "engine {engine}: creating {name}: {e}"
+                    );
                     break;
                 }
             }
@@ -870,7 +1295,10 @@ async fn inode_quota_holds_under_concurrent_creates(store: Store) {
     let listed: BTreeSet<String> = listing.keys().cloned().collect();
     assert_eq!(listed, all, "listing against successful creates");
     let usage = cluster.usage().await;
-    assert_eq!(usage.inodes, INODES, "every engine stopped at ENOSPC, so the limit is reached exactly");
+    assert_eq!(
+        usage.inodes, INODES,
+        "every engine stopped at ENOSPC, so the limit is reached exactly"
+    );
     assert_eq!(all.len() as u64 + 1, INODES);
     assert_eq!(nlink(&check, Ino::ROOT).await, 2 + subdirs(&listing));
     cluster.finish().await;

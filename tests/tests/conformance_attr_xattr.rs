@@ -41,8 +41,15 @@ async fn age(t: &TestVolume, ino: Ino) {
         ctime: Some(Timestamp(1_000)),
         ..SetAttr::default()
     };
-    let attr = t.volume.setattr(&Caller::root(), ino, &set).await.expect("age");
-    assert_eq!((attr.atime, attr.mtime, attr.ctime), (Timestamp(1_000), Timestamp(1_000), Timestamp(1_000)));
+    let attr = t
+        .volume
+        .setattr(&Caller::root(), ino, &set)
+        .await
+        .expect("age");
+    assert_eq!(
+        (attr.atime, attr.mtime, attr.ctime),
+        (Timestamp(1_000), Timestamp(1_000), Timestamp(1_000))
+    );
 }
 
 const ANY: XattrMode = XattrMode::Any;

@@ -59,7 +59,10 @@ async fn pread(t: &TestVolume, fh: FileHandle, offset: u64, size: u32) -> Vec<u8
 }
 
 async fn release(t: &TestVolume, fh: FileHandle) {
-    t.volume.release(&Caller::root(), fh).await.expect("release");
+    t.volume
+        .release(&Caller::root(), fh)
+        .await
+        .expect("release");
 }
 
 async fn set_size(t: &TestVolume, ino: Ino, size: u64, handle: Option<FileHandle>) {
@@ -102,10 +105,15 @@ backend_tests! {
         release(&t, fh).await;
 
         // With O_TRUNC it is emptied.
-        let (_, fh) = v.create(&root, Ino::ROOT, b"f", 0o600, libc::O_WRONLY | libc::O_TRUNC).await.expect("create O_TRUNC");
+        let trunc = libc::O_WRONLY | libc::O_TRUNC;
+        let (_, fh) = v.create(&root, Ino::ROOT, b"f", 0o600, trunc).await.expect("create O_TRUNC");
         assert_eq!(v.getattr(&root, attr.ino).await.expect("getattr").size, 0);
         release(&t, fh).await;
         assert_eq!(t.read_file("/f").await, b"");
+
+        // O_EXCL refuses any existing name, a dangling symlink included.
+        v.symlink(&root, Ino::ROOT, b"dangling", b"nowhere").await.expect("symlink");
+        assert_errno!(v.create(&root, Ino::ROOT, b"dangling", 0o644, excl).await, libc::EEXIST);
 
         t.mkdir_p("/d").await;
         assert_errno!(v.create(&root, Ino::ROOT, b"d", 0o644, libc::O_WRONLY).await, libc::EISDIR);
@@ -124,6 +132,15 @@ backend_tests! {
         // O_TRUNC needs write permission even with O_RDONLY.
         assert_errno!(t.volume.open(&bob(), f.ino, libc::O_RDONLY | libc::O_TRUNC).await, libc::EACCES);
         assert_eq!(t.read_file("/f").await, b"new");
+
+        // O_TRUNC marks the file modified even when it was already empty.
+        let empty = t.write_file("/empty", b"").await;
+        let old = tarbox_fs::Timestamp(1_000);
+        let set = SetAttr { mtime: Some(tarbox_fs::TimeSet::At(old)), ..SetAttr::default() };
+        t.volume.setattr(&root, empty.ino, &set).await.expect("age");
+        let fh = open(&t, &root, "/empty", libc::O_WRONLY | libc::O_TRUNC).await;
+        release(&t, fh).await;
+        assert!(t.stat("/empty").await.mtime > old, "O_TRUNC updates mtime");
     }
 
     async fn o_append_writes_at_the_end(t: TestVolume) {
@@ -184,12 +201,20 @@ backend_tests! {
         assert_errno!(v.write(&root, ro, 0, b"x").await, libc::EBADF);
         let fallocate = v.fallocate(&root, ro, 0, 10, fallocate_mode(false, false, false)).await;
         assert_errno!(fallocate, libc::EBADF);
+        // Access is decided at open: a later chmod does not revoke a handle.
+        let member = alice();
+        t.chmod("/f", 0o666).await;
+        let alices = open(&t, &member, "/f", libc::O_RDWR).await;
+        t.chmod("/f", 0o000).await;
+        assert_eq!(v.write(&member, alices, 0, b"D").await.expect("write after chmod 000"), 1);
+        assert_eq!(&v.read(&member, alices, 0, 10).await.expect("read after chmod 000")[..], b"Data");
+        v.release(&member, alices).await.expect("release");
         release(&t, wo).await;
         release(&t, ro).await;
         assert_errno!(v.read(&root, ro, 0, 10).await, libc::EBADF);
         assert_errno!(v.release(&root, ro).await, libc::EBADF);
         assert_errno!(v.write(&root, FileHandle(u64::MAX), 0, b"x").await, libc::EBADF);
-        assert_eq!(t.read_file("/f").await, b"data");
+        assert_eq!(t.read_file("/f").await, b"Data");
     }
 
     async fn sparse_files_read_zeros_in_their_holes(t: TestVolume) {
@@ -238,6 +263,24 @@ backend_tests! {
         let read = fresh.read(&root, fh, 0, 1 << 20).await.expect("read");
         assert_eq!(&read[..], &model[..]);
         fresh.release(&root, fh).await.expect("release");
+    }
+
+    async fn offsets_beyond_the_maximum_file_size_are_efbig(t: TestVolume) {
+        let root = Caller::root();
+        let v = &t.volume;
+        // 16 TiB, ext4's limit with 4 KiB blocks.
+        let max: u64 = 16 << 40;
+        let (attr, fh) = v.create(&root, Ino::ROOT, b"f", 0o644, libc::O_RDWR).await.expect("create");
+        assert_errno!(v.write(&root, fh, max - 1, b"xy").await, libc::EFBIG);
+        assert_errno!(v.write(&root, fh, u64::MAX - 1, b"xy").await, libc::EFBIG);
+        let too_big = SetAttr { size: Some(max + 1), ..SetAttr::default() };
+        assert_errno!(v.setattr(&root, attr.ino, &too_big).await, libc::EFBIG);
+        // Up to the limit is fine, and sparse.
+        pwrite(&t, fh, max - 1, b"z").await;
+        assert_eq!(pread(&t, fh, max - 1, 10).await, b"z");
+        assert_eq!(pread(&t, fh, 1 << 40, 4).await, [0, 0, 0, 0]);
+        release(&t, fh).await;
+        assert_eq!(t.stat("/f").await.size, max);
     }
 
     async fn a_file_of_many_blocks_reads_back_exactly(t: TestVolume) {
@@ -456,6 +499,7 @@ backend_tests! {
         assert_eq!(orphan.nlink, 0);
         assert_eq!(orphan.size, 20_009);
         assert_eq!(t.usage().await.inodes, baseline.inodes + 1, "the space is held while open");
+        assert_errno!(v.link(&root, attr.ino, Ino::ROOT, b"back").await, libc::ENOENT);
 
         // Two handles: the first release keeps it, the last frees it.
         let second = v.open(&root, attr.ino, libc::O_RDONLY).await.expect("open by inode while orphaned");

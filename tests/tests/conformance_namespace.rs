@@ -330,6 +330,18 @@ backend_tests! {
         assert_errno!(v.getattr(&root, empty).await, libc::ENOENT);
         assert_eq!(t.stat("/").await.nlink, 4);
         assert_eq!(t.ls_sorted("/").await, ["empty", "file", "full"]);
+
+        // Across parents: the source parent loses a link, the target parent gains one and loses
+        // the replaced directory's.
+        let child = t.ino("/full/child").await;
+        v.rename(&root, t.ino("/full").await, b"child", Ino::ROOT, b"empty", PLAIN).await.expect("across parents");
+        assert_eq!(t.ino("/empty").await, child);
+        assert_eq!((t.stat("/").await.nlink, t.stat("/full").await.nlink), (4, 2));
+        assert_eq!(v.lookup(&root, child, b"..").await.expect("lookup ..").ino, Ino::ROOT);
+        // A directory cannot replace its own (non-empty) parent.
+        t.mkdir_p("/empty/inner").await;
+        let empty = t.ino("/empty").await;
+        assert_errno!(v.rename(&root, empty, b"inner", Ino::ROOT, b"empty", PLAIN).await, libc::ENOTEMPTY);
     }
 
     async fn rename_refuses_to_move_a_directory_into_itself(t: TestVolume) {
@@ -377,6 +389,14 @@ backend_tests! {
         assert_eq!(v.lookup(&root, d, b"..").await.expect("lookup ..").ino, p1, "the directory's '..' moved");
         assert_eq!(t.stat("/p1").await.nlink, 3, "p1 now holds the directory");
         assert_eq!(t.stat("/p2").await.nlink, 2, "p2 now holds the file");
+
+        // Two directories across parents: link counts stay, both ".." move.
+        let e = t.mkdir_p("/p2/e").await;
+        v.rename(&root, p1, b"f", p2, b"e", EXCHANGE).await.expect("exchange two directories");
+        assert_eq!((t.ino("/p1/f").await, t.ino("/p2/e").await), (e, d));
+        assert_eq!(v.lookup(&root, e, b"..").await.expect("lookup ..").ino, p1);
+        assert_eq!(v.lookup(&root, d, b"..").await.expect("lookup ..").ino, p2);
+        assert_eq!((t.stat("/p1").await.nlink, t.stat("/p2").await.nlink), (3, 3));
 
         // Within one directory, two files.
         t.write_file("/x", b"x").await;

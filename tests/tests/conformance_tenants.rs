@@ -1,9 +1,7 @@
 //! Tenants: names, creation, listing, deletion, isolation, and quotas (inode and byte) as users
 //! see them: ENOSPC, usage never beyond the quota, statfs.
 
-use tarbox_fs::{
-    Caller, FileType, Ino, Quota, TenantOptions, TenantState, VolumeOptions,
-};
+use tarbox_fs::{Caller, FileType, Ino, Quota, TenantOptions, TenantState, VolumeOptions};
 use tarbox_tests::{TestVolume, assert_errno, backend_tests, unique_tenant_name};
 
 const KIB: u64 = 1024;
@@ -50,7 +48,11 @@ backend_tests! {
         let too_long = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(62));
         assert_eq!(too_long.len(), 254);
         let label_64 = "a".repeat(64);
-        for bad in ["", "UPPER", "under_score", "-leading", "trailing-", "a..b", ".a", "a.", "has space", "ünïcode", &label_64, &too_long] {
+        let bad_names = [
+            "", "UPPER", "under_score", "-leading", "trailing-", "a..b", ".a", "a.", "has space",
+            "ünïcode", &label_64, &too_long,
+        ];
+        for bad in bad_names {
             let err = assert_errno!(t.engine.create_tenant(bad, TenantOptions::default()).await, libc::EINVAL);
             let message = err.to_string();
             assert!(message.contains(&format!("{bad:?}")), "the message names {bad:?}: {message}");
@@ -165,7 +167,8 @@ backend_tests! {
         assert_eq!(other.usage().await.inodes, 3);
 
         // A read-only volume of a tenant sees its files and refuses changes.
-        let ro = t.engine.volume_with(&t.tenant, VolumeOptions { read_only: true, layer: None }).await.expect("read-only volume");
+        let read_only = VolumeOptions { read_only: true, layer: None };
+        let ro = t.engine.volume_with(&t.tenant, read_only).await.expect("read-only volume");
         assert_errno!(ro.mkdir(&Caller::root(), Ino::ROOT, b"x", 0o755).await, libc::EROFS);
         assert!(ro.lookup(&Caller::root(), Ino::ROOT, b"only-first").await.is_ok());
     }

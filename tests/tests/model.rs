@@ -6,7 +6,11 @@
 //! The name space is tiny (`a`..`d`, at most two levels) so that operations collide often. The
 //! tenant uses 4 KiB blocks so writes cross blocks and leave sparse gaps cheaply. Most operations
 //! run as root; some run as an unprivileged caller (uid 1000) to exercise permission and sticky
-//! rules, whose expected errnos follow Linux (checked against a real kernel).
+//! rules, whose expected errnos follow Linux (checked against a real kernel). Two handle slots
+//! keep files open across operations, so buffered writes, `ftruncate` and unlinked-but-open
+//! files are covered too. Every sequence starts with a fixed prelude (directories `a`, `b`, files
+//! `c`, `a/d`) and runs on an engine with the default write buffer or one that flushes every two
+//! blocks (`small_buffer`).
 //!
 //! The same code runs on the memory backend (`memory::model_sequences`, 64 cases by default) and on
 //! PostgreSQL (`postgres::model_sequences`, 16 cases); `PROPTEST_CASES` overrides both. A failure
@@ -14,14 +18,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
+use tarbox_fs::backend::memory::MemoryBackend;
 use tarbox_fs::{
-    Caller, FileAttr, FileHandle, FileType, FsError, Ino, RenameFlags, SetAttr, TenantOptions,
-    Volume, XattrMode,
+    Backend, Caller, Engine, EngineConfig, FileAttr, FileHandle, FileType, FsError, Ino,
+    RenameFlags, SetAttr, TenantOptions, Volume, XattrMode,
 };
-use tarbox_tests::{TestVolume, errno_name};
+use tarbox_tests::{errno_name, unique_tenant_name};
 
 const BLOCK: u64 = 4096;
 const USER_UID: u32 = 1000;
@@ -111,34 +117,119 @@ impl fmt::Debug for Mode {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Create { who: Who, path: P, mode: Mode, excl: bool, trunc: bool },
-    Mkdir { who: Who, path: P, mode: Mode },
-    Symlink { path: P, target: &'static str },
-    Readlink { path: P },
+    Create {
+        who: Who,
+        path: P,
+        mode: Mode,
+        excl: bool,
+        trunc: bool,
+    },
+    Mkdir {
+        who: Who,
+        path: P,
+        mode: Mode,
+    },
+    Symlink {
+        path: P,
+        target: &'static str,
+    },
+    Readlink {
+        path: P,
+    },
     /// Open for writing, write `len` bytes of a pattern (all zeros for seed 0) at `off`, close.
-    Write { who: Who, path: P, off: u64, len: usize, seed: u8 },
+    Write {
+        who: Who,
+        path: P,
+        off: u64,
+        len: usize,
+        seed: u8,
+    },
     /// Open for reading, read `len` bytes at `off`, close.
-    Read { who: Who, path: P, off: u64, len: u32 },
-    Truncate { who: Who, path: P, size: u64 },
-    Unlink { who: Who, path: P },
-    Rmdir { who: Who, path: P },
-    Rename { from: P, to: P, flags: RFlags },
-    Link { from: P, to: P },
-    SetXattr { who: Who, path: P, name: &'static str, value: Vec<u8>, mode: XattrMode },
-    GetXattr { who: Who, path: P, name: &'static str },
-    RemoveXattr { who: Who, path: P, name: &'static str },
-    ListXattr { path: P },
-    Chmod { who: Who, path: P, mode: Mode },
-    Stat { who: Who, path: P },
+    Read {
+        who: Who,
+        path: P,
+        off: u64,
+        len: u32,
+    },
+    Truncate {
+        who: Who,
+        path: P,
+        size: u64,
+    },
+    Unlink {
+        who: Who,
+        path: P,
+    },
+    Rmdir {
+        who: Who,
+        path: P,
+    },
+    Rename {
+        from: P,
+        to: P,
+        flags: RFlags,
+    },
+    Link {
+        from: P,
+        to: P,
+    },
+    SetXattr {
+        who: Who,
+        path: P,
+        name: &'static str,
+        value: Vec<u8>,
+        mode: XattrMode,
+    },
+    GetXattr {
+        who: Who,
+        path: P,
+        name: &'static str,
+    },
+    RemoveXattr {
+        who: Who,
+        path: P,
+        name: &'static str,
+    },
+    ListXattr {
+        path: P,
+    },
+    Chmod {
+        who: Who,
+        path: P,
+        mode: Mode,
+    },
+    Stat {
+        who: Who,
+        path: P,
+    },
     /// Open `path` read-write as root into a handle slot (closing what the slot held).
-    HOpen { slot: usize, path: P },
-    HWrite { slot: usize, off: u64, len: usize, seed: u8 },
-    HRead { slot: usize, off: u64, len: u32 },
+    HOpen {
+        slot: usize,
+        path: P,
+    },
+    HWrite {
+        slot: usize,
+        off: u64,
+        len: usize,
+        seed: u8,
+    },
+    HRead {
+        slot: usize,
+        off: u64,
+        len: u32,
+    },
     /// `ftruncate` through the slot's handle.
-    HTruncate { slot: usize, size: u64 },
+    HTruncate {
+        slot: usize,
+        size: u64,
+    },
     /// `getattr` of the slot's inode (which may have no names left).
-    HStat { slot: usize },
-    HClose { slot: usize },
+    HStat {
+        slot: usize,
+    },
+    HClose {
+        slot: usize,
+    },
 }
 
 fn who() -> impl Strategy<Value = Who> {
@@ -234,7 +325,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(RFlags::Exchange),
         1 => Just(RFlags::Both),
     ];
-    let xmode = prop_oneof![Just(XattrMode::Any), Just(XattrMode::Create), Just(XattrMode::Replace)];
+    let xmode = prop_oneof![
+        Just(XattrMode::Any),
+        Just(XattrMode::Create),
+        Just(XattrMode::Replace)
+    ];
     let target = prop::sample::select(vec!["t", "a/b", "../x", "/abs/path/that/is/longer"]);
     prop_oneof![
         8 => (who(), fpath(), file_mode(), any::<bool>(), prop::bool::weighted(0.2))
@@ -273,12 +368,44 @@ fn op() -> impl Strategy<Value = Op> {
 fn prelude() -> Vec<Op> {
     let p = |s: &str| P(s.bytes().filter(|c| *c != b'/').collect());
     vec![
-        Op::Mkdir { who: Who::Root, path: p("a"), mode: Mode(0o777) },
-        Op::Mkdir { who: Who::Root, path: p("b"), mode: Mode(0o755) },
-        Op::Create { who: Who::Root, path: p("c"), mode: Mode(0o644), excl: true, trunc: false },
-        Op::Write { who: Who::Root, path: p("c"), off: 100, len: 5000, seed: 7 },
-        Op::Create { who: Who::User, path: p("a/d"), mode: Mode(0o644), excl: true, trunc: false },
-        Op::Write { who: Who::User, path: p("a/d"), off: 0, len: 300, seed: 9 },
+        Op::Mkdir {
+            who: Who::Root,
+            path: p("a"),
+            mode: Mode(0o777),
+        },
+        Op::Mkdir {
+            who: Who::Root,
+            path: p("b"),
+            mode: Mode(0o755),
+        },
+        Op::Create {
+            who: Who::Root,
+            path: p("c"),
+            mode: Mode(0o644),
+            excl: true,
+            trunc: false,
+        },
+        Op::Write {
+            who: Who::Root,
+            path: p("c"),
+            off: 100,
+            len: 5000,
+            seed: 7,
+        },
+        Op::Create {
+            who: Who::User,
+            path: p("a/d"),
+            mode: Mode(0o644),
+            excl: true,
+            trunc: false,
+        },
+        Op::Write {
+            who: Who::User,
+            path: p("a/d"),
+            off: 0,
+            len: 300,
+            seed: 9,
+        },
     ]
 }
 
@@ -341,7 +468,13 @@ struct Data(Vec<u8>);
 impl fmt::Debug for Data {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let head: Vec<u8> = self.0.iter().take(16).copied().collect();
-        write!(f, "{} bytes {:02x?}{}", self.0.len(), head, if self.0.len() > 16 { "…" } else { "" })
+        write!(
+            f,
+            "{} bytes {:02x?}{}",
+            self.0.len(),
+            head,
+            if self.0.len() > 16 { "…" } else { "" }
+        )
     }
 }
 
@@ -688,12 +821,20 @@ impl Model {
     fn apply(&mut self, op: &Op) -> Applied {
         let mut created = None;
         let expect = match op {
-            Op::HWrite { slot, .. } | Op::HRead { slot, .. } | Op::HTruncate { slot, .. } | Op::HStat { slot } | Op::HClose { slot }
+            Op::HWrite { slot, .. }
+            | Op::HRead { slot, .. }
+            | Op::HTruncate { slot, .. }
+            | Op::HStat { slot }
+            | Op::HClose { slot }
                 if self.slots[*slot].is_none() =>
             {
                 None
             }
-            Op::Chmod { who, path, .. } if self.resolve(*who, &path.comps()).is_ok_and(|id| matches!(self.node(id).kind, Kind::Sym(_))) => {
+            Op::Chmod { who, path, .. }
+                if self
+                    .resolve(*who, &path.comps())
+                    .is_ok_and(|id| matches!(self.node(id).kind, Kind::Sym(_))) =>
+            {
                 // chmod follows symlinks; the engine is never asked to chmod one.
                 None
             }
@@ -704,7 +845,13 @@ impl Model {
 
     fn apply_op(&mut self, op: &Op, created: &mut Option<Id>) -> MRes {
         match op {
-            Op::Create { who, path, mode, excl, trunc } => {
+            Op::Create {
+                who,
+                path,
+                mode,
+                excl,
+                trunc,
+            } => {
                 let (p, name) = self.parent(*who, path)?;
                 self.search(*who, p)?;
                 match self.child(p, &name) {
@@ -764,7 +911,13 @@ impl Model {
                     _ => err(libc::EINVAL),
                 }
             }
-            Op::Write { who, path, off, len, seed } => {
+            Op::Write {
+                who,
+                path,
+                off,
+                len,
+                seed,
+            } => {
                 let id = self.resolve(*who, &path.comps())?;
                 match self.node(id).kind {
                     Kind::Dir(_) => return err(libc::EISDIR),
@@ -777,7 +930,12 @@ impl Model {
                 self.write(id, *off, &pattern(*seed, *off, *len));
                 Ok(Out::Len(*len as u32))
             }
-            Op::Read { who, path, off, len } => {
+            Op::Read {
+                who,
+                path,
+                off,
+                len,
+            } => {
                 let id = self.resolve(*who, &path.comps())?;
                 if matches!(self.node(id).kind, Kind::Sym(_)) {
                     return err(libc::ELOOP);
@@ -840,7 +998,13 @@ impl Model {
                 self.entries_mut(p).insert(name, id);
                 Ok(Out::Unit)
             }
-            Op::SetXattr { who, path, name, value, mode } => {
+            Op::SetXattr {
+                who,
+                path,
+                name,
+                value,
+                mode,
+            } => {
                 let id = self.resolve(*who, &path.comps())?;
                 self.check_xattr_write(*who, id)?;
                 let exists = self.node(id).xattrs.contains_key(*name);
@@ -849,7 +1013,9 @@ impl Model {
                     XattrMode::Replace if !exists => return err(libc::ENODATA),
                     _ => {}
                 }
-                self.node_mut(id).xattrs.insert(name.to_string(), value.clone());
+                self.node_mut(id)
+                    .xattrs
+                    .insert(name.to_string(), value.clone());
                 Ok(Out::Unit)
             }
             Op::GetXattr { who, path, name } => {
@@ -898,7 +1064,12 @@ impl Model {
                 self.slots[*slot] = Some(id);
                 Ok(Out::Unit)
             }
-            Op::HWrite { slot, off, len, seed } => {
+            Op::HWrite {
+                slot,
+                off,
+                len,
+                seed,
+            } => {
                 let id = self.slots[*slot].expect("slot checked");
                 self.write(id, *off, &pattern(*seed, *off, *len));
                 Ok(Out::Len(*len as u32))
@@ -1061,7 +1232,13 @@ impl Sut {
         let vol = self.vol.clone();
         let root = Caller::root();
         match op {
-            Op::Create { who, path, mode, excl, trunc } => {
+            Op::Create {
+                who,
+                path,
+                mode,
+                excl,
+                trunc,
+            } => {
                 let c = who.caller();
                 let (p, name) = self.parent(*who, path).await?;
                 let mut flags = libc::O_WRONLY | libc::O_CREAT;
@@ -1092,7 +1269,13 @@ impl Sut {
                 let ino = self.resolve(Who::Root, &path.comps()).await?;
                 Ok(Out::Data(Data(vol.readlink(&root, ino).await?)))
             }
-            Op::Write { who, path, off, len, seed } => {
+            Op::Write {
+                who,
+                path,
+                off,
+                len,
+                seed,
+            } => {
                 let c = who.caller();
                 let ino = self.resolve(*who, &path.comps()).await?;
                 let fh = vol.open(&c, ino, libc::O_WRONLY).await?;
@@ -1102,14 +1285,22 @@ impl Sut {
                 released?;
                 Ok(Out::Len(n))
             }
-            Op::Read { who, path, off, len } => {
+            Op::Read {
+                who,
+                path,
+                off,
+                len,
+            } => {
                 let c = who.caller();
                 let ino = self.resolve(*who, &path.comps()).await?;
                 let fh = vol.open(&c, ino, libc::O_RDONLY).await?;
                 let attr = vol.getattr(&c, ino).await;
                 let out = match attr {
                     Ok(a) if a.kind == FileType::Directory => Ok(Out::Unit),
-                    Ok(_) => vol.read(&c, fh, *off, *len).await.map(|b| Out::Data(Data(b.to_vec()))),
+                    Ok(_) => vol
+                        .read(&c, fh, *off, *len)
+                        .await
+                        .map(|b| Out::Data(Data(b.to_vec()))),
                     Err(e) => Err(e),
                 };
                 let released = vol.release(&c, fh).await;
@@ -1139,7 +1330,8 @@ impl Sut {
             Op::Rename { from, to, flags } => {
                 let (sp, sname) = self.parent(Who::Root, from).await?;
                 let (dp, dname) = self.parent(Who::Root, to).await?;
-                vol.rename(&root, sp, &sname, dp, &dname, flags.to_engine()).await?;
+                vol.rename(&root, sp, &sname, dp, &dname, flags.to_engine())
+                    .await?;
                 Ok(Out::Unit)
             }
             Op::Link { from, to } => {
@@ -1148,14 +1340,23 @@ impl Sut {
                 vol.link(&root, ino, p, &name).await?;
                 Ok(Out::Unit)
             }
-            Op::SetXattr { who, path, name, value, mode } => {
+            Op::SetXattr {
+                who,
+                path,
+                name,
+                value,
+                mode,
+            } => {
                 let ino = self.resolve(*who, &path.comps()).await?;
-                vol.setxattr(&who.caller(), ino, name.as_bytes(), value, *mode).await?;
+                vol.setxattr(&who.caller(), ino, name.as_bytes(), value, *mode)
+                    .await?;
                 Ok(Out::Unit)
             }
             Op::GetXattr { who, path, name } => {
                 let ino = self.resolve(*who, &path.comps()).await?;
-                Ok(Out::Data(Data(vol.getxattr(&who.caller(), ino, name.as_bytes()).await?)))
+                Ok(Out::Data(Data(
+                    vol.getxattr(&who.caller(), ino, name.as_bytes()).await?,
+                )))
             }
             Op::RemoveXattr { who, path, name } => {
                 let ino = self.resolve(*who, &path.comps()).await?;
@@ -1165,7 +1366,12 @@ impl Sut {
             Op::ListXattr { path } => {
                 let ino = self.resolve(Who::Root, &path.comps()).await?;
                 let names = vol.listxattr(&root, ino).await?;
-                Ok(Out::Names(names.iter().map(|n| String::from_utf8_lossy(n).into_owned()).collect()))
+                Ok(Out::Names(
+                    names
+                        .iter()
+                        .map(|n| String::from_utf8_lossy(n).into_owned())
+                        .collect(),
+                ))
             }
             Op::Chmod { who, path, mode } => {
                 let ino = self.resolve(*who, &path.comps()).await?;
@@ -1190,13 +1396,23 @@ impl Sut {
                 self.slots[*slot] = Some((fh, ino));
                 Ok(Out::Unit)
             }
-            Op::HWrite { slot, off, len, seed } => {
+            Op::HWrite {
+                slot,
+                off,
+                len,
+                seed,
+            } => {
                 let (fh, _) = self.slot(*slot);
-                Ok(Out::Len(vol.write(&root, fh, *off, &pattern(*seed, *off, *len)).await?))
+                Ok(Out::Len(
+                    vol.write(&root, fh, *off, &pattern(*seed, *off, *len))
+                        .await?,
+                ))
             }
             Op::HRead { slot, off, len } => {
                 let (fh, _) = self.slot(*slot);
-                Ok(Out::Data(Data(vol.read(&root, fh, *off, *len).await?.to_vec())))
+                Ok(Out::Data(Data(
+                    vol.read(&root, fh, *off, *len).await?.to_vec(),
+                )))
             }
             Op::HTruncate { slot, size } => {
                 let (fh, ino) = self.slot(*slot);
@@ -1230,7 +1446,11 @@ static STATS: std::sync::Mutex<BTreeMap<String, u64>> = std::sync::Mutex::new(BT
 
 fn record(op: &Op, result: &MRes) {
     let name = format!("{op:?}");
-    let name = name.split([' ', '{']).next().unwrap_or_default().to_string();
+    let name = name
+        .split([' ', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let outcome = match result {
         Ok(_) => "ok".to_string(),
         Err(e) => format!("{e:?}"),
@@ -1259,8 +1479,13 @@ fn show_ops(ops: &[Op], upto: usize) -> String {
 /// Where two byte strings first differ, for readable failures.
 fn first_diff(a: &[u8], b: &[u8]) -> String {
     match a.iter().zip(b).position(|(x, y)| x != y) {
-        Some(i) => format!("first difference at byte {i}: engine {:#04x}, model {:#04x}", a[i], b[i]),
-        None if a.len() != b.len() => format!("lengths differ: engine {}, model {}", a.len(), b.len()),
+        Some(i) => format!(
+            "first difference at byte {i}: engine {:#04x}, model {:#04x}",
+            a[i], b[i]
+        ),
+        None if a.len() != b.len() => {
+            format!("lengths differ: engine {}, model {}", a.len(), b.len())
+        }
         None => "equal".to_string(),
     }
 }
@@ -1285,15 +1510,80 @@ fn compare(step: usize, ops: &[Op], got: &ERes<Out>, want: &MRes) -> Result<(), 
     ))
 }
 
-async fn run_sequence(t: &TestVolume, ops: &[Op]) -> Result<(), String> {
+/// Two engines on one store: one with the default configuration, one whose write buffer holds
+/// only two blocks, so that writes also flush in the middle of a sequence.
+struct Engines {
+    default: Engine,
+    small_buffer: Engine,
+}
+
+impl Engines {
+    async fn open(url: Option<&str>) -> Engines {
+        let small = EngineConfig {
+            write_buffer_bytes: 2 * BLOCK,
+            ..EngineConfig::default()
+        };
+        let (default, small_buffer) = match url {
+            None => {
+                let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+                (
+                    Engine::with_backend(backend.clone(), EngineConfig::default()).await,
+                    Engine::with_backend(backend, small).await,
+                )
+            }
+            Some(url) => (
+                Engine::open(url, EngineConfig::default()).await,
+                Engine::open(url, small).await,
+            ),
+        };
+        Engines {
+            default: default.expect("open engine"),
+            small_buffer: small_buffer.expect("open engine"),
+        }
+    }
+
+    async fn close(self) {
+        self.default.close().await.expect("close engine");
+        self.small_buffer.close().await.expect("close engine");
+    }
+}
+
+/// Run one sequence on a fresh tenant; the tenant is deleted when the sequence passes.
+async fn run_sequence(engines: &Engines, small_buffer: bool, ops: &[Op]) -> Result<(), String> {
+    let engine = if small_buffer {
+        &engines.small_buffer
+    } else {
+        &engines.default
+    };
     let options = TenantOptions {
         block_size: BLOCK as u32,
         root_mode: 0o1777,
         ..TenantOptions::default()
     };
-    let tv = t.new_tenant(options).await;
+    let tenant = unique_tenant_name();
+    engine
+        .create_tenant(&tenant, options)
+        .await
+        .map_err(|e| format!("create tenant: {e}"))?;
+    let vol = engine
+        .volume(&tenant)
+        .await
+        .map_err(|e| format!("open volume: {e}"))?;
+    check_sequence(engine, &tenant, vol, ops).await?;
+    engine
+        .delete_tenant(&tenant)
+        .await
+        .map_err(|e| format!("delete tenant: {e}"))
+}
+
+async fn check_sequence(
+    engine: &Engine,
+    tenant: &str,
+    vol: Volume,
+    ops: &[Op],
+) -> Result<(), String> {
     let mut sut = Sut {
-        vol: tv.volume.clone(),
+        vol: vol.clone(),
         slots: [None; SLOTS],
     };
     let mut model = Model::new(0o1777, Ino::ROOT);
@@ -1305,9 +1595,17 @@ async fn run_sequence(t: &TestVolume, ops: &[Op]) -> Result<(), String> {
         compare(step, ops, &got, &want)?;
         record(op, &want);
         if let Some(id) = applied.created {
-            let ino = created.ok_or_else(|| format!("step {step}: the engine created no inode\n{}", show_ops(ops, step)))?;
+            let ino = created.ok_or_else(|| {
+                format!(
+                    "step {step}: the engine created no inode\n{}",
+                    show_ops(ops, step)
+                )
+            })?;
             if !seen_inos.insert(ino) {
-                return Err(format!("step {step}: inode number {ino} reused\n{}", show_ops(ops, step)));
+                return Err(format!(
+                    "step {step}: inode number {ino} reused\n{}",
+                    show_ops(ops, step)
+                ));
             }
             model.ino.insert(id, ino);
         }
@@ -1320,7 +1618,7 @@ async fn run_sequence(t: &TestVolume, ops: &[Op]) -> Result<(), String> {
             .await
             .map_err(|e| format!("final release of slot {slot}: {e:?}\nsequence:\n{all}"))?;
     }
-    check_tree(&tv, &model)
+    check_tree(engine, tenant, &vol, &model)
         .await
         .map_err(|e| format!("final tree check: {e}\nsequence:\n{all}"))?;
     Ok(())
@@ -1328,8 +1626,12 @@ async fn run_sequence(t: &TestVolume, ops: &[Op]) -> Result<(), String> {
 
 /// Walk the engine's tree through readdir and compare every node with the model, then the
 /// tenant's usage with what the model's nodes charge.
-async fn check_tree(tv: &TestVolume, model: &Model) -> Result<(), String> {
-    let vol = &tv.volume;
+async fn check_tree(
+    engine: &Engine,
+    tenant: &str,
+    vol: &Volume,
+    model: &Model,
+) -> Result<(), String> {
     let root = Caller::root();
     let mut visited: BTreeSet<Id> = BTreeSet::new();
     let mut reached: BTreeSet<Id> = BTreeSet::from([ROOT]);
@@ -1339,28 +1641,51 @@ async fn check_tree(tv: &TestVolume, model: &Model) -> Result<(), String> {
         visited.insert(dir);
         let dino = model.ino[&dir];
         let parent_ino = model.ino[&model.node(dir).parent];
-        let listing = readdir_all(vol, dino).await.map_err(e(format!("readdir {path}/")))?;
+        let listing = readdir_all(vol, dino)
+            .await
+            .map_err(e(format!("readdir {path}/")))?;
         let mut names: BTreeMap<Vec<u8>, (Ino, FileType)> = BTreeMap::new();
         for entry in &listing {
             match &entry.name[..] {
                 b"." if entry.ino == dino => {}
                 b".." if entry.ino == parent_ino => {}
                 b"." | b".." => {
-                    return Err(format!("{path}/: entry {:?} is inode {}, expected {}", String::from_utf8_lossy(&entry.name), entry.ino, if entry.name == b"." { dino } else { parent_ino }));
+                    return Err(format!(
+                        "{path}/: entry {:?} is inode {}, expected {}",
+                        String::from_utf8_lossy(&entry.name),
+                        entry.ino,
+                        if entry.name == b"." { dino } else { parent_ino }
+                    ));
                 }
                 name => {
-                    if names.insert(name.to_vec(), (entry.ino, entry.kind)).is_some() {
-                        return Err(format!("{path}/: name {:?} listed twice", String::from_utf8_lossy(name)));
+                    if names
+                        .insert(name.to_vec(), (entry.ino, entry.kind))
+                        .is_some()
+                    {
+                        return Err(format!(
+                            "{path}/: name {:?} listed twice",
+                            String::from_utf8_lossy(name)
+                        ));
                     }
                 }
             }
         }
-        let plus = readdirplus_all(vol, dino).await.map_err(e(format!("readdirplus {path}/")))?;
+        let plus = readdirplus_all(vol, dino)
+            .await
+            .map_err(e(format!("readdirplus {path}/")))?;
         let expected = model.entries(dir).expect("a directory");
-        let got_names: Vec<String> = names.keys().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
-        let want_names: Vec<String> = expected.keys().map(|n| String::from_utf8_lossy(n).into_owned()).collect();
+        let got_names: Vec<String> = names
+            .keys()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
+        let want_names: Vec<String> = expected
+            .keys()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect();
         if got_names != want_names {
-            return Err(format!("{path}/ lists {got_names:?}, model has {want_names:?}"));
+            return Err(format!(
+                "{path}/ lists {got_names:?}, model has {want_names:?}"
+            ));
         }
         for (name, &id) in expected {
             let child_path = format!("{path}/{}", String::from_utf8_lossy(name));
@@ -1369,28 +1694,50 @@ async fn check_tree(tv: &TestVolume, model: &Model) -> Result<(), String> {
             let (ino, kind) = names[name];
             let want = model.stat(id);
             if (ino, kind) != (want.ino, want.kind) {
-                return Err(format!("{child_path}: listed as inode {ino} {kind:?}, model {want:?}"));
+                return Err(format!(
+                    "{child_path}: listed as inode {ino} {kind:?}, model {want:?}"
+                ));
             }
-            let attr = vol.getattr(&root, ino).await.map_err(e(format!("getattr {child_path}")))?;
+            let attr = vol
+                .getattr(&root, ino)
+                .await
+                .map_err(e(format!("getattr {child_path}")))?;
             let got = St::of(&attr);
             if got != want {
                 return Err(format!("{child_path}: stat {got:?}, model {want:?}"));
             }
             match plus.iter().find(|(d, _)| d.name == *name) {
                 Some((_, a)) if St::of(a) == want => {}
-                other => return Err(format!("{child_path}: readdirplus gives {:?}, model {want:?}", other.map(|(_, a)| St::of(a)))),
+                other => {
+                    return Err(format!(
+                        "{child_path}: readdirplus gives {:?}, model {want:?}",
+                        other.map(|(_, a)| St::of(a))
+                    ));
+                }
             }
             match &node.kind {
                 Kind::File(data) => {
-                    let content = read_all(vol, ino).await.map_err(e(format!("read {child_path}")))?;
+                    let content = read_all(vol, ino)
+                        .await
+                        .map_err(e(format!("read {child_path}")))?;
                     if &content != data {
-                        return Err(format!("{child_path}: content differs from the model: {}", first_diff(&content, data)));
+                        return Err(format!(
+                            "{child_path}: content differs from the model: {}",
+                            first_diff(&content, data)
+                        ));
                     }
                 }
                 Kind::Sym(target) => {
-                    let got = vol.readlink(&root, ino).await.map_err(e(format!("readlink {child_path}")))?;
+                    let got = vol
+                        .readlink(&root, ino)
+                        .await
+                        .map_err(e(format!("readlink {child_path}")))?;
                     if &got != target {
-                        return Err(format!("{child_path}: readlink {:?}, model {:?}", String::from_utf8_lossy(&got), String::from_utf8_lossy(target)));
+                        return Err(format!(
+                            "{child_path}: readlink {:?}, model {:?}",
+                            String::from_utf8_lossy(&got),
+                            String::from_utf8_lossy(target)
+                        ));
                     }
                 }
                 Kind::Dir(_) => {
@@ -1399,24 +1746,45 @@ async fn check_tree(tv: &TestVolume, model: &Model) -> Result<(), String> {
                     }
                 }
             }
-            let xnames = vol.listxattr(&root, ino).await.map_err(e(format!("listxattr {child_path}")))?;
+            let xnames = vol
+                .listxattr(&root, ino)
+                .await
+                .map_err(e(format!("listxattr {child_path}")))?;
             let mut got_x = BTreeMap::new();
             for n in xnames {
-                let v = vol.getxattr(&root, ino, &n).await.map_err(e(format!("getxattr {child_path}")))?;
+                let v = vol
+                    .getxattr(&root, ino, &n)
+                    .await
+                    .map_err(e(format!("getxattr {child_path}")))?;
                 got_x.insert(String::from_utf8_lossy(&n).into_owned(), v);
             }
             if got_x != node.xattrs {
-                return Err(format!("{child_path}: xattrs {got_x:?}, model {:?}", node.xattrs));
+                return Err(format!(
+                    "{child_path}: xattrs {got_x:?}, model {:?}",
+                    node.xattrs
+                ));
             }
         }
     }
     if reached.len() != model.nodes.len() {
-        return Err(format!("model bug: {} nodes, {} reachable", model.nodes.len(), reached.len()));
+        return Err(format!(
+            "model bug: {} nodes, {} reachable",
+            model.nodes.len(),
+            reached.len()
+        ));
     }
     // Usage: one inode per live node (root included), bytes as the engine charges them.
-    let usage = tv.usage().await;
+    let usage = engine
+        .tenant_info(tenant)
+        .await
+        .map_err(|e| format!("tenant_info: {e}"))?
+        .usage;
     let want_inodes = model.nodes.len() as u64;
-    let want_bytes: u64 = model.nodes.values().map(|n| n.size().div_ceil(4096) * 4096).sum();
+    let want_bytes: u64 = model
+        .nodes
+        .values()
+        .map(|n| n.size().div_ceil(4096) * 4096)
+        .sum();
     if (usage.inodes, usage.bytes) != (want_inodes, want_bytes) {
         return Err(format!(
             "usage is {} inodes / {} bytes, model {want_inodes} / {want_bytes}",
@@ -1441,7 +1809,10 @@ async fn readdir_all(vol: &Volume, ino: Ino) -> Result<Vec<tarbox_fs::DirEntry>,
     Ok(out)
 }
 
-async fn readdirplus_all(vol: &Volume, ino: Ino) -> Result<Vec<(tarbox_fs::DirEntry, FileAttr)>, FsError> {
+async fn readdirplus_all(
+    vol: &Volume,
+    ino: Ino,
+) -> Result<Vec<(tarbox_fs::DirEntry, FileAttr)>, FsError> {
     let root = Caller::root();
     let fh = vol.opendir(&root, ino).await?;
     let mut out: Vec<(tarbox_fs::DirEntry, FileAttr)> = Vec::new();
@@ -1491,41 +1862,36 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn run_model(t: &TestVolume, rt: &tokio::runtime::Runtime, cases: u32) {
+fn run_model(url: Option<&str>, cases: u32) {
+    let rt = runtime();
+    let engines = rt.block_on(Engines::open(url));
     let config = Config {
         cases,
         failure_persistence: None,
         ..Config::default()
     };
-    proptest!(config, |(ops in sequence())| {
-        if let Err(msg) = rt.block_on(run_sequence(t, &ops)) {
+    proptest!(config, |(small_buffer in any::<bool>(), ops in sequence())| {
+        if let Err(msg) = rt.block_on(run_sequence(&engines, small_buffer, &ops)) {
             return Err(TestCaseError::fail(msg));
         }
     });
     print_stats();
+    rt.block_on(engines.close());
 }
 
 mod memory {
     #[test]
     fn model_sequences() {
-        let rt = super::runtime();
-        let t = rt.block_on(tarbox_tests::TestVolume::memory());
-        super::run_model(&t, &rt, super::cases(64));
-        let cleanup = t.cleanup_handle();
-        rt.block_on(cleanup.run());
+        super::run_model(None, super::cases(64));
     }
 }
 
 mod postgres {
     #[test]
     fn model_sequences() {
-        let rt = super::runtime();
-        let Some(url) = rt.block_on(tarbox_tests::postgres_url()) else {
+        let Some(url) = super::runtime().block_on(tarbox_tests::postgres_url()) else {
             return;
         };
-        let t = rt.block_on(tarbox_tests::TestVolume::open(&url));
-        super::run_model(&t, &rt, super::cases(16));
-        let cleanup = t.cleanup_handle();
-        rt.block_on(cleanup.run());
+        super::run_model(Some(&url), super::cases(16));
     }
 }

@@ -171,7 +171,12 @@ fn read_inode(d: &TenantData, ino: Ino, chain: &[LayerId]) -> Option<Inode> {
     inode_row(d, ino, chain).cloned().flatten()
 }
 
-fn read_lookup(d: &TenantData, parent: Ino, name: &[u8], chain: &[LayerId]) -> Option<DentryRecord> {
+fn read_lookup(
+    d: &TenantData,
+    parent: Ino,
+    name: &[u8],
+    chain: &[LayerId],
+) -> Option<DentryRecord> {
     match dentry_row(d, parent, name, chain) {
         Some(Some((ino, kind, cookie))) => Some(DentryRecord {
             name: name.to_vec(),
@@ -286,7 +291,8 @@ impl StoreRead for MemoryReader {
         after: u64,
         limit: usize,
     ) -> BackendResult<Vec<DentryRecord>> {
-        self.with(|d, c| read_list(d, parent, after, limit, c)).await
+        self.with(|d, c| read_list(d, parent, after, limit, c))
+            .await
     }
     async fn dir_has_entries(&mut self, parent: Ino) -> BackendResult<bool> {
         self.with(|d, c| !read_list(d, parent, 0, 1, c).is_empty())
@@ -338,7 +344,10 @@ struct MemoryTxn {
 }
 
 impl MemoryTxn {
-    fn with<T>(&mut self, f: impl FnOnce(&mut TenantData, &[LayerId], &mut Vec<Undo>) -> T) -> BackendResult<T> {
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut TenantData, &[LayerId], &mut Vec<Undo>) -> T,
+    ) -> BackendResult<T> {
         let mut store = self.backend.lock();
         let d = store.tenant_data(self.view.tenant)?;
         Ok(f(d, &self.view.chain, &mut self.undo))
@@ -442,7 +451,10 @@ impl StoreTxn for MemoryTxn {
             }
             let attrs: Vec<_> = d
                 .xattrs
-                .range((ino, Vec::new(), LayerId(i64::MIN))..(Ino(ino.0 + 1), Vec::new(), LayerId(i64::MIN)))
+                .range(
+                    (ino, Vec::new(), LayerId(i64::MIN))
+                        ..(Ino(ino.0 + 1), Vec::new(), LayerId(i64::MIN)),
+                )
                 .filter(|(k, _)| k.2 == head)
                 .map(|(k, _)| k.clone())
                 .collect();
@@ -494,9 +506,9 @@ impl StoreTxn for MemoryTxn {
             // New blocks enter with a zero count; the mappings below take their references, and a
             // block left at zero (named by no mapping) is dropped again at the end.
             for b in new_blocks {
-                if !d.blocks.contains_key(&b.hash) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = d.blocks.entry(b.hash) {
                     undo.push(Undo::Block(b.hash, None));
-                    d.blocks.insert(b.hash, (b.clone(), 0));
+                    slot.insert((b.clone(), 0));
                 }
             }
             for w in writes {
@@ -544,8 +556,9 @@ impl StoreTxn for MemoryTxn {
             let row = match value {
                 Some(v) => Some(Some(v.to_vec())),
                 // A removal only needs a marker if an older layer still has the attribute.
-                None => matches!(xattr_row(d, ino, name, &chain[1..]), Some(Some(_)))
-                    .then_some(None),
+                None => {
+                    matches!(xattr_row(d, ino, name, &chain[1..]), Some(Some(_))).then_some(None)
+                }
             };
             let prev = put(&mut d.xattrs, key.clone(), row);
             undo.push(Undo::Xattr(key, prev));
@@ -690,14 +703,20 @@ impl Backend for MemoryBackend {
             next_ino: Ino::ROOT.0 + 1,
             ..TenantData::default()
         };
-        data.inodes.insert((Ino::ROOT, layer), Some(new.root.clone()));
+        data.inodes
+            .insert((Ino::ROOT, layer), Some(new.root.clone()));
         store.data.insert(id, data);
         store.tenants.insert(id, record.clone());
         Ok(record)
     }
 
     async fn tenant_by_name(&self, name: &str) -> BackendResult<Option<TenantRecord>> {
-        Ok(self.lock().tenants.values().find(|t| t.name == name).cloned())
+        Ok(self
+            .lock()
+            .tenants
+            .values()
+            .find(|t| t.name == name)
+            .cloned())
     }
 
     async fn tenant_by_id(&self, id: TenantId) -> BackendResult<Option<TenantRecord>> {
@@ -712,7 +731,10 @@ impl Backend for MemoryBackend {
 
     async fn set_quota(&self, tenant: TenantId, quota: Quota) -> BackendResult<()> {
         let mut store = self.lock();
-        let t = store.tenants.get_mut(&tenant).ok_or(BackendError::TenantGone)?;
+        let t = store
+            .tenants
+            .get_mut(&tenant)
+            .ok_or(BackendError::TenantGone)?;
         t.quota = quota;
         Ok(())
     }
@@ -725,7 +747,10 @@ impl Backend for MemoryBackend {
 
     async fn mark_tenant_deleted(&self, tenant: TenantId) -> BackendResult<bool> {
         let mut store = self.lock();
-        let t = store.tenants.get_mut(&tenant).ok_or(BackendError::TenantGone)?;
+        let t = store
+            .tenants
+            .get_mut(&tenant)
+            .ok_or(BackendError::TenantGone)?;
         let was_active = t.state == TenantState::Active;
         t.state = TenantState::Deleted;
         Ok(was_active)
@@ -780,7 +805,10 @@ impl Backend for MemoryBackend {
         let gate = self.gate(view.tenant).lock_owned().await;
         {
             let store = self.lock();
-            let t = store.tenants.get(&view.tenant).ok_or(BackendError::TenantGone)?;
+            let t = store
+                .tenants
+                .get(&view.tenant)
+                .ok_or(BackendError::TenantGone)?;
             if t.state != TenantState::Active {
                 return Err(BackendError::TenantGone);
             }

@@ -244,8 +244,13 @@ pub trait StoreTxn: StoreRead {
 
     /// Bind `name` in directory `parent` to `(ino, kind)` in the head layer, replacing any head row
     /// for that name (live or whiteout). A new binding gets a fresh cookie.
-    async fn bind(&mut self, parent: Ino, name: &[u8], ino: Ino, kind: FileType)
-    -> BackendResult<()>;
+    async fn bind(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        ino: Ino,
+        kind: FileType,
+    ) -> BackendResult<()>;
 
     /// Remove `name` from `parent`: delete the head row, and write a whiteout if an older layer
     /// has a live entry of that name. Removing an absent name is a no-op.
@@ -273,11 +278,7 @@ pub trait StoreTxn: StoreRead {
     /// would take usage beyond the quota (checked against the latest committed usage, so
     /// concurrent transactions can never overshoot together). Negative deltas always apply and
     /// saturate at zero.
-    async fn charge(
-        &mut self,
-        bytes: i64,
-        inodes: i64,
-    ) -> BackendResult<Result<(), QuotaKind>>;
+    async fn charge(&mut self, bytes: i64, inodes: i64) -> BackendResult<Result<(), QuotaKind>>;
 
     /// Record that `ino` has no names left but is still open in session `session`.
     async fn add_orphan(&mut self, ino: Ino, session: u64) -> BackendResult<()>;

@@ -81,7 +81,9 @@ impl Volume {
         if *set == only_size {
             return self.getattr(caller, ino).await;
         }
-        let inode = self.retrying(|| self.setattr_once(caller, ino, set)).await?;
+        let inode = self
+            .retrying(|| self.setattr_once(caller, ino, set))
+            .await?;
         self.attr_of(inode).await
     }
 

@@ -54,7 +54,11 @@ pub(crate) fn decode(block: &StoredBlock, block_size: u64) -> FsResult<Bytes> {
         block.data.clone()
     };
     if blake3::hash(&content).as_bytes() != &block.hash.0 {
-        return Err(BackendError::Corrupt(format!("block {:?} does not match its hash", block.hash)).into());
+        return Err(BackendError::Corrupt(format!(
+            "block {:?} does not match its hash",
+            block.hash
+        ))
+        .into());
     }
     Ok(content)
 }
@@ -97,7 +101,9 @@ mod tests {
             assert_eq!(&content[..], b"hello");
         }
         assert!(encode(&[0u8; 4096], Compression::Zstd).is_none());
-        let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let noise: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let stored = encode(&noise, Compression::Zstd).expect("not a hole");
         assert_eq!(&decode(&stored, 4096).expect("decodes")[..], &noise[..]);
     }

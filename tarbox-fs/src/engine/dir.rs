@@ -30,7 +30,12 @@ impl Volume {
     }
 
     /// The next entries after `offset` (0 to start). An empty result is the end.
-    pub async fn readdir(&self, _caller: &Caller, fh: FileHandle, offset: u64) -> FsResult<Vec<DirEntry>> {
+    pub async fn readdir(
+        &self,
+        _caller: &Caller,
+        fh: FileHandle,
+        offset: u64,
+    ) -> FsResult<Vec<DirEntry>> {
         let ino = self.dir_handle(fh)?;
         let mut r = self.reader();
         let mut out = Vec::new();

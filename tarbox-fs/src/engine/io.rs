@@ -7,6 +7,10 @@
 //!
 //! Block mappings read while a file is open are cached with it (close-to-open consistency across
 //! engines, like NFS); decoded block contents are cached engine-wide by hash and never go stale.
+//! Like NFS writes, a flush carries byte ranges, not whole blocks: it applies only the ranges
+//! written through this volume onto the blocks as currently stored, and it only ever extends the
+//! stored size, so writers on different engines to different parts of one file (even of one
+//! block) all keep their data.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,9 +24,7 @@ use super::namespace::NodeSpec;
 use super::{Handle, Volume, align4k, blocks, lock, perm};
 use crate::backend::{BlockHash, BlockWrite, StoreRead, StoredBlock};
 use crate::error::{BackendError, FsError, FsResult};
-use crate::types::{
-    Caller, FallocateMode, FileAttr, FileHandle, FileType, Ino, Inode, Timestamp,
-};
+use crate::types::{Caller, FallocateMode, FileAttr, FileHandle, FileType, Ino, Inode, Timestamp};
 
 /// The shared state of an inode with open handles in this volume.
 pub(crate) struct OpenFile {
@@ -46,6 +48,13 @@ struct FileState {
     perm: u16,
     /// Whole blocks written since the last flush, by index.
     dirty: BTreeMap<u64, BytesMut>,
+    /// The byte ranges of each dirty block this volume wrote (sorted, disjoint). A flush applies
+    /// only these onto the block as currently stored, so writes of other engines to the rest of
+    /// a shared block are not overwritten with stale bytes.
+    written: BTreeMap<u64, Vec<(usize, usize)>>,
+    /// End of the furthest write since the last flush (0 if none): a flush never makes the file
+    /// shorter than the store has it, only longer up to here.
+    write_end: u64,
     /// Modification time of the buffered writes.
     mtime: Option<Timestamp>,
     /// Stored mappings seen so far (`None`: a hole).
@@ -64,6 +73,8 @@ impl OpenFile {
                 charged: align4k(inode.size),
                 perm: inode.perm,
                 dirty: BTreeMap::new(),
+                written: BTreeMap::new(),
+                write_end: 0,
                 mtime: None,
                 map: HashMap::new(),
             }),
@@ -178,7 +189,9 @@ impl Volume {
         match self.create_node(caller, parent, name, &spec).await {
             Ok(inode) => {
                 // The creator may use the new file as requested whatever its mode says.
-                let fh = self.open_checked(caller, inode.clone(), read, write, flags & !libc::O_TRUNC).await?;
+                let fh = self
+                    .open_checked(caller, inode.clone(), read, write, flags & !libc::O_TRUNC)
+                    .await?;
                 Ok((self.attr_of(inode).await?, fh))
             }
             Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {
@@ -253,7 +266,13 @@ impl Volume {
     }
 
     /// Read up to `size` bytes at `offset`. Short only at end of file; holes read as zeros.
-    pub async fn read(&self, _caller: &Caller, fh: FileHandle, offset: u64, size: u32) -> FsResult<Bytes> {
+    pub async fn read(
+        &self,
+        _caller: &Caller,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Bytes> {
         let (file, read, _, _) = self.file_handle(fh)?;
         if !read {
             return Err(FsError::BadHandle);
@@ -266,7 +285,9 @@ impl Volume {
         let bs = self.block_size();
         let first = offset / bs;
         let last = (end - 1) / bs;
-        let stored = self.stored_blocks(file.ino, &mut st, first..last + 1).await?;
+        let stored = self
+            .stored_blocks(file.ino, &mut st, first..last + 1)
+            .await?;
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for idx in first..=last {
             let block_start = idx * bs;
@@ -283,7 +304,13 @@ impl Volume {
 
     /// Write `data` at `offset` (at end of file for `O_APPEND` handles). Returns the bytes written.
     /// `EBADF` if not open for writing, `EFBIG` past the maximum size, `ENOSPC` over quota.
-    pub async fn write(&self, caller: &Caller, fh: FileHandle, offset: u64, data: &[u8]) -> FsResult<u32> {
+    pub async fn write(
+        &self,
+        caller: &Caller,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<u32> {
         let (file, _, write, append) = self.file_handle(fh)?;
         if !write {
             return Err(FsError::BadHandle);
@@ -332,8 +359,14 @@ impl Volume {
             });
             let src = &data[(from - offset) as usize..(to - offset) as usize];
             buf[(from - block_start) as usize..(to - block_start) as usize].copy_from_slice(src);
+            add_range(
+                st.written.entry(idx).or_default(),
+                (from - block_start) as usize,
+                (to - block_start) as usize,
+            );
         }
         st.size = st.size.max(end);
+        st.write_end = st.write_end.max(end);
         st.mtime = Some(self.now());
         if st.dirty.len() as u64 * bs >= self.shared().config.write_buffer_bytes {
             self.flush_file(file.ino, &mut st).await?;
@@ -444,55 +477,92 @@ impl Volume {
         }
         let bs = self.block_size();
         let compression = self.inner.tenant.compression;
-        let mut writes = Vec::with_capacity(st.dirty.len());
-        let mut new_blocks: Vec<StoredBlock> = Vec::new();
-        let mut contents: Vec<(BlockHash, Bytes)> = Vec::new();
-        for (&idx, buf) in &st.dirty {
-            let start = idx * bs;
-            if start >= st.size {
-                continue;
-            }
-            let len = (st.size - start).min(bs) as usize;
-            let stored = blocks::encode(&buf[..len], compression);
-            writes.push(BlockWrite {
-                index: idx,
-                block: stored.as_ref().map(|b| b.hash),
-            });
-            if let Some(b) = stored {
-                if !new_blocks.iter().any(|n| n.hash == b.hash) {
-                    let trimmed = buf[..len].iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
-                    contents.push((b.hash, Bytes::copy_from_slice(&buf[..trimmed])));
-                    new_blocks.push(b);
-                }
-            }
-        }
-        let size = st.size;
         let mtime = st.mtime;
-        // The store has charged `st.charged` for this file; afterwards it must be exactly the
-        // charge of the new size (growth without a byte quota is charged here, a reservation
-        // beyond the final size is returned).
-        let delta = align4k(size) as i64 - st.charged as i64;
-        self.retrying(|| async {
-            let mut txn = self.begin(&[ino]).await?;
-            let mut inode = Volume::inode_in(txn.as_mut(), ino).await?;
-            if let Err(kind) = txn.charge(delta, 0).await? {
-                return Err(FsError::QuotaExceeded(kind));
-            }
-            if size < inode.size {
-                // Blocks past a shrink done by another engine are cut here as well.
-                txn.truncate_blocks(ino, size.div_ceil(bs)).await?;
-            }
-            txn.write_blocks(ino, &writes, &new_blocks).await?;
-            inode.size = size;
-            if let Some(t) = mtime {
-                inode.mtime = t;
-                inode.ctime = t;
-            }
-            txn.put_inode(&inode).await?;
-            txn.commit().await?;
-            Ok(())
-        })
-        .await?;
+        // Bytes reserved in the store for this file ahead of the flush (under a byte quota).
+        let reserved = st.charged.saturating_sub(align4k(st.stored_size));
+        let state = &*st;
+        let (size, writes, contents) = self
+            .retrying(|| async move {
+                let mut txn = self.begin(&[ino]).await?;
+                let mut inode = Volume::inode_in(txn.as_mut(), ino).await?;
+                // Another engine may have resized the file since this one looked at it. A flush
+                // never shrinks it (truncation is applied at once, never buffered); it only
+                // extends it to the end of the writes it carries.
+                let size = inode.size.max(state.write_end);
+                // Blocks written only in part here: their other bytes are taken from the block as
+                // stored now, not as this volume last saw it, so concurrent writers of other
+                // engines to other parts of the block keep their data.
+                let partial: Vec<u64> = state
+                    .dirty
+                    .keys()
+                    .copied()
+                    .filter(|idx| !covers_block(state.written.get(idx), bs))
+                    .collect();
+                let mut base = HashMap::new();
+                if let (Some(&lo), Some(&hi)) = (partial.first(), partial.last()) {
+                    let hashes: Vec<(u64, BlockHash)> = txn
+                        .block_map(ino, lo..hi + 1)
+                        .await?
+                        .into_iter()
+                        .filter(|(idx, _)| partial.binary_search(idx).is_ok())
+                        .collect();
+                    base = self.fetch_blocks(txn.as_mut(), &hashes).await?;
+                }
+                let mut writes = Vec::with_capacity(state.dirty.len());
+                let mut new_blocks: Vec<StoredBlock> = Vec::new();
+                let mut contents: Vec<(BlockHash, Bytes)> = Vec::new();
+                for (&idx, buf) in &state.dirty {
+                    let start = idx * bs;
+                    if start >= size {
+                        continue;
+                    }
+                    let len = (size - start).min(bs) as usize;
+                    let merged;
+                    let content: &[u8] = match state.written.get(&idx) {
+                        Some(ranges) if partial.binary_search(&idx).is_ok() => {
+                            let mut block = vec![0u8; bs as usize];
+                            if let Some(old) = base.get(&idx) {
+                                block[..old.len()].copy_from_slice(old);
+                            }
+                            for &(a, b) in ranges {
+                                block[a..b].copy_from_slice(&buf[a..b]);
+                            }
+                            merged = block;
+                            &merged[..len]
+                        }
+                        _ => &buf[..len],
+                    };
+                    let stored = blocks::encode(content, compression);
+                    writes.push(BlockWrite {
+                        index: idx,
+                        block: stored.as_ref().map(|b| b.hash),
+                    });
+                    if let Some(b) = stored {
+                        if !new_blocks.iter().any(|n| n.hash == b.hash) {
+                            let trimmed =
+                                content.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+                            contents.push((b.hash, Bytes::copy_from_slice(&content[..trimmed])));
+                            new_blocks.push(b);
+                        }
+                    }
+                }
+                // The store charged this file for its stored size plus this volume's
+                // reservation; afterwards it must be charged for exactly the new size.
+                let delta = align4k(size) as i64 - align4k(inode.size) as i64 - reserved as i64;
+                if let Err(kind) = txn.charge(delta, 0).await? {
+                    return Err(FsError::QuotaExceeded(kind));
+                }
+                txn.write_blocks(ino, &writes, &new_blocks).await?;
+                inode.size = size;
+                if let Some(t) = mtime {
+                    inode.mtime = t;
+                    inode.ctime = t;
+                }
+                txn.put_inode(&inode).await?;
+                txn.commit().await?;
+                Ok((size, writes, contents))
+            })
+            .await?;
         for w in &writes {
             st.map.insert(w.index, w.block);
         }
@@ -501,7 +571,10 @@ impl Volume {
             self.shared().cache.insert(tenant, hash, content);
         }
         st.dirty.clear();
+        st.written.clear();
+        st.write_end = 0;
         st.mtime = None;
+        st.size = size;
         st.stored_size = size;
         st.charged = align4k(size);
         Ok(())
@@ -521,7 +594,10 @@ impl Volume {
         if range.is_empty() {
             return Ok(HashMap::new());
         }
-        let wanted: Vec<u64> = range.clone().filter(|i| !st.dirty.contains_key(i)).collect();
+        let wanted: Vec<u64> = range
+            .clone()
+            .filter(|i| !st.dirty.contains_key(i))
+            .collect();
         if wanted.iter().any(|i| !st.map.contains_key(i)) {
             let mut r = self.reader();
             let found = r.block_map(ino, range.clone()).await?;
@@ -586,7 +662,13 @@ impl Volume {
 
     /// Change the size of `ino` (truncate up or down). `writable_handle` is whether the caller
     /// holds a handle open for writing, which makes write permission unnecessary.
-    pub(crate) async fn truncate(&self, caller: &Caller, ino: Ino, size: u64, writable_handle: bool) -> FsResult<()> {
+    pub(crate) async fn truncate(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        size: u64,
+        writable_handle: bool,
+    ) -> FsResult<()> {
         self.ensure_writable()?;
         let inode = self.reader().inode(ino).await?.ok_or(FsError::NotFound)?;
         match inode.kind {
@@ -602,13 +684,20 @@ impl Volume {
 
     /// Truncate after permission checks, keeping an open file's buffer in step. `always_touch`
     /// updates mtime/ctime even when the size does not change (`O_TRUNC`).
-    async fn truncate_open(&self, caller: &Caller, ino: Ino, size: u64, always_touch: bool) -> FsResult<()> {
+    async fn truncate_open(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        size: u64,
+        always_touch: bool,
+    ) -> FsResult<()> {
         let bs = self.block_size();
         match self.open_file(ino) {
             Some(file) => {
                 let mut st = file.state.lock().await;
                 self.flush_file(ino, &mut st).await?;
-                self.truncate_stored(caller, ino, size, always_touch).await?;
+                self.truncate_stored(caller, ino, size, always_touch)
+                    .await?;
                 st.size = size;
                 st.stored_size = size;
                 st.charged = align4k(size);
@@ -624,7 +713,13 @@ impl Volume {
         }
     }
 
-    async fn truncate_stored(&self, caller: &Caller, ino: Ino, size: u64, always_touch: bool) -> FsResult<()> {
+    async fn truncate_stored(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        size: u64,
+        always_touch: bool,
+    ) -> FsResult<()> {
         let bs = self.block_size();
         let compression = self.inner.tenant.compression;
         self.retrying(|| async {
@@ -711,7 +806,13 @@ impl Volume {
 
     /// Overwrite `[offset, end)` with zeros through the write path; whole zero blocks become holes
     /// when flushed.
-    async fn write_zeros(&self, caller: &Caller, fh: FileHandle, offset: u64, end: u64) -> FsResult<()> {
+    async fn write_zeros(
+        &self,
+        caller: &Caller,
+        fh: FileHandle,
+        offset: u64,
+        end: u64,
+    ) -> FsResult<()> {
         let chunk = self.block_size().max(1 << 20);
         let zeros = vec![0u8; chunk as usize];
         let mut pos = offset;
@@ -722,6 +823,25 @@ impl Volume {
         }
         Ok(())
     }
+}
+
+/// Whether `ranges` (of one dirty block) cover the whole block.
+fn covers_block(ranges: Option<&Vec<(usize, usize)>>, bs: u64) -> bool {
+    ranges.is_some_and(|r| r.as_slice() == [(0, bs as usize)])
+}
+
+/// Add `[from, to)` to sorted disjoint `ranges`, merging what touches it.
+fn add_range(ranges: &mut Vec<(usize, usize)>, from: usize, to: usize) {
+    ranges.push((from, to));
+    ranges.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for &(a, b) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    *ranges = merged;
 }
 
 /// Append `content[from..to]` to `out`, reading zeros past the end of `content`.

@@ -142,8 +142,12 @@ impl Engine {
                 let layers = self.shared.backend.layers(record.id).await?;
                 let layer = layers
                     .iter()
-                    .find(|l| l.name.as_deref() == Some(name.as_str()) || l.id.0.to_string() == *name)
-                    .ok_or_else(|| FsError::BadInput(format!("layer {name:?} not found in tenant {tenant:?}")))?;
+                    .find(|l| {
+                        l.name.as_deref() == Some(name.as_str()) || l.id.0.to_string() == *name
+                    })
+                    .ok_or_else(|| {
+                        FsError::BadInput(format!("layer {name:?} not found in tenant {tenant:?}"))
+                    })?;
                 build_view(self.shared.backend.as_ref(), record.id, layer.id).await?
             }
         };
@@ -168,7 +172,10 @@ impl Engine {
 
     /// End the engine's session: its orphans become reclaimable at once.
     pub async fn close(&self) -> FsResult<()> {
-        self.shared.backend.close_session(self.shared.session).await?;
+        self.shared
+            .backend
+            .close_session(self.shared.session)
+            .await?;
         Ok(())
     }
 }
@@ -195,7 +202,8 @@ fn spawn_heartbeat(shared: std::sync::Weak<Shared>) {
 /// The chain of layers from `head` down to the base.
 async fn build_view(backend: &dyn Backend, tenant: TenantId, head: LayerId) -> FsResult<LayerView> {
     let layers = backend.layers(tenant).await?;
-    let by_id: HashMap<LayerId, Option<LayerId>> = layers.iter().map(|l| (l.id, l.parent)).collect();
+    let by_id: HashMap<LayerId, Option<LayerId>> =
+        layers.iter().map(|l| (l.id, l.parent)).collect();
     let mut chain = vec![head];
     let mut cur = head;
     while let Some(parent) = by_id.get(&cur).copied().flatten() {
@@ -203,7 +211,9 @@ async fn build_view(backend: &dyn Backend, tenant: TenantId, head: LayerId) -> F
         cur = parent;
     }
     if !by_id.contains_key(&head) {
-        return Err(BackendError::Corrupt(format!("tenant {} has no layer {head}", tenant.0)).into());
+        return Err(
+            BackendError::Corrupt(format!("tenant {} has no layer {head}", tenant.0)).into(),
+        );
     }
     Ok(LayerView {
         tenant,
@@ -346,7 +356,8 @@ impl Volume {
                     }
                     debug!(attempt, "retrying after conflict");
                     // Spread out engines that keep colliding on the same rows.
-                    let jitter = u64::from(attempt.min(10)) * (100 + u64::from(std::process::id() % 100));
+                    let jitter =
+                        u64::from(attempt.min(10)) * (100 + u64::from(std::process::id() % 100));
                     tokio::time::sleep(Duration::from_micros(jitter)).await;
                 }
                 other => return other,
@@ -413,7 +424,8 @@ impl Volume {
 
     /// Reclaim inodes left open-but-unlinked by sessions that died.
     async fn reclaim_orphans(&self) -> FsResult<()> {
-        let timeout = i64::try_from(self.shared().config.session_timeout.as_nanos()).unwrap_or(i64::MAX);
+        let timeout =
+            i64::try_from(self.shared().config.session_timeout.as_nanos()).unwrap_or(i64::MAX);
         let stale_before = Timestamp(self.now().0.saturating_sub(timeout));
         let orphans = self
             .backend()

@@ -109,7 +109,9 @@ impl Volume {
         let kind = FileType::from_mode(mode).unwrap_or(FileType::Regular);
         match kind {
             FileType::Directory | FileType::Symlink => {
-                return Err(FsError::Invalid("mknod cannot create directories or symlinks"));
+                return Err(FsError::Invalid(
+                    "mknod cannot create directories or symlinks",
+                ));
             }
             FileType::CharDevice | FileType::BlockDevice if !caller.is_root() => {
                 return Err(FsError::NotPermitted);
@@ -119,7 +121,11 @@ impl Volume {
         let spec = NodeSpec {
             kind,
             perm: (mode & 0o7777) as u16,
-            rdev: if matches!(kind, FileType::CharDevice | FileType::BlockDevice) { rdev } else { 0 },
+            rdev: if matches!(kind, FileType::CharDevice | FileType::BlockDevice) {
+                rdev
+            } else {
+                0
+            },
             target: &[],
         };
         let inode = self.create_node(caller, parent, name, &spec).await?;
@@ -127,7 +133,13 @@ impl Volume {
     }
 
     /// Create a directory. `EEXIST`, `EACCES`, `EMLINK` (parent link count), `ENOSPC`.
-    pub async fn mkdir(&self, caller: &Caller, parent: Ino, name: &[u8], mode: u32) -> FsResult<FileAttr> {
+    pub async fn mkdir(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+    ) -> FsResult<FileAttr> {
         let spec = NodeSpec {
             kind: FileType::Directory,
             perm: (mode & 0o7777) as u16,
@@ -224,7 +236,11 @@ impl Volume {
             perm,
             uid: caller.uid,
             gid,
-            nlink: if spec.kind == FileType::Directory { 2 } else { 1 },
+            nlink: if spec.kind == FileType::Directory {
+                2
+            } else {
+                1
+            },
             size: spec.target.len() as u64,
             atime: now,
             mtime: now,
@@ -274,7 +290,13 @@ impl Volume {
             .await
     }
 
-    async fn remove_once(&self, caller: &Caller, parent: Ino, name: &[u8], dir_wanted: bool) -> FsResult<()> {
+    async fn remove_once(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        dir_wanted: bool,
+    ) -> FsResult<()> {
         let seen = {
             let mut r = self.reader();
             let dir = r.inode(parent).await?.ok_or(FsError::NotFound)?;
@@ -335,7 +357,9 @@ impl Volume {
             return Ok(true);
         }
         txn.remove_inode(inode.ino).await?;
-        let _ = txn.charge(-(super::charged_bytes(inode) as i64), -1).await?;
+        let _ = txn
+            .charge(-(super::charged_bytes(inode) as i64), -1)
+            .await?;
         Ok(false)
     }
 
@@ -343,7 +367,13 @@ impl Volume {
     ///
     /// `EPERM` for a directory, `EMLINK` at the link limit, `EEXIST` if the name exists, `ENOENT`
     /// for an inode with no names left.
-    pub async fn link(&self, caller: &Caller, ino: Ino, newparent: Ino, newname: &[u8]) -> FsResult<FileAttr> {
+    pub async fn link(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        newparent: Ino,
+        newname: &[u8],
+    ) -> FsResult<FileAttr> {
         names::validate_new(newname)?;
         self.ensure_writable()?;
         let inode = self
@@ -352,7 +382,13 @@ impl Volume {
         self.attr_of(inode).await
     }
 
-    async fn link_once(&self, caller: &Caller, ino: Ino, newparent: Ino, newname: &[u8]) -> FsResult<Inode> {
+    async fn link_once(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        newparent: Ino,
+        newname: &[u8],
+    ) -> FsResult<Inode> {
         let mut txn = self.begin(&[ino, newparent]).await?;
         let mut inode = Volume::inode_in(txn.as_mut(), ino).await?;
         let mut dir = Volume::inode_in(txn.as_mut(), newparent).await?;
@@ -453,7 +489,8 @@ impl Volume {
         let t = txn.as_mut();
         let src_now = t.lookup(sp, sname).await?.ok_or(FsError::NotFound)?;
         let dst_now = t.lookup(dp, dname).await?;
-        if src_now.ino != src.ino || dst_now.as_ref().map(|d| d.ino) != dst.as_ref().map(|d| d.ino) {
+        if src_now.ino != src.ino || dst_now.as_ref().map(|d| d.ino) != dst.as_ref().map(|d| d.ino)
+        {
             return Err(moved());
         }
         let mut loaded = Loaded::new();
@@ -577,7 +614,12 @@ impl Volume {
 
     /// `EINVAL` if `dir` is `ancestor_of` or one of its ancestors is `dir` (moving a directory
     /// into its own subtree).
-    async fn check_not_ancestor(&self, txn: &mut dyn StoreTxn, dir: Ino, mut target: Ino) -> FsResult<()> {
+    async fn check_not_ancestor(
+        &self,
+        txn: &mut dyn StoreTxn,
+        dir: Ino,
+        mut target: Ino,
+    ) -> FsResult<()> {
         loop {
             if target == dir {
                 return Err(FsError::Invalid("cannot move a directory into itself"));

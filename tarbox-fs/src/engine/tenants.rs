@@ -56,7 +56,11 @@ pub struct TenantInfo {
 
 /// Check a tenant name (RFC 1123 subdomain, at most 253 characters), naming what is wrong.
 pub fn validate_tenant_name(name: &str) -> FsResult<()> {
-    let bad = |why: &str| Err(FsError::BadInput(format!("invalid tenant name {name:?}: {why}")));
+    let bad = |why: &str| {
+        Err(FsError::BadInput(format!(
+            "invalid tenant name {name:?}: {why}"
+        )))
+    };
     if name.is_empty() {
         return bad("empty");
     }
@@ -118,10 +122,15 @@ impl Engine {
             root,
             created_at: now,
         };
-        let record = self.shared.backend.create_tenant(&new).await.map_err(|e| match e {
-            BackendError::TenantExists => FsError::TenantExists(name.to_string()),
-            e => e.into(),
-        })?;
+        let record = self
+            .shared
+            .backend
+            .create_tenant(&new)
+            .await
+            .map_err(|e| match e {
+                BackendError::TenantExists => FsError::TenantExists(name.to_string()),
+                e => e.into(),
+            })?;
         info!(tenant = name, block_size = bs, "tenant created");
         self.info_of(record).await
     }
@@ -230,10 +239,25 @@ mod tests {
         for ok in ["a", "agent-1", "pvc-0a1b.ns.cluster", &"a".repeat(63)] {
             assert!(validate_tenant_name(ok).is_ok(), "{ok}");
         }
-        let long = format!("{}.{}.{}.{}", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(61));
+        let long = format!(
+            "{}.{}.{}.{}",
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61)
+        );
         assert_eq!(long.len(), 253);
         assert!(validate_tenant_name(&long).is_ok());
-        for bad in ["", "A", "-a", "a-", "a..b", "a_b", &"a".repeat(64), &format!("{long}x")] {
+        for bad in [
+            "",
+            "A",
+            "-a",
+            "a-",
+            "a..b",
+            "a_b",
+            &"a".repeat(64),
+            &format!("{long}x"),
+        ] {
             assert!(validate_tenant_name(bad).is_err(), "{bad}");
         }
     }

@@ -81,7 +81,13 @@ impl PostgresBackend {
             .application_name("tarbox")
             // The begin() protocol relies on the session default isolation, whatever the
             // server's configured default is.
-            .options([("default_transaction_isolation", "read committed")]);
+            .options([
+                ("default_transaction_isolation", "read committed"),
+                // Every statement is a short indexed lookup or write whose plan does not depend
+                // on its parameters; skipping per-execution custom planning saves a planner run
+                // on every round trip.
+                ("plan_cache_mode", "force_generic_plan"),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)

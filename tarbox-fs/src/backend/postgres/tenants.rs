@@ -126,7 +126,7 @@ pub(super) async fn tenant_by_id(
 }
 
 pub(super) async fn list_tenants(pool: &PgPool) -> BackendResult<Vec<TenantRecord>> {
-    let rows = sqlx::query(select_tenants!("ORDER BY name"))
+    let rows = sqlx::query(select_tenants!("ORDER BY name COLLATE \"C\""))
         .fetch_all(pool)
         .await
         .map_err(map_err)?;
