@@ -201,6 +201,20 @@ pub trait StoreRead: Send {
     /// The live entry `name` of directory `parent`; `None` if absent or whited out.
     async fn lookup(&mut self, parent: Ino, name: &[u8]) -> BackendResult<Option<DentryRecord>>;
 
+    /// The live entry `name` of `parent` together with the newest live version of the inode it
+    /// names; `None` if the entry or the inode is absent. Backends should answer in one round
+    /// trip: this is the path of every name lookup.
+    async fn lookup_inode(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+    ) -> BackendResult<Option<(DentryRecord, Inode)>> {
+        let Some(entry) = self.lookup(parent, name).await? else {
+            return Ok(None);
+        };
+        Ok(self.inode(entry.ino).await?.map(|inode| (entry, inode)))
+    }
+
     /// Up to `limit` live entries of `parent` with `cookie > after`, in increasing cookie order.
     async fn list_dir(
         &mut self,

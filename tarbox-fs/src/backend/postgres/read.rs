@@ -87,6 +87,24 @@ const INODES_N: &str = concat!(
      ORDER BY ino, layer_id DESC"
 );
 
+/// An entry and the inode it names, each resolved through the chain, in one statement.
+const LOOKUP_INODE: &str = concat!(
+    // The entry's kind doubles as the inode's (they are equal by construction).
+    "SELECT d.name, d.ino, d.kind, d.cookie, i.tombstone, i.perm, i.uid, i.gid, i.nlink, \
+       i.size, i.atime, i.mtime, i.ctime, i.btime, i.rdev, i.parent, i.target \
+     FROM ( \
+       SELECT name, ino, kind, cookie FROM dentries \
+       WHERE tenant_id = $1 AND parent = $2 AND name = $3 AND layer_id = ANY($4) \
+       ORDER BY layer_id DESC LIMIT 1) d \
+     CROSS JOIN LATERAL ( \
+       SELECT ",
+    inode_cols!(),
+    " FROM inodes \
+       WHERE tenant_id = $1 AND ino = d.ino AND layer_id = ANY($4) \
+       ORDER BY layer_id DESC LIMIT 1) i \
+     WHERE d.ino IS NOT NULL"
+);
+
 const LOOKUP_1: &str = "SELECT name, ino, kind, cookie FROM dentries \
      WHERE tenant_id = $1 AND parent = $2 AND name = $3 AND layer_id = $4[1]";
 const LOOKUP_N: &str = "SELECT name, ino, kind, cookie FROM dentries \
@@ -225,6 +243,27 @@ pub(super) async fn lookup<'c>(
         Some(row) => dentry_from_row(&row),
         None => Ok(None),
     }
+}
+
+pub(super) async fn lookup_inode<'c>(
+    ex: impl PgExecutor<'c>,
+    s: &Scope,
+    parent: Ino,
+    name: &[u8],
+) -> BackendResult<Option<(DentryRecord, Inode)>> {
+    let row = sqlx::query(LOOKUP_INODE)
+        .bind(s.tenant)
+        .bind(to_i64("inode number", parent.0)?)
+        .bind(name)
+        .bind(&s.chain)
+        .fetch_optional(ex)
+        .await
+        .map_err(map_err)?;
+    let Some(row) = row else { return Ok(None) };
+    let Some(entry) = dentry_from_row(&row)? else {
+        return Ok(None);
+    };
+    Ok(inode_from_row(entry.ino, &row)?.map(|inode| (entry, inode)))
 }
 
 pub(super) async fn list_dir<'c>(
@@ -377,6 +416,15 @@ macro_rules! impl_store_read {
             ) -> BackendResult<Option<DentryRecord>> {
                 let (ex, scope) = self.exec();
                 $crate::backend::postgres::read::lookup(ex, scope, parent, name).await
+            }
+
+            async fn lookup_inode(
+                &mut self,
+                parent: Ino,
+                name: &[u8],
+            ) -> BackendResult<Option<(DentryRecord, Inode)>> {
+                let (ex, scope) = self.exec();
+                $crate::backend::postgres::read::lookup_inode(ex, scope, parent, name).await
             }
 
             async fn list_dir(
