@@ -138,6 +138,8 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
         threads: 2,
     };
     let mounted = tarbox_fuse::mount(volume, &args.mountpoint, &options)?;
+    // Tenants deleted elsewhere are purged by whichever long-running process sees them first.
+    let purger = (!in_memory).then(|| engine.spawn_purger(Duration::from_secs(300)));
     println!(
         "tarbox: tenant {tenant:?} mounted at {}",
         args.mountpoint.display()
@@ -153,6 +155,9 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
         }
     };
     let served = mounted.run_until(shutdown).await;
+    if let Some(p) = purger {
+        p.abort();
+    }
     engine.close().await.ok();
     served.context("the FUSE session ended with an error")?;
     info!("unmounted");
