@@ -406,9 +406,20 @@ impl Volume {
         Ok(())
     }
 
+    /// Whether the tenant has a byte quota. Asked on every write that grows a file, so the answer
+    /// is remembered for a second: a quota set at run time governs write-time reservations within
+    /// a second, and every flush is charged against the current limit regardless.
     async fn has_byte_quota(&self) -> FsResult<bool> {
+        const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+        if let Some((at, known)) = *lock(&self.inner.byte_quota) {
+            if at.elapsed() < FRESH {
+                return Ok(known);
+            }
+        }
         let record = self.backend().tenant_by_id(self.inner.tenant.id).await?;
-        Ok(record.is_some_and(|t| t.quota.bytes.is_some()))
+        let known = record.is_some_and(|t| t.quota.bytes.is_some());
+        *lock(&self.inner.byte_quota) = Some((std::time::Instant::now(), known));
+        Ok(known)
     }
 
     /// Clear setuid/setgid because an unprivileged caller writes (as Linux does on write).

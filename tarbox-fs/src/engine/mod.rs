@@ -162,6 +162,7 @@ impl Engine {
                 handles: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
                 open_files: Mutex::new(HashMap::new()),
+                byte_quota: Mutex::new(None),
             }),
         };
         if !read_only {
@@ -259,6 +260,8 @@ struct VolumeInner {
     /// Files with at least one open handle, shared by all handles of the same inode so every
     /// handle sees the others' buffered writes.
     open_files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+    /// Whether the tenant has a byte quota, and when that was read (see `has_byte_quota`).
+    byte_quota: Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 /// What a handle refers to.
