@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the operation failed, 2 the command line was invalid.
 
 mod config;
+mod layer;
 mod mount;
 mod tenant;
 
@@ -58,6 +59,11 @@ enum Command {
     /// Create, list, inspect, limit and delete tenants.
     #[command(subcommand)]
     Tenant(tenant::TenantCommand),
+    /// Checkpoints, rollback, layer tree, diffs and automatic checkpoints of a tenant.
+    #[command(
+        after_help = "Examples:\n  tarbox layer checkpoint -t agent-1 before-refactor\n  tarbox layer switch -t agent-1 before-refactor\n  tarbox layer diff -t agent-1"
+    )]
+    Layer(layer::LayerArgs),
     /// Database administration.
     #[command(subcommand)]
     Db(DbCommand),
@@ -143,6 +149,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Mount(args) => mount::run(&ctx, args).await,
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
         Command::Tenant(cmd) => tenant::run(&ctx, cmd).await,
+        Command::Layer(args) => layer::run(&ctx, args).await,
         Command::Db(DbCommand::Migrate) => {
             let url = ctx.database_url()?;
             if !url.starts_with("postgres") {

@@ -49,6 +49,12 @@ pub struct MountArgs {
     /// Decoded block cache size (e.g. 256MiB).
     #[arg(long, default_value = "256MiB", value_name = "SIZE")]
     cache_size: String,
+    /// Hide the /.tarbox control directory.
+    #[arg(long)]
+    no_control_dir: bool,
+    /// Run automatic checkpoints in this mount when the tenant has them on (`tarbox layer auto`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    auto_checkpoint: bool,
     /// Extra FUSE mount options, comma separated or repeated (`-o allow_other,ro` style).
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     options: Vec<String>,
@@ -136,7 +142,10 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
         extra: args.options,
         fs_name: None,
         threads: 2,
+        control_dir: !args.no_control_dir,
     };
+    let checkpointer =
+        (args.auto_checkpoint && !volume.is_read_only()).then(|| volume.spawn_auto_checkpoints());
     let mounted = tarbox_fuse::mount(volume, &args.mountpoint, &options)?;
     // Tenants deleted elsewhere are purged by whichever long-running process sees them first.
     let purger = (!in_memory).then(|| engine.spawn_purger(Duration::from_secs(300)));
@@ -157,6 +166,9 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
     let served = mounted.run_until(shutdown).await;
     if let Some(p) = purger {
         p.abort();
+    }
+    if let Some(c) = checkpointer {
+        c.abort();
     }
     engine.close().await.ok();
     served.context("the FUSE session ended with an error")?;

@@ -198,8 +198,110 @@ e2e!(
     random_offsets_verified_by_hash,
     links_and_special_files,
     git_workflow,
-    concurrent_writers
+    concurrent_writers,
+    control_files_checkpoint_and_rollback
 );
+
+/// Run `sh -c script` in the mount directory; returns (success, stdout, stderr).
+fn sh(m: &Mount, script: &str) -> (bool, String, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(m.dir.path())
+        .output()
+        .expect("run sh");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sh_ok(m: &Mount, script: &str) -> String {
+    let (ok, out, err) = sh(m, script);
+    assert!(ok, "`{script}` failed: {out}{err}");
+    out
+}
+
+/// Checkpoint, browse, diff and roll back with ordinary shell tools on `/.tarbox`.
+fn control_files_checkpoint_and_rollback(m: Mount) {
+    sh_ok(
+        &m,
+        "mkdir -p src && printf 'fn main() {}\r\n' > src/main.rs && printf 'one\ntwo\nthree' > notes.txt \
+         && head -c 300000 /dev/urandom > blob.bin && ln notes.txt hard.txt && ln -s notes.txt link",
+    );
+    let listing = sh_ok(&m, "ls -a");
+    assert!(listing.lines().any(|l| l == ".tarbox"), "{listing}");
+    sh_ok(&m, "echo before-refactor > .tarbox/layers/new");
+    let list = sh_ok(&m, "cat .tarbox/layers/list");
+    assert!(list.contains("\"before-refactor\""), "{list}");
+    let current = sh_ok(&m, "cat .tarbox/layers/current");
+    assert!(current.contains("\"current\": true"), "{current}");
+    assert!(sh_ok(&m, "cat .tarbox/layers/tree").contains("before-refactor"));
+    // Change things after the checkpoint.
+    sh_ok(
+        &m,
+        "printf 'one\nTWO\nthree' > notes.txt && rm blob.bin && mv src source && echo new > added.txt",
+    );
+    let diff = sh_ok(&m, "cat .tarbox/layers/diff");
+    assert!(diff.contains("M /notes.txt (+1 -1)"), "{diff}");
+    assert!(diff.contains("D /blob.bin"), "{diff}");
+    assert!(diff.contains("R /src -> /source"), "{diff}");
+    assert!(diff.contains("A /added.txt"), "{diff}");
+    assert!(diff.contains("+TWO") && diff.contains("-two"), "{diff}");
+    // The checkpoint's tree, browsable and copyable.
+    assert_eq!(sh_ok(&m, "ls .tarbox/snapshots").trim(), "before-refactor");
+    assert_eq!(
+        sh_ok(&m, "cat .tarbox/snapshots/before-refactor/notes.txt"),
+        "one\ntwo\nthree"
+    );
+    sh_ok(
+        &m,
+        "cp -r .tarbox/snapshots/before-refactor/src ./restored && diff -r restored .tarbox/snapshots/before-refactor/src",
+    );
+    let (ok, _, _) = sh(&m, "echo x > .tarbox/snapshots/before-refactor/notes.txt");
+    assert!(!ok, "a snapshot must be read-only");
+    // Rejected commands fail the write and say why.
+    let (ok, _, _) = sh(&m, "echo no-such-layer > .tarbox/layers/switch");
+    assert!(!ok, "switching to an unknown layer must fail");
+    assert!(sh_ok(&m, "cat .tarbox/last_error").contains("not found"));
+    let (ok, _, _) = sh(&m, "echo before-refactor > .tarbox/layers/new");
+    assert!(!ok, "a taken checkpoint name must fail");
+    // Roll back: the tree is exactly the checkpoint's.
+    sh_ok(&m, "echo before-refactor > .tarbox/layers/switch");
+    assert_eq!(
+        std::fs::read(m.path("notes.txt")).expect("notes"),
+        b"one\ntwo\nthree"
+    );
+    assert_eq!(
+        std::fs::read(m.path("src/main.rs")).expect("main"),
+        b"fn main() {}\r\n"
+    );
+    assert_eq!(
+        std::fs::metadata(m.path("blob.bin")).expect("blob").len(),
+        300_000
+    );
+    assert_eq!(
+        std::fs::metadata(m.path("notes.txt"))
+            .expect("notes")
+            .nlink(),
+        2
+    );
+    assert_eq!(
+        std::fs::read_link(m.path("link")).expect("link"),
+        Path::new("notes.txt")
+    );
+    assert!(!m.path("added.txt").exists() && !m.path("source").exists());
+    // The abandoned layer is still listed and can be switched back to (roll forward).
+    let tree = sh_ok(&m, "cat .tarbox/layers/tree");
+    assert_eq!(tree.matches('#').count(), 3, "{tree}");
+    let usage = sh_ok(&m, "cat .tarbox/stats/usage");
+    assert!(usage.contains("\"checkpoints\": 1"), "{usage}");
+    // The control directory is not part of the tree.
+    let (ok, _, _) = sh(&m, "mkdir .tarbox");
+    assert!(!ok, "mkdir /.tarbox must fail");
+    sh_ok(&m, "touch .tarboxrc && rm .tarboxrc");
+}
 
 fn copy_tree_and_diff(m: Mount) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -128,6 +128,15 @@ pub enum FsError {
     /// EEXIST for tenant creation.
     #[error("tenant {0:?} already exists")]
     TenantExists(String),
+    /// ENOENT for a layer named by a command (a checkpoint name or a layer id).
+    #[error("layer {0:?} not found")]
+    LayerNotFound(String),
+    /// EEXIST for a checkpoint name already taken in the tenant.
+    #[error("a layer named {0:?} already exists")]
+    LayerExists(String),
+    /// EBUSY for a layer change refused because of the layer's place in the tree, with why.
+    #[error("{0}")]
+    LayerBusy(String),
     /// EINVAL for administrative input, naming what was wrong.
     #[error("{0}")]
     BadInput(String),
@@ -140,8 +149,10 @@ impl FsError {
     /// The errno a Linux filesystem returns for this error.
     pub fn errno(&self) -> i32 {
         match self {
-            FsError::NotFound | FsError::TenantNotFound(_) => libc::ENOENT,
-            FsError::Exists | FsError::TenantExists(_) => libc::EEXIST,
+            FsError::NotFound | FsError::TenantNotFound(_) | FsError::LayerNotFound(_) => {
+                libc::ENOENT
+            }
+            FsError::Exists | FsError::TenantExists(_) | FsError::LayerExists(_) => libc::EEXIST,
             FsError::NotDir => libc::ENOTDIR,
             FsError::IsDir => libc::EISDIR,
             FsError::NotEmpty => libc::ENOTEMPTY,
@@ -160,7 +171,7 @@ impl FsError {
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::CrossDevice => libc::EXDEV,
             FsError::Loop => libc::ELOOP,
-            FsError::Busy(_) => libc::EBUSY,
+            FsError::Busy(_) | FsError::LayerBusy(_) => libc::EBUSY,
             FsError::Backend(BackendError::TenantGone) => libc::ENOENT,
             FsError::Backend(_) => libc::EIO,
         }

@@ -33,11 +33,16 @@
 pub struct ReadmeDoctests;
 
 pub mod backend;
+pub mod control;
 mod engine;
 pub mod error;
 pub mod types;
 
 pub use backend::{Backend, Compression, LayerRecord, TenantRecord, TenantState};
-pub use engine::{Engine, EngineConfig, TenantInfo, TenantOptions, Volume, VolumeOptions};
+pub use control::ControlFs;
+pub use engine::{
+    Change, ChangeKind, ContentDiff, Engine, EngineConfig, LayerDiff, LayerSummary, LayerTree,
+    TEXT_DIFF_LIMIT, TenantInfo, TenantOptions, Volume, VolumeOptions, validate_layer_name,
+};
 pub use error::{BackendError, FsError, FsResult, QuotaKind};
 pub use types::*;

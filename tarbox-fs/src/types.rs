@@ -135,6 +135,14 @@ impl Timestamp {
         }
     }
 
+    /// UTC time to the second, RFC 3339 (`2026-11-22T10:30:00Z`).
+    pub fn to_rfc3339(self) -> String {
+        match jiff::Timestamp::from_nanosecond(i128::from(self.0)) {
+            Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            Err(_) => format!("@{}ns", self.0),
+        }
+    }
+
     /// Whole seconds and the nanosecond remainder, as `struct timespec` holds them.
     pub fn secs_nanos(self) -> (i64, u32) {
         (
@@ -176,8 +184,9 @@ pub struct Inode {
     pub ctime: Timestamp,
     pub btime: Timestamp,
     pub rdev: u32,
-    /// The containing directory of a directory (its `..`); for other kinds the directory the inode
-    /// was created in, kept for diagnostics only.
+    /// The containing directory of a directory (its `..`); for other kinds the directory of its
+    /// most recent name, a hint for diffs and diagnostics (a hard-linked file may have other
+    /// names elsewhere, and this one may be gone).
     pub parent: Ino,
     /// The target of a symlink; empty for other kinds.
     pub target: Vec<u8>,

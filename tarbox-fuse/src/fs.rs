@@ -16,7 +16,7 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tarbox_fs::{
-    Caller, FallocateMode, FileHandle, FsResult, RenameFlags, SetAttr, Volume, XattrMode,
+    Caller, ControlFs, FallocateMode, FileHandle, FsResult, RenameFlags, SetAttr, XattrMode,
 };
 use tokio::runtime::Handle;
 use tracing::debug;
@@ -42,7 +42,7 @@ impl Default for CacheTimeouts {
 }
 
 pub(crate) struct TarboxFuse {
-    volume: Volume,
+    fs: ControlFs,
     runtime: Handle,
     groups: Arc<GroupCache>,
     timeouts: CacheTimeouts,
@@ -54,9 +54,9 @@ const GENERATION: Generation = Generation(0);
 const MAX_IO: u32 = 1 << 20;
 
 impl TarboxFuse {
-    pub(crate) fn new(volume: Volume, runtime: Handle, timeouts: CacheTimeouts) -> TarboxFuse {
+    pub(crate) fn new(fs: ControlFs, runtime: Handle, timeouts: CacheTimeouts) -> TarboxFuse {
         TarboxFuse {
-            volume,
+            fs,
             runtime,
             groups: Arc::new(GroupCache::new()),
             timeouts,
@@ -105,6 +105,15 @@ impl TarboxFuse {
     }
 }
 
+/// Generated control files bypass the page cache: their size changes without writes.
+fn open_flags(fs: &ControlFs, fh: FileHandle) -> FopenFlags {
+    if fs.is_generated(fh) {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 fn reply_empty(reply: ReplyEmpty) -> impl FnOnce(FsResult<()>) + Send + 'static {
     move |r| match r {
         Ok(()) => reply.ok(),
@@ -144,14 +153,14 @@ impl Filesystem for TarboxFuse {
     }
 
     fn destroy(&mut self) {
-        let volume = self.volume.clone();
+        let volume = self.fs.clone();
         // Closing handles flushes them; the kernel releases every handle before unmounting, this
         // only covers a forced unmount.
         self.runtime.spawn(async move { volume.flush_all().await });
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
+        let (v, c, name) = (self.fs.clone(), self.caller(req), convert::name(name));
         self.run(
             async move { v.lookup(&c, ino(parent), &name).await },
             self.reply_entry(reply),
@@ -159,7 +168,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn getattr(&self, req: &Request, i: INodeNo, _fh: Option<FuseFh>, reply: ReplyAttr) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move { v.getattr(&c, ino(i)).await },
             self.reply_attr(reply),
@@ -194,7 +203,7 @@ impl Filesystem for TarboxFuse {
             ctime: ctime.map(convert::timestamp),
             handle: fh.map(|f| FileHandle(f.0)),
         };
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move { v.setattr(&c, ino(i), &set).await },
             self.reply_attr(reply),
@@ -202,7 +211,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn readlink(&self, req: &Request, i: INodeNo, reply: ReplyData) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move { v.readlink(&c, ino(i)).await },
             move |r| match r {
@@ -222,7 +231,7 @@ impl Filesystem for TarboxFuse {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
+        let (v, c, name) = (self.fs.clone(), self.caller(req), convert::name(name));
         let mode = mode & !(umask & 0o777);
         self.run(
             async move { v.mknod(&c, ino(parent), &name, mode, rdev).await },
@@ -239,7 +248,7 @@ impl Filesystem for TarboxFuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
+        let (v, c, name) = (self.fs.clone(), self.caller(req), convert::name(name));
         let mode = mode & !(umask & 0o777);
         self.run(
             async move { v.mkdir(&c, ino(parent), &name, mode).await },
@@ -248,7 +257,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
+        let (v, c, name) = (self.fs.clone(), self.caller(req), convert::name(name));
         self.run(
             async move { v.unlink(&c, ino(parent), &name).await },
             reply_empty(reply),
@@ -256,7 +265,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
+        let (v, c, name) = (self.fs.clone(), self.caller(req), convert::name(name));
         self.run(
             async move { v.rmdir(&c, ino(parent), &name).await },
             reply_empty(reply),
@@ -271,11 +280,7 @@ impl Filesystem for TarboxFuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let (v, c, name) = (
-            self.volume.clone(),
-            self.caller(req),
-            convert::name(link_name),
-        );
+        let (v, c, name) = (self.fs.clone(), self.caller(req), convert::name(link_name));
         let target = target.as_os_str().as_bytes().to_vec();
         self.run(
             async move { v.symlink(&c, ino(parent), &name, &target).await },
@@ -297,7 +302,7 @@ impl Filesystem for TarboxFuse {
             reply.error(Errno::from_i32(libc::EINVAL));
             return;
         };
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         let (name, newname) = (convert::name(name), convert::name(newname));
         self.run(
             async move {
@@ -316,11 +321,7 @@ impl Filesystem for TarboxFuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (v, c, name) = (
-            self.volume.clone(),
-            self.caller(req),
-            convert::name(newname),
-        );
+        let (v, c, name) = (self.fs.clone(), self.caller(req), convert::name(newname));
         self.run(
             async move { v.link(&c, ino(i), ino(newparent), &name).await },
             self.reply_entry(reply),
@@ -328,11 +329,14 @@ impl Filesystem for TarboxFuse {
     }
 
     fn open(&self, req: &Request, i: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
-            async move { v.open(&c, ino(i), flags.0).await },
+            async move {
+                let fh = v.open(&c, ino(i), flags.0).await?;
+                Ok((fh, open_flags(&v, fh)))
+            },
             move |r| match r {
-                Ok(fh) => reply.opened(FuseFh(fh.0), FopenFlags::empty()),
+                Ok((fh, flags)) => reply.opened(FuseFh(fh.0), flags),
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -349,7 +353,7 @@ impl Filesystem for TarboxFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move { v.read(&c, FileHandle(fh.0), offset, size).await },
             move |r| match r {
@@ -371,9 +375,20 @@ impl Filesystem for TarboxFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let (v, c, data) = (self.volume.clone(), self.caller(req), data.to_vec());
+        let (v, c, data) = (self.fs.clone(), self.caller(req), data.to_vec());
+        let settle = self.timeouts.attr.max(self.timeouts.entry);
         self.run(
-            async move { v.write(&c, FileHandle(fh.0), offset, &data).await },
+            async move {
+                let generation = v.generation();
+                let n = v.write(&c, FileHandle(fh.0), offset, &data).await?;
+                if v.generation() != generation {
+                    // A control command replaced the tree. The kernel may still hold entries and
+                    // attributes of the old one for up to their timeout: answer once they have
+                    // expired, so that whatever the caller does next sees the new tree.
+                    tokio::time::sleep(settle).await;
+                }
+                Ok(n)
+            },
             move |r| match r {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(&e)),
@@ -389,7 +404,7 @@ impl Filesystem for TarboxFuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move { v.flush(&c, FileHandle(fh.0)).await },
             reply_empty(reply),
@@ -406,7 +421,7 @@ impl Filesystem for TarboxFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move { v.release(&c, FileHandle(fh.0)).await },
             reply_empty(reply),
@@ -414,7 +429,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn fsync(&self, req: &Request, _i: INodeNo, fh: FuseFh, datasync: bool, reply: ReplyEmpty) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move { v.fsync(&c, FileHandle(fh.0), datasync).await },
             reply_empty(reply),
@@ -422,7 +437,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn opendir(&self, req: &Request, i: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move { v.opendir(&c, ino(i)).await },
             move |r| match r {
@@ -435,14 +450,14 @@ impl Filesystem for TarboxFuse {
     fn readdir(
         &self,
         req: &Request,
-        _i: INodeNo,
+        i: INodeNo,
         fh: FuseFh,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
-            async move { v.readdir(&c, FileHandle(fh.0), offset).await },
+            async move { v.readdir(&c, ino(i), FileHandle(fh.0), offset).await },
             move |r| match r {
                 Ok(entries) => {
                     for e in entries {
@@ -461,15 +476,15 @@ impl Filesystem for TarboxFuse {
     fn readdirplus(
         &self,
         req: &Request,
-        _i: INodeNo,
+        i: INodeNo,
         fh: FuseFh,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         let ttl = self.timeouts.entry;
         self.run(
-            async move { v.readdirplus(&c, FileHandle(fh.0), offset).await },
+            async move { v.readdirplus(&c, ino(i), FileHandle(fh.0), offset).await },
             move |r| match r {
                 Ok(entries) => {
                     for (e, a) in entries {
@@ -500,7 +515,7 @@ impl Filesystem for TarboxFuse {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move { v.releasedir(&c, FileHandle(fh.0)).await },
             reply_empty(reply),
@@ -508,7 +523,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn fsyncdir(&self, req: &Request, _i: INodeNo, fh: FuseFh, datasync: bool, reply: ReplyEmpty) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move { v.fsync(&c, FileHandle(fh.0), datasync).await },
             reply_empty(reply),
@@ -516,7 +531,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn statfs(&self, req: &Request, _i: INodeNo, reply: ReplyStatfs) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(async move { v.statfs(&c).await }, move |r| match r {
             Ok(s) => reply.statfs(
                 s.blocks,
@@ -552,7 +567,7 @@ impl Filesystem for TarboxFuse {
             }
         };
         let (v, c, name, value) = (
-            self.volume.clone(),
+            self.fs.clone(),
             self.caller(req),
             convert::name(name),
             value.to_vec(),
@@ -564,7 +579,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn getxattr(&self, req: &Request, i: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
+        let (v, c, name) = (self.fs.clone(), self.caller(req), convert::name(name));
         self.run(
             async move { v.getxattr(&c, ino(i), &name).await },
             reply_xattr(reply, size),
@@ -572,7 +587,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn listxattr(&self, req: &Request, i: INodeNo, size: u32, reply: ReplyXattr) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move {
                 let names = v.listxattr(&c, ino(i)).await?;
@@ -588,7 +603,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn removexattr(&self, req: &Request, i: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
+        let (v, c, name) = (self.fs.clone(), self.caller(req), convert::name(name));
         self.run(
             async move { v.removexattr(&c, ino(i), &name).await },
             reply_empty(reply),
@@ -596,7 +611,7 @@ impl Filesystem for TarboxFuse {
     }
 
     fn access(&self, req: &Request, i: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         let mask = mask.bits() as u32;
         self.run(
             async move { v.access(&c, ino(i), mask).await },
@@ -614,19 +629,18 @@ impl Filesystem for TarboxFuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let (v, c, name) = (self.volume.clone(), self.caller(req), convert::name(name));
+        let (v, c, name) = (self.fs.clone(), self.caller(req), convert::name(name));
         let mode = mode & !(umask & 0o777);
         let ttl = self.timeouts.entry;
         self.run(
-            async move { v.create(&c, ino(parent), &name, mode, flags).await },
+            async move {
+                let (a, fh) = v.create(&c, ino(parent), &name, mode, flags).await?;
+                Ok((a, fh, open_flags(&v, fh)))
+            },
             move |r| match r {
-                Ok((a, fh)) => reply.created(
-                    &ttl,
-                    &attr(&a),
-                    GENERATION,
-                    FuseFh(fh.0),
-                    FopenFlags::empty(),
-                ),
+                Ok((a, fh, flags)) => {
+                    reply.created(&ttl, &attr(&a), GENERATION, FuseFh(fh.0), flags)
+                }
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -646,7 +660,7 @@ impl Filesystem for TarboxFuse {
             reply.error(Errno::from_i32(libc::EOPNOTSUPP));
             return;
         };
-        let (v, c) = (self.volume.clone(), self.caller(req));
+        let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
             async move {
                 v.fallocate(&c, FileHandle(fh.0), offset, length, mode)

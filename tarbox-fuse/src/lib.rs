@@ -25,7 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use fuser::{Config, MountOption, SessionACL, SessionUnmounter};
-use tarbox_fs::Volume;
+use tarbox_fs::{ControlFs, Volume};
 use tokio::sync::oneshot;
 use tracing::info;
 
@@ -46,6 +46,8 @@ pub struct MountOptions {
     pub fs_name: Option<String>,
     /// Threads reading requests from the kernel (the work itself runs on the Tokio runtime).
     pub threads: usize,
+    /// Show the `/.tarbox` control directory at the root.
+    pub control_dir: bool,
 }
 
 impl Default for MountOptions {
@@ -57,6 +59,7 @@ impl Default for MountOptions {
             extra: Vec::new(),
             fs_name: None,
             threads: 2,
+            control_dir: true,
         }
     }
 }
@@ -187,7 +190,8 @@ pub fn mount(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = options.threads > 1;
-    let fs = fs::TarboxFuse::new(volume.clone(), runtime, options.timeouts);
+    let control = ControlFs::with_control_dir(volume.clone(), options.control_dir);
+    let fs = fs::TarboxFuse::new(control, runtime, options.timeouts);
     let mut session =
         fuser::Session::new(fs, mountpoint, &config).map_err(|source| MountError::Mount {
             path: mountpoint.to_path_buf(),

@@ -111,6 +111,8 @@ pub struct TenantRecord {
     pub compression: Compression,
     pub quota: Quota,
     pub created_at: Timestamp,
+    /// Seconds between automatic checkpoints; `None` when off.
+    pub auto_checkpoint_secs: Option<u64>,
 }
 
 /// What [`Backend::create_tenant`] needs.
@@ -136,6 +138,21 @@ pub struct LayerRecord {
     pub name: Option<String>,
     pub description: String,
     pub created_at: Timestamp,
+    /// When the layer stopped being the head (a checkpoint froze it or a switch left it); `None`
+    /// while it is the head.
+    pub frozen_at: Option<Timestamp>,
+    /// The tenant's usage when the layer was frozen: a switch back to it restores this.
+    pub usage: Option<Usage>,
+}
+
+/// Keys written in a set of layers: what can differ between two views whose chains differ by
+/// exactly those layers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerChanges {
+    /// Inodes with an inode, block mapping or xattr row in the layers, sorted.
+    pub inodes: Vec<Ino>,
+    /// Directory entries `(parent, name)` with a row in the layers, sorted.
+    pub entries: Vec<(Ino, Vec<u8>)>,
 }
 
 /// The chain of layers a reader sees, head first. `chain[0]` is the only layer written through.
@@ -344,6 +361,62 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Every layer of the tenant, in increasing id order.
     async fn layers(&self, tenant: TenantId) -> BackendResult<Vec<LayerRecord>>;
+
+    /// Set the interval of automatic checkpoints (`None`: off).
+    async fn set_auto_checkpoint(&self, tenant: TenantId, secs: Option<u64>) -> BackendResult<()>;
+
+    // Layer changes below are serialized against every file-operation transaction of the tenant:
+    // each waits for the transactions writing through the current head to end, and transactions
+    // begun through the old head afterwards fail with [`BackendError::StaleView`]. Each fails with
+    // `StaleView` if `head` is no longer the tenant's head, and with `TenantGone` if the tenant is
+    // deleted.
+
+    /// Checkpoint: freeze the head layer as `name` (with `description`), recording `now` and the
+    /// tenant's usage on it, and make a new empty layer on top of it the head. Copies nothing.
+    /// Fails with [`BackendError::LayerExists`] if the tenant already has a layer of that name.
+    /// Returns the new head.
+    async fn checkpoint(
+        &self,
+        tenant: TenantId,
+        head: LayerId,
+        name: &str,
+        description: &str,
+        now: Timestamp,
+    ) -> BackendResult<LayerRecord>;
+
+    /// Switch (rollback or roll forward): make a new empty layer on top of `target` the head and
+    /// set the tenant's usage to the usage recorded on `target`. The old head is frozen (with
+    /// `now` and the usage) and stays, unless it is an unnamed layer holding no rows, which is
+    /// deleted (it adds nothing to its parent). Returns the new head.
+    async fn switch_layer(
+        &self,
+        tenant: TenantId,
+        head: LayerId,
+        target: LayerId,
+        now: Timestamp,
+    ) -> BackendResult<LayerRecord>;
+
+    /// Delete `layer`, which is not the head, first copying each of its rows into each of
+    /// `children` that has no row of the same key (so what every child shows is unchanged); the
+    /// children then hang off `layer`'s parent. Blocks no longer referenced are deleted. Fails
+    /// with [`BackendError::Conflict`] if `layer`'s children are not exactly `children`.
+    async fn drop_layer(
+        &self,
+        tenant: TenantId,
+        head: LayerId,
+        layer: LayerId,
+        children: &[LayerId],
+    ) -> BackendResult<()>;
+
+    /// Whether `layer` holds no rows at all.
+    async fn layer_is_empty(&self, tenant: TenantId, layer: LayerId) -> BackendResult<bool>;
+
+    /// The keys written in any of `layers`.
+    async fn layer_changes(
+        &self,
+        tenant: TenantId,
+        layers: &[LayerId],
+    ) -> BackendResult<LayerChanges>;
 
     /// A reader of committed data through `view`. Cheap; holds no connection between calls.
     fn reader(&self, view: &LayerView) -> Box<dyn StoreRead>;

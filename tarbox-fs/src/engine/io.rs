@@ -217,6 +217,28 @@ impl Volume {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// After the volume moved to another tree (a layer switch), forget what open files cached
+    /// of the old one: their size and block mappings are re-read from the new tree. Buffers were
+    /// flushed before the switch; a write that raced with it stays buffered and lands in the new
+    /// tree, as if written just after the switch.
+    pub(crate) async fn reload_open_files(&self) -> FsResult<()> {
+        let files: Vec<Arc<OpenFile>> = lock(&self.inner.open_files).values().cloned().collect();
+        let mut r = self.reader();
+        for file in files {
+            let inode = r.inode(file.ino).await?;
+            let mut st = file.state.lock().await;
+            let stored = inode.as_ref().map_or(0, |i| i.size);
+            st.map.clear();
+            st.stored_size = stored;
+            st.size = stored.max(st.write_end);
+            st.charged = align4k(stored);
+            if let Some(i) = inode {
+                st.perm = i.perm;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn open_file(&self, ino: Ino) -> Option<Arc<OpenFile>> {
         lock(&self.inner.open_files).get(&ino).cloned()
     }
@@ -628,7 +650,7 @@ impl Volume {
     }
 
     /// Contents of the blocks named by `hashes` (index, hash), from the cache or the store.
-    async fn fetch_blocks(
+    pub(super) async fn fetch_blocks(
         &self,
         r: &mut dyn StoreRead,
         hashes: &[(u64, BlockHash)],

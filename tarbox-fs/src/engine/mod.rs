@@ -15,8 +15,10 @@
 
 mod attr;
 mod blocks;
+mod diff;
 mod dir;
 mod io;
+mod layers;
 mod names;
 mod namespace;
 mod perm;
@@ -32,11 +34,18 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
+pub(crate) use names::CONTROL_DIR;
+pub(crate) use perm::allowed as perm_allows;
+
+pub use diff::{Change, ChangeKind, ContentDiff, LayerDiff, TEXT_DIFF_LIMIT};
+pub use layers::{LayerSummary, LayerTree, validate_layer_name};
 pub use tenants::{TenantInfo, TenantOptions};
 
 use crate::backend::{self, Backend, LayerView, StoreRead, StoreTxn, TenantRecord};
 use crate::error::{BackendError, FsError, FsResult};
-use crate::types::{Clock, FileHandle, Ino, Inode, LayerId, SystemClock, TenantId, Timestamp};
+use crate::types::{
+    Clock, FileHandle, Ino, Inode, LayerId, Quota, SystemClock, TenantId, Timestamp, Usage,
+};
 
 use blocks::BlockCache;
 use io::OpenFile;
@@ -139,32 +148,21 @@ impl Engine {
         let view = match &options.layer {
             None => build_view(self.shared.backend.as_ref(), record.id, record.head_layer).await?,
             Some(name) => {
-                let layers = self.shared.backend.layers(record.id).await?;
-                let layer = layers
-                    .iter()
-                    .find(|l| {
-                        l.name.as_deref() == Some(name.as_str()) || l.id.0.to_string() == *name
-                    })
-                    .ok_or_else(|| {
-                        FsError::BadInput(format!("layer {name:?} not found in tenant {tenant:?}"))
-                    })?;
+                let tree = LayerTree {
+                    head: record.head_layer,
+                    layers: self.shared.backend.layers(record.id).await?,
+                };
+                let layer = tree.resolve(name)?;
                 build_view(self.shared.backend.as_ref(), record.id, layer.id).await?
             }
         };
-        let volume = Volume {
-            inner: Arc::new(VolumeInner {
-                shared: self.shared.clone(),
-                tenant: record,
-                view: RwLock::new(view),
-                pinned: options.layer.is_some(),
-                read_only,
-                inos: Mutex::new(0..0),
-                handles: Mutex::new(HashMap::new()),
-                next_handle: AtomicU64::new(1),
-                open_files: Mutex::new(HashMap::new()),
-                byte_quota: Mutex::new(None),
-            }),
-        };
+        let volume = Volume::from_parts(
+            self.shared.clone(),
+            record,
+            view,
+            options.layer.is_some(),
+            read_only,
+        );
         if !read_only {
             volume.reclaim_orphans().await?;
         }
@@ -296,6 +294,58 @@ impl Volume {
     /// Whether every change is refused.
     pub fn is_read_only(&self) -> bool {
         self.inner.read_only
+    }
+
+    /// Whether this is a time-travel view of a checkpoint (which never follows the head).
+    pub fn is_pinned(&self) -> bool {
+        self.inner.pinned
+    }
+
+    /// The tenant's usage and quota, read fresh.
+    pub async fn usage(&self) -> FsResult<(Usage, Quota)> {
+        let tenant = self.inner.tenant.id;
+        let usage = self.backend().usage(tenant).await?;
+        let record = self
+            .backend()
+            .tenant_by_id(tenant)
+            .await?
+            .ok_or(BackendError::TenantGone)?;
+        Ok((usage, record.quota))
+    }
+
+    /// A read-only view of `layer` of the same tenant, sharing this volume's engine and caches.
+    pub async fn pinned(&self, layer: LayerId) -> FsResult<Volume> {
+        let view = build_view(self.backend(), self.inner.tenant.id, layer).await?;
+        Ok(Volume::from_parts(
+            self.inner.shared.clone(),
+            self.inner.tenant.clone(),
+            view,
+            true,
+            true,
+        ))
+    }
+
+    fn from_parts(
+        shared: Arc<Shared>,
+        tenant: TenantRecord,
+        view: LayerView,
+        pinned: bool,
+        read_only: bool,
+    ) -> Volume {
+        Volume {
+            inner: Arc::new(VolumeInner {
+                shared,
+                tenant,
+                view: RwLock::new(view),
+                pinned,
+                read_only,
+                inos: Mutex::new(0..0),
+                handles: Mutex::new(HashMap::new()),
+                next_handle: AtomicU64::new(1),
+                open_files: Mutex::new(HashMap::new()),
+                byte_quota: Mutex::new(None),
+            }),
+        }
     }
 
     fn shared(&self) -> &Shared {

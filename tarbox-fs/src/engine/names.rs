@@ -1,6 +1,11 @@
 //! Name rules shared by every operation that takes a directory entry name.
 
 use crate::error::{FsError, FsResult};
+use crate::types::Ino;
+
+/// The name of the control directory at the root of every mount (`/.tarbox`). It is never stored:
+/// a tree that held it would be hidden by the mount's virtual directory.
+pub const CONTROL_DIR: &[u8] = b".tarbox";
 
 /// Longest name of a directory entry, as `NAME_MAX` on Linux.
 pub(crate) const NAME_MAX: usize = 255;
@@ -38,6 +43,14 @@ pub(crate) fn validate_new(name: &[u8]) -> FsResult<()> {
     validate(name)?;
     if is_dot(name) {
         return Err(FsError::Exists);
+    }
+    Ok(())
+}
+
+/// Refuse to bind the control directory's name at the root (`EPERM`), whichever frontend asks.
+pub(crate) fn check_not_reserved(parent: Ino, name: &[u8]) -> FsResult<()> {
+    if parent == Ino::ROOT && name == CONTROL_DIR {
+        return Err(FsError::NotPermitted);
     }
     Ok(())
 }

@@ -200,6 +200,7 @@ impl Volume {
         spec: &NodeSpec<'_>,
     ) -> FsResult<Inode> {
         names::validate_new(name)?;
+        names::check_not_reserved(parent, name)?;
         self.ensure_writable()?;
         let ino = self.alloc_ino().await?;
         self.retrying(|| self.create_node_once(caller, parent, name, spec, ino))
@@ -380,6 +381,7 @@ impl Volume {
         newname: &[u8],
     ) -> FsResult<FileAttr> {
         names::validate_new(newname)?;
+        names::check_not_reserved(newparent, newname)?;
         self.ensure_writable()?;
         let inode = self
             .retrying(|| self.link_once(caller, ino, newparent, newname))
@@ -447,6 +449,7 @@ impl Volume {
         if names::is_dot(name) || names::is_dot(newname) {
             return Err(FsError::Invalid("cannot rename '.' or '..'"));
         }
+        names::check_not_reserved(newparent, newname)?;
         self.ensure_writable()?;
         let orphan = self
             .retrying(|| self.rename_once(caller, parent, name, newparent, newname, flags))
@@ -547,12 +550,8 @@ impl Volume {
             t.bind(sp, sname, d.ino, d.kind).await?;
             t.bind(dp, dname, s.ino, s.kind).await?;
             if sp != dp {
-                if s_dir {
-                    loaded.update(s.ino, |i| i.parent = dp);
-                }
-                if d_dir {
-                    loaded.update(d.ino, |i| i.parent = sp);
-                }
+                loaded.update(s.ino, |i| i.parent = dp);
+                loaded.update(d.ino, |i| i.parent = sp);
                 let delta = i64::from(s_dir) - i64::from(d_dir);
                 loaded.update(sp, |i| i.nlink = add_links(i.nlink, -delta));
                 loaded.update(dp, |i| i.nlink = add_links(i.nlink, delta));
@@ -591,8 +590,10 @@ impl Volume {
         }
         t.unbind(sp, sname).await?;
         t.bind(dp, dname, s.ino, s.kind).await?;
-        if s_dir && sp != dp {
+        if sp != dp {
             loaded.update(s.ino, |i| i.parent = dp);
+        }
+        if s_dir && sp != dp {
             loaded.update(sp, |i| i.nlink = add_links(i.nlink, -1));
             loaded.update(dp, |i| i.nlink = add_links(i.nlink, 1));
         }

@@ -134,7 +134,7 @@ macro_rules! select_tenants {
     ($rest:literal) => {
         concat!(
             "SELECT id, name, state, head_layer, block_size, compression, quota_bytes, \
-             quota_inodes, created_at FROM tenants ",
+             quota_inodes, created_at, auto_checkpoint_secs FROM tenants ",
             $rest
         )
     };
@@ -164,6 +164,9 @@ pub(super) fn tenant_from_row(row: &PgRow) -> Result<TenantRecord, BackendError>
             inodes: limit("quota_inodes")?,
         },
         created_at: Timestamp(col(row, "created_at")?),
+        auto_checkpoint_secs: col::<Option<i64>>(row, "auto_checkpoint_secs")?
+            .map(|v| to_u64("auto-checkpoint interval", v))
+            .transpose()?,
     })
 }
 

@@ -9,7 +9,7 @@
 //! | --- | --- | --- |
 //! | `tenants` | `id` | record, head layer, quota, inode allocator |
 //! | `tenant_usage` | `tenant_id` | bytes and inodes charged (row-locked by `charge` until commit) |
-//! | `layers` | `(tenant_id, id)` | layer tree; ids from the global `layer_ids` sequence |
+//! | `layers` | `(tenant_id, id)` | layer tree; ids from the global `layer_ids` sequence; a frozen layer's usage |
 //! | `inodes` | `(tenant_id, ino, layer_id)` | inode versions; `tombstone` hides older layers |
 //! | `dentries` | `(tenant_id, parent, name, layer_id)` | names; `ino IS NULL` is a whiteout |
 //! | `block_map` | `(tenant_id, ino, idx, layer_id)` | file blocks; `hash IS NULL` is a hole |
@@ -36,6 +36,7 @@
 //! engines consistent without serialisable isolation.
 
 mod convert;
+mod layers;
 mod read;
 mod tenants;
 mod txn;
@@ -50,10 +51,11 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::backend::{
-    Backend, LayerRecord, LayerView, NewTenant, Orphan, StoreRead, StoreTxn, TenantRecord,
+    Backend, LayerChanges, LayerRecord, LayerView, NewTenant, Orphan, StoreRead, StoreTxn,
+    TenantRecord,
 };
 use crate::error::{BackendError, BackendResult};
-use crate::types::{Ino, Quota, TenantId, Timestamp, Usage};
+use crate::types::{Ino, LayerId, Quota, TenantId, Timestamp, Usage};
 
 use self::convert::map_err;
 use self::read::{PgReader, Scope};
@@ -153,7 +155,54 @@ impl Backend for PostgresBackend {
     }
 
     async fn layers(&self, tenant: TenantId) -> BackendResult<Vec<LayerRecord>> {
-        tenants::layers(&self.pool, tenant).await
+        layers::layers(&self.pool, tenant).await
+    }
+
+    async fn set_auto_checkpoint(&self, tenant: TenantId, secs: Option<u64>) -> BackendResult<()> {
+        layers::set_auto_checkpoint(&self.pool, tenant, secs).await
+    }
+
+    async fn checkpoint(
+        &self,
+        tenant: TenantId,
+        head: LayerId,
+        name: &str,
+        description: &str,
+        now: Timestamp,
+    ) -> BackendResult<LayerRecord> {
+        layers::checkpoint(&self.pool, tenant, head, name, description, now).await
+    }
+
+    async fn switch_layer(
+        &self,
+        tenant: TenantId,
+        head: LayerId,
+        target: LayerId,
+        now: Timestamp,
+    ) -> BackendResult<LayerRecord> {
+        layers::switch(&self.pool, tenant, head, target, now).await
+    }
+
+    async fn drop_layer(
+        &self,
+        tenant: TenantId,
+        head: LayerId,
+        layer: LayerId,
+        children: &[LayerId],
+    ) -> BackendResult<()> {
+        layers::drop_layer(&self.pool, tenant, head, layer, children).await
+    }
+
+    async fn layer_is_empty(&self, tenant: TenantId, layer: LayerId) -> BackendResult<bool> {
+        layers::is_empty(&self.pool, tenant, layer).await
+    }
+
+    async fn layer_changes(
+        &self,
+        tenant: TenantId,
+        layers: &[LayerId],
+    ) -> BackendResult<LayerChanges> {
+        layers::changes(&self.pool, tenant, layers).await
     }
 
     fn reader(&self, view: &LayerView) -> Box<dyn StoreRead> {

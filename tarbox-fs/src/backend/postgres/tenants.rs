@@ -5,10 +5,10 @@
 use sqlx::postgres::PgPool;
 
 use super::convert::{
-    STATE_ACTIVE, STATE_DELETED, col, limit_to_sql, map_err, select_tenants, tenant_from_row,
-    to_i64, to_u64,
+    STATE_ACTIVE, STATE_DELETED, limit_to_sql, map_err, select_tenants, tenant_from_row, to_i64,
+    to_u64,
 };
-use crate::backend::{LayerRecord, NewTenant, Orphan, TenantRecord, TenantState};
+use crate::backend::{NewTenant, Orphan, TenantRecord, TenantState};
 use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId, Quota, TenantId, Timestamp, Usage};
 
@@ -54,9 +54,6 @@ const MARK_DELETED: &str = "WITH m AS ( \
 const ALLOC_INODES: &str =
     "UPDATE tenants SET next_ino = next_ino + $2 WHERE id = $1 RETURNING next_ino - $2";
 
-const LAYERS: &str = "SELECT id, parent, name, description, created_at FROM layers \
-     WHERE tenant_id = $1 ORDER BY id";
-
 const DEAD_ORPHANS: &str = "SELECT o.ino FROM orphans o \
      LEFT JOIN sessions s ON s.id = o.session_id \
      WHERE o.tenant_id = $1 AND (s.id IS NULL OR s.closed OR s.heartbeat < $2) \
@@ -98,6 +95,7 @@ pub(super) async fn create_tenant(pool: &PgPool, new: &NewTenant) -> BackendResu
         compression: new.compression,
         quota: new.quota,
         created_at: new.created_at,
+        auto_checkpoint_secs: None,
     })
 }
 
@@ -208,26 +206,6 @@ pub(super) async fn alloc_inodes(
         .await
         .map_err(map_err)?;
     to_u64("inode number", first.ok_or(BackendError::TenantGone)?)
-}
-
-pub(super) async fn layers(pool: &PgPool, tenant: TenantId) -> BackendResult<Vec<LayerRecord>> {
-    let rows = sqlx::query(LAYERS)
-        .bind(tenant.0)
-        .fetch_all(pool)
-        .await
-        .map_err(map_err)?;
-    rows.iter()
-        .map(|row| {
-            Ok(LayerRecord {
-                id: LayerId(col(row, "id")?),
-                tenant,
-                parent: col::<Option<i64>>(row, "parent")?.map(LayerId),
-                name: col(row, "name")?,
-                description: col(row, "description")?,
-                created_at: Timestamp(col(row, "created_at")?),
-            })
-        })
-        .collect()
 }
 
 pub(super) async fn open_session(

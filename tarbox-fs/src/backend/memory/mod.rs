@@ -6,6 +6,8 @@
 //! uncommitted write. Writes apply in place and are recorded in an undo log; a transaction dropped
 //! without commit replays the log backwards.
 
+mod layers;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,8 +16,8 @@ use async_trait::async_trait;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::{
-    Backend, BlockHash, BlockWrite, DentryRecord, LayerRecord, LayerView, NewTenant, Orphan,
-    StoreRead, StoreTxn, StoredBlock, TenantRecord, TenantState,
+    Backend, BlockHash, BlockWrite, DentryRecord, LayerChanges, LayerRecord, LayerView, NewTenant,
+    Orphan, StoreRead, StoreTxn, StoredBlock, TenantRecord, TenantState,
 };
 use crate::error::{BackendError, BackendResult, QuotaKind};
 use crate::types::{FileType, Ino, Inode, LayerId, Quota, TenantId, Timestamp, Usage};
@@ -683,6 +685,7 @@ impl Backend for MemoryBackend {
             compression: new.compression,
             quota: new.quota,
             created_at: new.created_at,
+            auto_checkpoint_secs: None,
         };
         store.layers.insert(
             (id, layer),
@@ -693,6 +696,8 @@ impl Backend for MemoryBackend {
                 name: None,
                 description: "base".into(),
                 created_at: new.created_at,
+                frozen_at: None,
+                usage: None,
             },
         );
         let mut data = TenantData {
@@ -790,6 +795,69 @@ impl Backend for MemoryBackend {
             .range((tenant, LayerId(i64::MIN))..=(tenant, LayerId(i64::MAX)))
             .map(|(_, l)| l.clone())
             .collect())
+    }
+
+    async fn set_auto_checkpoint(&self, tenant: TenantId, secs: Option<u64>) -> BackendResult<()> {
+        let mut store = self.lock();
+        let t = store
+            .tenants
+            .get_mut(&tenant)
+            .ok_or(BackendError::TenantGone)?;
+        t.auto_checkpoint_secs = secs;
+        Ok(())
+    }
+
+    async fn checkpoint(
+        &self,
+        tenant: TenantId,
+        head: LayerId,
+        name: &str,
+        description: &str,
+        now: Timestamp,
+    ) -> BackendResult<LayerRecord> {
+        let gate = self.gate(tenant);
+        let _pass = gate.lock().await;
+        layers::checkpoint(&mut self.lock(), tenant, head, name, description, now)
+    }
+
+    async fn switch_layer(
+        &self,
+        tenant: TenantId,
+        head: LayerId,
+        target: LayerId,
+        now: Timestamp,
+    ) -> BackendResult<LayerRecord> {
+        let gate = self.gate(tenant);
+        let _pass = gate.lock().await;
+        layers::switch(&mut self.lock(), tenant, head, target, now)
+    }
+
+    async fn drop_layer(
+        &self,
+        tenant: TenantId,
+        head: LayerId,
+        layer: LayerId,
+        children: &[LayerId],
+    ) -> BackendResult<()> {
+        let gate = self.gate(tenant);
+        let _pass = gate.lock().await;
+        layers::drop_layer(&mut self.lock(), tenant, head, layer, children)
+    }
+
+    async fn layer_is_empty(&self, tenant: TenantId, layer: LayerId) -> BackendResult<bool> {
+        let gate = self.gate(tenant);
+        let _pass = gate.lock().await;
+        Ok(layers::is_empty(self.lock().tenant_data(tenant)?, layer))
+    }
+
+    async fn layer_changes(
+        &self,
+        tenant: TenantId,
+        layers: &[LayerId],
+    ) -> BackendResult<LayerChanges> {
+        let gate = self.gate(tenant);
+        let _pass = gate.lock().await;
+        Ok(layers::changes(self.lock().tenant_data(tenant)?, layers))
     }
 
     fn reader(&self, view: &LayerView) -> Box<dyn StoreRead> {
