@@ -234,6 +234,29 @@ backend_tests! {
         assert_eq!(&data[far as usize..], b"end");
     }
 
+    async fn rewriting_a_block_with_its_own_content_keeps_it(t: TestVolume) {
+        let s = small_blocks(&t).await;
+        let root = Caller::root();
+        let data = noise(300, 9);
+        s.write_file("/f", &data).await;
+        // Zeros from inside block 0 on: block 0 is stored again with the content it has.
+        let fh = open(&s, &root, "/f", libc::O_WRONLY).await;
+        pwrite(&s, fh, (BS - 8) as u64, &[0; 100]).await;
+        release(&s, fh).await;
+        let mut want = data.clone();
+        want.resize(BS + 92, 0);
+        assert_eq!(s.read_file("/f").await, want);
+        // Another engine on the same store, with nothing cached, reads what the store holds.
+        let other = tarbox_fs::Engine::with_backend(s.engine.backend().clone(), tarbox_fs::EngineConfig::default())
+            .await
+            .expect("engine");
+        let v = other.volume(&s.tenant).await.expect("volume");
+        let fh = v.open(&root, s.ino("/f").await, libc::O_RDONLY).await.expect("open");
+        assert_eq!(v.read(&root, fh, 0, 2 * BS as u32).await.expect("read block 0 from the store").to_vec(), want);
+        v.release(&root, fh).await.expect("release");
+        other.close().await.expect("close");
+    }
+
     async fn writes_spanning_block_boundaries(t: TestVolume) {
         let s = small_blocks(&t).await;
         let root = Caller::root();

@@ -347,7 +347,9 @@ impl Volume {
             let Some(path) = new.path(*ino).await? else {
                 continue;
             };
-            if out.changes.contains_key(&path) {
+            if out.changes.contains_key(&(path.clone(), false))
+                || out.changes.contains_key(&(path.clone(), true))
+            {
                 continue;
             }
             out.compare(&mut old, &mut new, &before, &after, &path, None, false)
@@ -361,17 +363,19 @@ impl Volume {
     }
 }
 
-/// Accumulates changes by path.
+/// Accumulates changes by path. A path can hold two: a deletion and what replaced the deleted
+/// node there (a file replaced by a directory or a symlink), so they are keyed by path and
+/// whether the change is anything but a deletion, which puts the deletion first.
 struct Differ<'v> {
     volume: &'v Volume,
-    changes: BTreeMap<Vec<u8>, Change>,
+    changes: BTreeMap<(Vec<u8>, bool), Change>,
 }
 
 impl Differ<'_> {
     fn simple(&mut self, kind: ChangeKind, path: &[u8], inode: &Inode, old: bool) {
         let size = (inode.kind != FileType::Directory).then_some(inode.size);
         self.changes.insert(
-            path.to_vec(),
+            (path.to_vec(), kind != ChangeKind::Deleted),
             Change {
                 kind,
                 path: show(path),
@@ -431,7 +435,7 @@ impl Differ<'_> {
         };
         let sized = |i: &Inode| (i.kind != FileType::Directory).then_some(i.size);
         self.changes.insert(
-            path.to_vec(),
+            (path.to_vec(), true),
             Change {
                 kind,
                 path: show(path),

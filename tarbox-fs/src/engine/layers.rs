@@ -313,7 +313,6 @@ impl Volume {
                 Ok(record.id)
             })
             .await?;
-        self.reload_open_files().await?;
         info!(tenant = %self.tenant_name(), target, layer = %head, "switched layer");
         let tree = self.layers().await?;
         tree.get(head)

@@ -61,6 +61,9 @@ pub struct EngineConfig {
     pub heartbeat_interval: Duration,
     /// A session silent for this long is dead; its orphans are reclaimed.
     pub session_timeout: Duration,
+    /// How often a volume checks whether another engine moved the tenant's head layer (a
+    /// switch elsewhere shows in reads after at most this long).
+    pub head_poll_interval: Duration,
     /// Source of timestamps.
     pub clock: Arc<dyn Clock>,
 }
@@ -72,6 +75,7 @@ impl Default for EngineConfig {
             write_buffer_bytes: 16 << 20,
             heartbeat_interval: Duration::from_secs(10),
             session_timeout: Duration::from_secs(60),
+            head_poll_interval: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
         }
     }
@@ -165,6 +169,9 @@ impl Engine {
         );
         if !read_only {
             volume.reclaim_orphans().await?;
+        }
+        if options.layer.is_none() {
+            volume.spawn_head_watch(self.shared.config.head_poll_interval);
         }
         Ok(volume)
     }
@@ -419,6 +426,10 @@ impl Volume {
     }
 
     /// Re-read the tenant's head layer after another engine moved it.
+    ///
+    /// After a checkpoint the new head sits on the old one and shows the same tree. Anything else
+    /// (a switch, here or by another engine) shows another tree: open files forget what they
+    /// cached of the old one.
     async fn refresh_view(&self) -> FsResult<()> {
         if self.inner.pinned {
             return Ok(());
@@ -429,9 +440,36 @@ impl Volume {
             .tenant_by_id(tenant)
             .await?
             .ok_or(BackendError::TenantGone)?;
+        let old = self.view();
+        if record.head_layer == old.head() {
+            return Ok(());
+        }
         let view = build_view(self.backend(), tenant, record.head_layer).await?;
+        let same_tree = view.chain.get(1) == Some(&old.head());
         *self.inner.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+        if !same_tree {
+            self.reload_open_files().await?;
+        }
         Ok(())
+    }
+
+    /// Follow the tenant's head as other engines move it, checking every `interval`, for as long
+    /// as the volume lives: reads then show another engine's switch within that time.
+    fn spawn_head_watch(&self, interval: Duration) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let volume = Volume { inner };
+                if let Err(e) = volume.refresh_view().await {
+                    debug!(error = %e, "following the tenant's head layer failed");
+                }
+            }
+        });
     }
 
     /// A fresh inode number.

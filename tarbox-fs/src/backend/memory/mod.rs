@@ -377,11 +377,13 @@ fn set_map(
     undo: &mut Vec<Undo>,
 ) {
     let prev = put(&mut d.block_map, key, val);
-    if let Some(Some(old)) = prev {
-        adjust_ref(d, old, -1, undo);
-    }
+    // The new reference first: remapping an index to the block it already names must not let
+    // that block's count reach zero (which deletes it) in between.
     if let Some(Some(new)) = val {
         adjust_ref(d, new, 1, undo);
+    }
+    if let Some(Some(old)) = prev {
+        adjust_ref(d, old, -1, undo);
     }
     undo.push(Undo::Map(key, prev));
 }
