@@ -33,6 +33,9 @@ pub(crate) struct OpenFile {
     opens: AtomicU32,
     /// Set when its last name was removed while open: the last release deletes it.
     unlinked: AtomicBool,
+    /// Set when the volume moved to another tree while the state was locked (the switch was
+    /// noticed by an operation of this very file): the next locker drops the cached mappings.
+    stale: AtomicBool,
     state: AsyncMutex<FileState>,
 }
 
@@ -67,6 +70,7 @@ impl OpenFile {
             ino: inode.ino,
             opens: AtomicU32::new(0),
             unlinked: AtomicBool::new(false),
+            stale: AtomicBool::new(false),
             state: AsyncMutex::new(FileState {
                 size: inode.size,
                 stored_size: inode.size,
@@ -79,6 +83,15 @@ impl OpenFile {
                 map: HashMap::new(),
             }),
         }
+    }
+
+    /// Lock the state, first dropping block mappings cached from a tree the volume has left.
+    async fn lock_state(&self) -> tokio::sync::MutexGuard<'_, FileState> {
+        let mut st = self.state.lock().await;
+        if self.stale.swap(false, Ordering::AcqRel) {
+            st.map.clear();
+        }
+        st
     }
 
     /// Show buffered writes in `inode`'s attributes.
@@ -208,7 +221,7 @@ impl Volume {
         let files: Vec<Arc<OpenFile>> = lock(&self.inner.open_files).values().cloned().collect();
         let mut first_error = None;
         for file in files {
-            let mut st = file.state.lock().await;
+            let mut st = file.lock_state().await;
             if let Err(e) = self.flush_file(file.ino, &mut st).await {
                 tracing::error!(ino = %file.ino, error = %e, "flushing buffered writes failed");
                 first_error.get_or_insert(e);
@@ -226,7 +239,12 @@ impl Volume {
         let mut r = self.reader();
         for file in files {
             let inode = r.inode(file.ino).await?;
-            let mut st = file.state.lock().await;
+            // The switch may have been noticed by an operation of this file, which holds its
+            // state: waiting for it would deadlock; it drops the stale mappings when done.
+            let Ok(mut st) = file.state.try_lock() else {
+                file.stale.store(true, Ordering::Release);
+                continue;
+            };
             let stored = inode.as_ref().map_or(0, |i| i.size);
             st.map.clear();
             st.stored_size = stored;
@@ -299,7 +317,7 @@ impl Volume {
         if !read {
             return Err(FsError::BadHandle);
         }
-        let mut st = file.state.lock().await;
+        let mut st = file.lock_state().await;
         if offset >= st.size || size == 0 {
             return Ok(Bytes::new());
         }
@@ -338,7 +356,7 @@ impl Volume {
             return Err(FsError::BadHandle);
         }
         self.ensure_writable()?;
-        let mut st = file.state.lock().await;
+        let mut st = file.lock_state().await;
         let offset = if append { st.size } else { offset };
         let end = offset
             .checked_add(data.len() as u64)
@@ -465,7 +483,7 @@ impl Volume {
     /// Flush buffered writes of `fh`'s file (called at every `close`).
     pub async fn flush(&self, _caller: &Caller, fh: FileHandle) -> FsResult<()> {
         let (file, ..) = self.file_handle(fh)?;
-        let mut st = file.state.lock().await;
+        let mut st = file.lock_state().await;
         self.flush_file(file.ino, &mut st).await
     }
 
@@ -485,7 +503,7 @@ impl Volume {
             return Ok(());
         };
         let flushed = {
-            let mut st = file.state.lock().await;
+            let mut st = file.lock_state().await;
             self.flush_file(file.ino, &mut st).await
         };
         let last_unlinked = {
@@ -727,7 +745,7 @@ impl Volume {
         let bs = self.block_size();
         match self.open_file(ino) {
             Some(file) => {
-                let mut st = file.state.lock().await;
+                let mut st = file.lock_state().await;
                 self.flush_file(ino, &mut st).await?;
                 self.truncate_stored(caller, ino, size, always_touch)
                     .await?;
@@ -827,7 +845,7 @@ impl Volume {
             .filter(|e| *e <= MAX_FILE_SIZE)
             .ok_or(FsError::FileTooBig)?;
         self.ensure_writable()?;
-        let size = file.state.lock().await.size;
+        let size = file.lock_state().await.size;
         if mode.punch_hole || mode.zero_range {
             let zero_end = if mode.keep_size { end.min(size) } else { end };
             self.write_zeros(caller, fh, offset, zero_end).await?;
