@@ -1311,14 +1311,18 @@ backend_tests! {
         for i in 0..20u8 {
             assert_eq!(t.read_file(&format!("/w{i}")).await, vec![i; 100]);
         }
-        // Each checkpoint holds a prefix of the writes.
+        // Each checkpoint holds a prefix of the files; the last one may have been created but
+        // not yet written (its data is flushed at release, after the checkpoint).
         let mut seen = 0;
         for i in 0..5 {
             let view = travel(&t, &format!("c{i}")).await;
             let n = list_dir(&view, Ino::ROOT).await.len() - 1;
             assert!(n >= seen, "checkpoint c{i} holds {n} files, an earlier one {seen}");
             for w in 0..n {
-                assert_eq!(read_path(&view, &format!("/w{w}")).await.expect("read"), vec![w as u8; 100]);
+                let data = read_path(&view, &format!("/w{w}")).await.expect("read");
+                if !(w + 1 == n && data.is_empty()) {
+                    assert_eq!(data, vec![w as u8; 100], "/w{w} in checkpoint c{i} of {n} files");
+                }
             }
             seen = n;
         }
