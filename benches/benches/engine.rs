@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tarbox_benches::{backends, fresh_volume};
+use tarbox_benches::{backends, fresh_volume, runtime};
 use tarbox_fs::{Caller, Ino, Volume};
-use tokio::runtime::Runtime;
 
 /// `len` bytes that differ from those of every other `seed` in each 4 KiB, so that
 /// content-addressed deduplication cannot make a benchmark store less than it writes.
@@ -24,14 +23,6 @@ fn distinct(seed: u64, len: usize) -> Vec<u8> {
         chunk[..n].copy_from_slice(&tag.to_le_bytes()[..n]);
     }
     buf
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 const DEFAULT_BLOCK: u32 = 256 << 10;

@@ -11,17 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use tarbox_benches::{backends, fresh_volume};
+use tarbox_benches::{backends, fresh_volume, runtime};
 use tarbox_fs::{Caller, Ino, Volume};
-use tokio::runtime::Runtime;
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 const BLOCK: u32 = 256 << 10;
 

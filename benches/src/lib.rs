@@ -45,3 +45,12 @@ pub async fn fresh_volume(engine: &Engine, block_size: u32) -> Volume {
         .await
         .unwrap_or_else(|e| panic!("cannot open bench tenant {name}: {e}"))
 }
+
+/// The runtime every benchmark runs on: two workers, as many as this machine has cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}

@@ -93,6 +93,22 @@ const FREEZE: &str = "UPDATE layers l SET frozen_at = $3, usage_bytes = u.bytes,
      usage_inodes = u.inodes FROM tenant_usage u \
      WHERE l.tenant_id = $1 AND l.id = $2 AND u.tenant_id = $1";
 
+async fn freeze(
+    tx: &mut Transaction<'static, Postgres>,
+    tenant: TenantId,
+    head: LayerId,
+    now: Timestamp,
+) -> BackendResult<()> {
+    sqlx::query(FREEZE)
+        .bind(tenant.0)
+        .bind(head.0)
+        .bind(now.0)
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
+
 /// Create an empty layer on top of `$2` and make it the head.
 const PUSH_HEAD: &str = "WITH fresh AS ( \
        INSERT INTO layers (tenant_id, parent, name, description, created_at) \
@@ -126,13 +142,7 @@ pub(super) async fn checkpoint(
     now: Timestamp,
 ) -> BackendResult<LayerRecord> {
     let mut tx = lock_tenant(pool, tenant, head).await?;
-    sqlx::query(FREEZE)
-        .bind(tenant.0)
-        .bind(head.0)
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+    freeze(&mut tx, tenant, head, now).await?;
     // A taken name violates layers_tenant_id_name_key, which map_err reports as LayerExists.
     sqlx::query("UPDATE layers SET name = $3, description = $4 WHERE tenant_id = $1 AND id = $2")
         .bind(tenant.0)
@@ -196,13 +206,7 @@ pub(super) async fn switch(
             .await
             .map_err(map_err)?
     };
-    sqlx::query(FREEZE)
-        .bind(tenant.0)
-        .bind(head.0)
-        .bind(now.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+    freeze(&mut tx, tenant, head, now).await?;
     let record = push_head(&mut tx, tenant, target, now).await?;
     if discard {
         sqlx::query("DELETE FROM layers WHERE tenant_id = $1 AND id = $2")
