@@ -591,3 +591,28 @@ macro_rules! backend_tests {
         }
     };
 }
+
+/// Block size of [`small_blocks`] tenants: small, so block boundaries are cheap to cross.
+pub const SMALL_BLOCK: u32 = 4096;
+
+/// A tenant on the same store as `t` with 4 KiB blocks.
+pub async fn small_blocks(t: &TestVolume) -> TestVolume {
+    t.new_tenant(TenantOptions {
+        block_size: SMALL_BLOCK,
+        ..TenantOptions::default()
+    })
+    .await
+}
+
+/// Deterministic pseudo-random bytes (xorshift), different for each seed.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -4,32 +4,10 @@
 //! Tests that need many blocks use a tenant with 4 KiB blocks so block boundaries are cheap to
 //! cross. Expected results are those of Linux on ext4/tmpfs.
 
-use tarbox_fs::{Caller, FallocateMode, FileHandle, Ino, SetAttr, TenantOptions};
-use tarbox_tests::{TestVolume, alice, assert_errno, backend_tests, bob, now};
+use tarbox_fs::{Caller, FallocateMode, FileHandle, Ino, SetAttr};
+use tarbox_tests::{TestVolume, alice, assert_errno, backend_tests, bob, noise, now, small_blocks};
 
 const BS: usize = 4096;
-
-/// A tenant on the same store with 4 KiB blocks.
-async fn small_blocks(t: &TestVolume) -> TestVolume {
-    t.new_tenant(TenantOptions {
-        block_size: BS as u32,
-        ..TenantOptions::default()
-    })
-    .await
-}
-
-/// Deterministic pseudo-random bytes (xorshift), different for each seed.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// Open an existing path as `caller`.
 async fn open(t: &TestVolume, caller: &Caller, path: &str, flags: i32) -> FileHandle {

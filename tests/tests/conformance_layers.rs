@@ -17,7 +17,7 @@ use tarbox_fs::{
     Ino, LayerDiff, LayerId, LayerTree, Quota, RenameFlags, SetAttr, TenantOptions, TimeSet,
     Timestamp, Volume, VolumeOptions, XattrMode,
 };
-use tarbox_tests::{TestVolume, assert_errno, backend_tests};
+use tarbox_tests::{TestVolume, assert_errno, backend_tests, noise, small_blocks};
 
 const BS: usize = 4096;
 const MIB: usize = 1 << 20;
@@ -26,28 +26,6 @@ const PLAIN: RenameFlags = RenameFlags {
     no_replace: false,
     exchange: false,
 };
-
-/// A tenant on the same store with 4 KiB blocks.
-async fn small_blocks(t: &TestVolume) -> TestVolume {
-    t.new_tenant(TenantOptions {
-        block_size: BS as u32,
-        ..TenantOptions::default()
-    })
-    .await
-}
-
-/// Deterministic pseudo-random bytes (xorshift), different for each seed.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Whole-tree snapshots
