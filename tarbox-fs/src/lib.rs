@@ -32,13 +32,15 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod audit;
 pub mod backend;
 pub mod control;
 mod engine;
 pub mod error;
 pub mod types;
 
-pub use backend::{Backend, Compression, LayerRecord, TenantRecord, TenantState};
+pub use audit::{AuditConfig, AuditEvent, AuditFilter, AuditLevel, AuditOp};
+pub use backend::{Backend, Compression, LayerRecord, TenantAudit, TenantRecord, TenantState};
 pub use control::ControlFs;
 pub use engine::{
     Change, ChangeKind, ContentDiff, Engine, EngineConfig, LayerDiff, LayerSummary, LayerTree,

@@ -271,6 +271,19 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// This process, by its effective uid and gid: the caller of a command-line tool's changes.
+    pub fn this_process() -> Caller {
+        use std::os::unix::fs::MetadataExt;
+        // `/proc/self` is owned by the process's effective ids.
+        let (uid, gid) = std::fs::metadata("/proc/self").map_or((0, 0), |m| (m.uid(), m.gid()));
+        Caller {
+            uid,
+            gid,
+            pid: std::process::id(),
+            ..Caller::default()
+        }
+    }
+
     /// The superuser, as used by administrative tools.
     pub fn root() -> Caller {
         Caller::default()

@@ -592,6 +592,27 @@ macro_rules! backend_tests {
     };
 }
 
+/// A clock the test moves by hand, for engines whose timestamps a test controls.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    pub fn at(t: Timestamp) -> Arc<ManualClock> {
+        Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(t.0)))
+    }
+
+    pub fn advance(&self, d: Duration) {
+        let nanos = i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        self.0.fetch_add(nanos, Ordering::SeqCst);
+    }
+}
+
+impl tarbox_fs::Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
 /// Block size of [`small_blocks`] tenants: small, so block boundaries are cheap to cross.
 pub const SMALL_BLOCK: u32 = 4096;
 

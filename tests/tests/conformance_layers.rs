@@ -8,8 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tarbox_fs::{
@@ -17,7 +15,7 @@ use tarbox_fs::{
     Ino, LayerDiff, LayerId, LayerTree, Quota, RenameFlags, SetAttr, TenantOptions, TimeSet,
     Timestamp, Volume, VolumeOptions, XattrMode,
 };
-use tarbox_tests::{TestVolume, assert_errno, backend_tests, noise, small_blocks};
+use tarbox_tests::{ManualClock, TestVolume, assert_errno, backend_tests, noise, small_blocks};
 
 const BS: usize = 4096;
 const MIB: usize = 1 << 20;
@@ -225,6 +223,7 @@ async fn uncached(t: &TestVolume, layer: Option<&str>) -> (Engine, Volume) {
     let options = VolumeOptions {
         read_only: true,
         layer: layer.map(str::to_owned),
+        ..VolumeOptions::default()
     };
     let volume = engine
         .volume_with(&t.tenant, options)
@@ -437,29 +436,6 @@ async fn mutate_rich_tree(s: &TestVolume) {
     s.mkdir_p("/new/dir").await;
     s.write_file("/new/dir/file", &noise(2 * BS, 9)).await;
     set_mtime(s, "/a", Timestamp(0)).await;
-}
-
-// ---------------------------------------------------------------------------------------------
-// A clock the test moves by hand
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    fn at(t: Timestamp) -> Arc<ManualClock> {
-        Arc::new(ManualClock(AtomicI64::new(t.0)))
-    }
-
-    fn advance(&self, d: Duration) {
-        self.0.fetch_add(d.as_nanos() as i64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        Timestamp(self.0.load(Ordering::SeqCst))
-    }
 }
 
 fn text(change: &tarbox_fs::Change) -> (usize, usize, &str) {

@@ -27,8 +27,11 @@
 //! zero it is deleted in the same transaction. Inserting a block that already exists (even one
 //! inserted concurrently by another engine) only increments its count and never fails.
 
+mod audit;
 pub mod memory;
 pub mod postgres;
+
+pub use audit::{AUDIT_PARTITION_NS, AuditPartition, AuditStore, ExpiryReport, partition_start};
 
 use std::fmt;
 use std::ops::Range;
@@ -113,6 +116,15 @@ pub struct TenantRecord {
     pub created_at: Timestamp,
     /// Seconds between automatic checkpoints; `None` when off.
     pub auto_checkpoint_secs: Option<u64>,
+    /// Audit settings; `None` uses the engine's defaults.
+    pub audit: TenantAudit,
+}
+
+/// A tenant's audit settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantAudit {
+    pub level: Option<crate::audit::AuditLevel>,
+    pub retention_days: Option<u32>,
 }
 
 /// What [`Backend::create_tenant`] needs.
@@ -317,6 +329,10 @@ pub trait StoreTxn: StoreRead {
     /// Forget the orphan record of `ino` (it was reclaimed or linked again).
     async fn remove_orphan(&mut self, ino: Ino) -> BackendResult<()>;
 
+    /// Append an audit event as part of this transaction (strict audit): it is stored if and only
+    /// if the transaction commits.
+    async fn record_audit(&mut self, event: &crate::audit::AuditEvent) -> BackendResult<()>;
+
     /// Make every write of this transaction durable and visible.
     async fn commit(self: Box<Self>) -> BackendResult<()>;
 }
@@ -324,7 +340,7 @@ pub trait StoreTxn: StoreRead {
 /// A storage backend. Cheap to share (`Arc<dyn Backend>`); safe to use from many tasks at once and
 /// from many processes on one store.
 #[async_trait]
-pub trait Backend: Send + Sync + fmt::Debug + 'static {
+pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
     /// Short name for logs (`"memory"`, `"postgres"`).
     fn kind(&self) -> &'static str;
 
@@ -364,6 +380,9 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Set the interval of automatic checkpoints (`None`: off).
     async fn set_auto_checkpoint(&self, tenant: TenantId, secs: Option<u64>) -> BackendResult<()>;
+
+    /// Replace the tenant's audit settings.
+    async fn set_audit(&self, tenant: TenantId, audit: TenantAudit) -> BackendResult<()>;
 
     // Layer changes below are serialized against every file-operation transaction of the tenant:
     // each waits for the transactions writing through the current head to end, and transactions

@@ -9,9 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use super::ControlFs;
 use super::nodes::Node;
+use crate::audit::AuditEvent;
 use crate::engine::LayerTree;
 use crate::error::{FsError, FsResult};
-use crate::types::{Quota, Usage};
+use crate::types::{Caller, Quota, Usage};
+
+/// Events shown by `/.tarbox/audit/recent`.
+const RECENT_EVENTS: usize = 100;
 
 const HELP_NEW: &str = "Write a name here to checkpoint the tree under that name and keep working \
 in a new layer:\n  echo before-refactor > /.tarbox/layers/new\nor JSON: \
@@ -61,6 +65,19 @@ fn usage_report(usage: Usage, quota: Quota, tree: &LayerTree) -> UsageReport {
         checkpoints: tree.layers.iter().filter(|l| l.name.is_some()).count(),
         current_layer: tree.head.0,
     }
+}
+
+/// Newest-first events as lines, oldest first (like a log's tail).
+fn render_recent(newest_first: &[AuditEvent]) -> String {
+    let mut out = String::new();
+    for e in newest_first.iter().rev() {
+        out.push_str(&e.to_string());
+        out.push('\n');
+    }
+    if out.is_empty() {
+        out.push_str("no audit events (is the tenant's audit level off?)\n");
+    }
+    out
 }
 
 fn json<T: Serialize>(value: &T) -> FsResult<Vec<u8>> {
@@ -123,16 +140,23 @@ impl ControlFs {
                 json(&usage_report(usage, quota, &tree))
             }
             Node::LastError => Ok(self.last_error().into_bytes()),
+            Node::AuditRecent => {
+                volume.flush_audit().await;
+                let events = volume.recent_audit(RECENT_EVENTS).await?;
+                Ok(render_recent(&events).into_bytes())
+            }
             Node::LayersNew => Ok(HELP_NEW.as_bytes().to_vec()),
             Node::LayersSwitch => Ok(HELP_SWITCH.as_bytes().to_vec()),
             Node::LayersDrop => Ok(HELP_DROP.as_bytes().to_vec()),
-            Node::Root | Node::Layers | Node::Snapshots | Node::Stats => Err(FsError::IsDir),
+            Node::Root | Node::Layers | Node::Snapshots | Node::Stats | Node::Audit => {
+                Err(FsError::IsDir)
+            }
         }
     }
 
     /// Run the command written to `node`. On failure the error is also kept for `last_error`.
-    pub(super) async fn command(&self, node: Node, data: &[u8]) -> FsResult<()> {
-        let result = self.run_command(node, data).await;
+    pub(super) async fn command(&self, caller: &Caller, node: Node, data: &[u8]) -> FsResult<()> {
+        let result = self.run_command(caller, node, data).await;
         let file = String::from_utf8_lossy(node.name()).into_owned();
         match &result {
             Ok(()) => self.set_last_error(String::new()),
@@ -144,7 +168,7 @@ impl ControlFs {
         result
     }
 
-    async fn run_command(&self, node: Node, data: &[u8]) -> FsResult<()> {
+    async fn run_command(&self, caller: &Caller, node: Node, data: &[u8]) -> FsResult<()> {
         let text = command_text(data)?;
         let volume = &self.volume;
         match node {
@@ -157,7 +181,9 @@ impl ControlFs {
                         description: String::new(),
                     }
                 };
-                volume.checkpoint(&cmd.name, &cmd.description).await?;
+                volume
+                    .checkpoint_by(caller, &cmd.name, &cmd.description)
+                    .await?;
             }
             Node::LayersSwitch => {
                 let name = if text.starts_with('{') {
@@ -165,7 +191,7 @@ impl ControlFs {
                 } else {
                     text.to_owned()
                 };
-                volume.switch_layer(&name).await?;
+                volume.switch_layer_by(caller, &name).await?;
                 self.layers_changed();
             }
             Node::LayersDrop => {
@@ -177,7 +203,7 @@ impl ControlFs {
                         force: false,
                     }
                 };
-                volume.drop_layer(&cmd.name, cmd.force).await?;
+                volume.drop_layer_by(caller, &cmd.name, cmd.force).await?;
                 self.layers_changed();
             }
             _ => return Err(FsError::PermissionDenied),

@@ -514,7 +514,7 @@ impl ControlFs {
         }
         match self.handle(fh)? {
             ControlHandle::File { node, .. } if node.is_command() => {
-                self.command(node, data).await?;
+                self.command(caller, node, data).await?;
                 u32::try_from(data.len()).map_err(|_| FsError::Invalid("write too large"))
             }
             ControlHandle::File { .. } | ControlHandle::Dir => Err(FsError::BadHandle),

@@ -39,10 +39,14 @@ pub(super) enum Node {
     StatsUsage,
     /// `/.tarbox/last_error`
     LastError,
+    /// `/.tarbox/audit`
+    Audit,
+    /// `/.tarbox/audit/recent`: the tenant's latest audit events.
+    AuditRecent,
 }
 
 impl Node {
-    const ALL: [Node; 13] = [
+    const ALL: [Node; 15] = [
         Node::Root,
         Node::Layers,
         Node::LayersCurrent,
@@ -56,6 +60,8 @@ impl Node {
         Node::Stats,
         Node::StatsUsage,
         Node::LastError,
+        Node::Audit,
+        Node::AuditRecent,
     ];
 
     pub(super) fn ino(self) -> Ino {
@@ -65,7 +71,7 @@ impl Node {
     pub(super) fn is_dir(self) -> bool {
         matches!(
             self,
-            Node::Root | Node::Layers | Node::Snapshots | Node::Stats
+            Node::Root | Node::Layers | Node::Snapshots | Node::Stats | Node::Audit
         )
     }
 
@@ -92,6 +98,8 @@ impl Node {
             Node::Stats => b"stats",
             Node::StatsUsage => b"usage",
             Node::LastError => b"last_error",
+            Node::Audit => b"audit",
+            Node::AuditRecent => b"recent",
         }
     }
 
@@ -99,7 +107,9 @@ impl Node {
     pub(super) fn parent(self) -> Option<Node> {
         match self {
             Node::Root => None,
-            Node::Layers | Node::Snapshots | Node::Stats | Node::LastError => Some(Node::Root),
+            Node::Layers | Node::Snapshots | Node::Stats | Node::LastError | Node::Audit => {
+                Some(Node::Root)
+            }
             Node::LayersCurrent
             | Node::LayersList
             | Node::LayersTree
@@ -108,6 +118,7 @@ impl Node {
             | Node::LayersDrop
             | Node::LayersDiff => Some(Node::Layers),
             Node::StatsUsage => Some(Node::Stats),
+            Node::AuditRecent => Some(Node::Audit),
         }
     }
 
@@ -192,7 +203,13 @@ mod tests {
         let names = |n: Node| -> Vec<&[u8]> { n.children().map(Node::name).collect() };
         assert_eq!(
             names(Node::Root),
-            vec![&b"layers"[..], b"snapshots", b"stats", b"last_error"]
+            vec![
+                &b"layers"[..],
+                b"snapshots",
+                b"stats",
+                b"last_error",
+                b"audit"
+            ]
         );
         assert_eq!(
             names(Node::Layers),

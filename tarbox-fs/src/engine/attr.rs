@@ -24,7 +24,7 @@ pub(crate) fn kill_priv(inode: &mut Inode) -> bool {
 
 impl Volume {
     /// Attributes of `ino`. `ENOENT` if it does not exist.
-    pub async fn getattr(&self, _caller: &Caller, ino: Ino) -> FsResult<FileAttr> {
+    pub(crate) async fn do_getattr(&self, _caller: &Caller, ino: Ino) -> FsResult<FileAttr> {
         let inode = self.reader().inode(ino).await?.ok_or(FsError::NotFound)?;
         self.attr_of(inode).await
     }
@@ -61,7 +61,12 @@ impl Volume {
     ///   `EINVAL` for other non-regular files, `EFBIG` beyond the maximum size.
     /// - times: explicit values need ownership (`EPERM`); "now" needs ownership or write access
     ///   (`EACCES`).
-    pub async fn setattr(&self, caller: &Caller, ino: Ino, set: &SetAttr) -> FsResult<FileAttr> {
+    pub(crate) async fn do_setattr(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        set: &SetAttr,
+    ) -> FsResult<FileAttr> {
         self.ensure_writable()?;
         if let Some(size) = set.size {
             if size > MAX_FILE_SIZE {
@@ -79,7 +84,7 @@ impl Volume {
             ..SetAttr::default()
         };
         if *set == only_size {
-            return self.getattr(caller, ino).await;
+            return self.do_getattr(caller, ino).await;
         }
         let inode = self
             .retrying(|| self.setattr_once(caller, ino, set))
@@ -152,7 +157,7 @@ impl Volume {
             _ => now,
         };
         txn.put_inode(&inode).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         if let Some(file) = self.open_file(ino) {
             file.note_attr_change(&inode).await;
         }
@@ -160,7 +165,7 @@ impl Volume {
     }
 
     /// `access(2)`: `EACCES` if `mask` (`R_OK|W_OK|X_OK`, or `F_OK` = 0) is not granted.
-    pub async fn access(&self, caller: &Caller, ino: Ino, mask: u32) -> FsResult<()> {
+    pub(crate) async fn do_access(&self, caller: &Caller, ino: Ino, mask: u32) -> FsResult<()> {
         let inode = self.reader().inode(ino).await?.ok_or(FsError::NotFound)?;
         let mask = (mask & 7) as u16;
         if mask & perm::W != 0 && self.inner.read_only {

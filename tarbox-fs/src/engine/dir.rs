@@ -30,7 +30,7 @@ impl Volume {
     }
 
     /// The next entries after `offset` (0 to start). An empty result is the end.
-    pub async fn readdir(
+    pub(crate) async fn do_readdir(
         &self,
         _caller: &Caller,
         fh: FileHandle,
@@ -69,13 +69,13 @@ impl Volume {
     }
 
     /// [`Volume::readdir`] with the attributes of each entry, fetched in one batch.
-    pub async fn readdirplus(
+    pub(crate) async fn do_readdirplus(
         &self,
         caller: &Caller,
         fh: FileHandle,
         offset: u64,
     ) -> FsResult<Vec<(DirEntry, FileAttr)>> {
-        let entries = self.readdir(caller, fh, offset).await?;
+        let entries = self.do_readdir(caller, fh, offset).await?;
         let inos: Vec<Ino> = entries.iter().map(|e| e.ino).collect();
         let mut inodes = self.reader().inodes(&inos).await?;
         inodes.sort_by_key(|i| i.ino);

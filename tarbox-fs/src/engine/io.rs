@@ -20,6 +20,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::attr::{MAX_FILE_SIZE, kill_priv};
+use super::audit::HandleStats;
 use super::namespace::NodeSpec;
 use super::{Handle, Volume, align4k, blocks, lock, perm};
 use crate::backend::{BlockHash, BlockWrite, StoreRead, StoredBlock};
@@ -124,7 +125,12 @@ impl Volume {
     /// Open an existing inode. `flags` are `open(2)` flags: the access mode, `O_TRUNC` and
     /// `O_APPEND` are honoured. `EISDIR` for writing a directory, `ELOOP` for a symlink, `EACCES`,
     /// `EROFS`.
-    pub async fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<FileHandle> {
+    pub(crate) async fn do_open(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        flags: i32,
+    ) -> FsResult<FileHandle> {
         let inode = self.reader().inode(ino).await?.ok_or(FsError::NotFound)?;
         let (read, write) = access_mode(flags)?;
         if inode.kind == FileType::Directory && (write || flags & libc::O_TRUNC != 0) {
@@ -172,10 +178,11 @@ impl Volume {
             read,
             write,
             append: flags & libc::O_APPEND != 0,
+            stats: Arc::default(),
         });
         if flags & libc::O_TRUNC != 0 && inode.kind == FileType::Regular {
             if let Err(e) = self.truncate_open(caller, ino, 0, true).await {
-                let _ = self.release(caller, fh).await;
+                let _ = self.do_release(caller, fh).await;
                 return Err(e);
             }
         }
@@ -184,7 +191,7 @@ impl Volume {
 
     /// Create and open a regular file (`open` with `O_CREAT`). With `O_EXCL` an existing name is
     /// `EEXIST`; without it the existing file is opened (and truncated with `O_TRUNC`).
-    pub async fn create(
+    pub(crate) async fn do_create(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -208,9 +215,9 @@ impl Volume {
                 Ok((self.attr_of(inode).await?, fh))
             }
             Err(FsError::Exists) if flags & libc::O_EXCL == 0 => {
-                let attr = self.lookup(caller, parent, name).await?;
-                let fh = self.open(caller, attr.ino, flags).await?;
-                Ok((self.getattr(caller, attr.ino).await?, fh))
+                let attr = self.do_lookup(caller, parent, name).await?;
+                let fh = self.do_open(caller, attr.ino, flags).await?;
+                Ok((self.do_getattr(caller, attr.ino).await?, fh))
             }
             Err(e) => Err(e),
         }
@@ -300,13 +307,34 @@ impl Volume {
                 read,
                 write,
                 append,
+                ..
             } => Ok((file, read, write, append)),
             Handle::Dir { .. } => Err(FsError::IsDir),
         }
     }
 
+    /// The inode of a file handle and its audit counters.
+    pub(super) fn handle_audit(&self, fh: FileHandle) -> FsResult<(Ino, Arc<HandleStats>)> {
+        match self.handle(fh)? {
+            Handle::File { file, stats, .. } => Ok((file.ino, stats)),
+            Handle::Dir { ino } => Ok((ino, Arc::default())),
+        }
+    }
+
+    pub(super) fn handle_is_dir(&self, fh: FileHandle) -> bool {
+        matches!(self.handle(fh), Ok(Handle::Dir { .. }))
+    }
+
+    /// The directory a directory handle lists.
+    pub(super) fn dir_of_handle(&self, fh: FileHandle) -> Option<Ino> {
+        match self.handle(fh) {
+            Ok(Handle::Dir { ino }) => Some(ino),
+            _ => None,
+        }
+    }
+
     /// Read up to `size` bytes at `offset`. Short only at end of file; holes read as zeros.
-    pub async fn read(
+    pub(crate) async fn do_read(
         &self,
         _caller: &Caller,
         fh: FileHandle,
@@ -344,7 +372,7 @@ impl Volume {
 
     /// Write `data` at `offset` (at end of file for `O_APPEND` handles). Returns the bytes written.
     /// `EBADF` if not open for writing, `EFBIG` past the maximum size, `ENOSPC` over quota.
-    pub async fn write(
+    pub(crate) async fn do_write(
         &self,
         caller: &Caller,
         fh: FileHandle,
@@ -430,7 +458,7 @@ impl Volume {
                 .retrying(|| async {
                     let mut txn = self.begin(&[]).await?;
                     let r = txn.charge(delta, 0).await?;
-                    txn.commit().await?;
+                    self.commit(txn).await?;
                     Ok(r)
                 })
                 .await?;
@@ -471,7 +499,7 @@ impl Volume {
                 if kill_priv(&mut inode) {
                     inode.ctime = self.now();
                     txn.put_inode(&inode).await?;
-                    txn.commit().await?;
+                    self.commit(txn).await?;
                 }
                 Ok(inode.perm)
             })
@@ -488,7 +516,12 @@ impl Volume {
     }
 
     /// Make the file's data and attributes durable.
-    pub async fn fsync(&self, caller: &Caller, fh: FileHandle, _datasync: bool) -> FsResult<()> {
+    pub(crate) async fn do_fsync(
+        &self,
+        caller: &Caller,
+        fh: FileHandle,
+        _datasync: bool,
+    ) -> FsResult<()> {
         match self.handle(fh)? {
             Handle::File { .. } => self.flush(caller, fh).await,
             // Directory changes are committed when each operation returns.
@@ -497,7 +530,7 @@ impl Volume {
     }
 
     /// Close a handle: flush, and delete the file if this was the last handle of an unlinked file.
-    pub async fn release(&self, _caller: &Caller, fh: FileHandle) -> FsResult<()> {
+    pub(crate) async fn do_release(&self, _caller: &Caller, fh: FileHandle) -> FsResult<()> {
         let handle = self.take_handle(fh)?;
         let Handle::File { file, .. } = handle else {
             return Ok(());
@@ -610,7 +643,7 @@ impl Volume {
                     inode.ctime = t;
                 }
                 txn.put_inode(&inode).await?;
-                txn.commit().await?;
+                self.commit(txn).await?;
                 Ok((size, writes, contents))
             })
             .await?;
@@ -813,7 +846,7 @@ impl Volume {
                 kill_priv(&mut inode);
             }
             txn.put_inode(&inode).await?;
-            txn.commit().await?;
+            self.commit(txn).await?;
             Ok(())
         })
         .await
@@ -822,7 +855,7 @@ impl Volume {
     /// `fallocate`: the default mode and `KEEP_SIZE` make the range part of the file (extending it
     /// unless `KEEP_SIZE`); `PUNCH_HOLE` (with `KEEP_SIZE`) and `ZERO_RANGE` make it read as zeros.
     /// `EINVAL` for a zero length, `EBADF` without a writable handle, `EOPNOTSUPP` for other modes.
-    pub async fn fallocate(
+    pub(crate) async fn do_fallocate(
         &self,
         caller: &Caller,
         fh: FileHandle,
@@ -869,7 +902,7 @@ impl Volume {
         let mut pos = offset;
         while pos < end {
             let n = (end - pos).min(chunk);
-            self.write(caller, fh, pos, &zeros[..n as usize]).await?;
+            self.do_write(caller, fh, pos, &zeros[..n as usize]).await?;
             pos += n;
         }
         Ok(())

@@ -264,7 +264,11 @@ impl Volume {
     /// writes of this volume are flushed first, so they are part of the checkpoint. Costs the
     /// same whatever the size of the tree. `EEXIST` if the name is taken, `EINVAL` for a bad name.
     /// Returns the checkpoint's record.
-    pub async fn checkpoint(&self, name: &str, description: &str) -> FsResult<LayerRecord> {
+    pub(crate) async fn do_checkpoint(
+        &self,
+        name: &str,
+        description: &str,
+    ) -> FsResult<LayerRecord> {
         self.ensure_head_volume()?;
         validate_layer_name(name)?;
         self.flush_all().await?;
@@ -295,7 +299,7 @@ impl Volume {
     /// (unless it holds nothing), so a later switch can come back to it. Buffered writes are
     /// flushed first (into the layer being left); open handles then see the new tree. Returns the
     /// new head's record.
-    pub async fn switch_layer(&self, target: &str) -> FsResult<LayerRecord> {
+    pub(crate) async fn do_switch_layer(&self, target: &str) -> FsResult<LayerRecord> {
         self.ensure_head_volume()?;
         self.flush_all().await?;
         let tenant = self.inner.tenant.id;
@@ -323,7 +327,7 @@ impl Volume {
     /// Delete layer `target` and reclaim what only it referenced. The current layer cannot be
     /// dropped (`EBUSY`). A layer others are built on is refused (`EBUSY`) unless `force`, which
     /// folds its contents into each of them first, so no other layer changes what it shows.
-    pub async fn drop_layer(&self, target: &str, force: bool) -> FsResult<()> {
+    pub(crate) async fn do_drop_layer(&self, target: &str, force: bool) -> FsResult<()> {
         self.ensure_head_volume()?;
         let tenant = self.inner.tenant.id;
         self.layer_change(|head| async move {

@@ -13,7 +13,10 @@
 //! it decided on, and commits; a conflict with another engine on the same store (or a layer switch)
 //! makes the whole operation start over, so callers never see a half-applied change.
 
+mod api;
 mod attr;
+mod audit;
+mod audit_trail;
 mod blocks;
 mod diff;
 mod dir;
@@ -41,12 +44,14 @@ pub use diff::{Change, ChangeKind, ContentDiff, LayerDiff, TEXT_DIFF_LIMIT};
 pub use layers::{LayerSummary, LayerTree, validate_layer_name};
 pub use tenants::{TenantInfo, TenantOptions};
 
+use crate::audit::{AuditConfig, AuditLevel, AuditSink, Auditor, StoreSink};
 use crate::backend::{self, Backend, LayerView, StoreRead, StoreTxn, TenantRecord};
 use crate::error::{BackendError, FsError, FsResult};
 use crate::types::{
     Clock, FileHandle, Ino, Inode, LayerId, Quota, SystemClock, TenantId, Timestamp, Usage,
 };
 
+use audit::{HandleStats, VolumeAudit};
 use blocks::BlockCache;
 use io::OpenFile;
 
@@ -66,6 +71,8 @@ pub struct EngineConfig {
     pub head_poll_interval: Duration,
     /// Source of timestamps.
     pub clock: Arc<dyn Clock>,
+    /// Audit levels, sinks and delivery.
+    pub audit: AuditConfig,
 }
 
 impl Default for EngineConfig {
@@ -77,6 +84,7 @@ impl Default for EngineConfig {
             session_timeout: Duration::from_secs(60),
             head_poll_interval: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -87,11 +95,29 @@ struct Shared {
     config: EngineConfig,
     cache: BlockCache,
     session: u64,
+    auditor: Auditor,
+    node: Arc<str>,
+    /// pid -> process name, briefly: a pid names the same process for a while.
+    processes: moka::sync::Cache<u32, Option<Arc<str>>>,
+    /// Numbers the volumes of this engine, for their default mount names.
+    volumes_opened: AtomicU64,
 }
 
 impl Shared {
     fn now(&self) -> Timestamp {
         self.config.clock.now()
+    }
+
+    /// The name (`comm`) of process `pid`, if it can be read.
+    fn process_name(&self, pid: u32) -> Option<Arc<str>> {
+        if pid == 0 {
+            return None;
+        }
+        self.processes.get_with(pid, || {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .ok()
+                .map(|s| Arc::from(s.trim_end()))
+        })
     }
 }
 
@@ -125,11 +151,25 @@ impl Engine {
             .open_session(&format!("tarbox-fs pid {}", std::process::id()), now)
             .await?;
         let cache = BlockCache::new(config.block_cache_bytes);
+        let mut sinks: Vec<Arc<dyn AuditSink>> = Vec::new();
+        if config.audit.store {
+            sinks.push(Arc::new(StoreSink::new(backend.clone())));
+        }
+        sinks.extend(config.audit.sinks.iter().cloned());
+        let auditor = Auditor::start(&config.audit, sinks);
+        let node = Arc::from(config.audit.node.as_str());
         let shared = Arc::new(Shared {
             backend,
             config,
             cache,
             session,
+            auditor,
+            node,
+            processes: moka::sync::Cache::builder()
+                .max_capacity(4096)
+                .time_to_live(Duration::from_secs(10))
+                .build(),
+            volumes_opened: AtomicU64::new(0),
         });
         spawn_heartbeat(Arc::downgrade(&shared));
         Ok(Engine { shared })
@@ -160,12 +200,23 @@ impl Engine {
                 build_view(self.shared.backend.as_ref(), record.id, layer.id).await?
             }
         };
+        let n = self.shared.volumes_opened.fetch_add(1, Ordering::Relaxed);
+        let mount = options
+            .mount
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}", std::process::id(), n));
+        let level = record
+            .audit
+            .level
+            .unwrap_or(self.shared.config.audit.default_level);
+        let audit = VolumeAudit::new(level, options.audit_level, mount.into());
         let volume = Volume::from_parts(
             self.shared.clone(),
             record,
             view,
             options.layer.is_some(),
             read_only,
+            audit,
         );
         if !read_only {
             volume.reclaim_orphans().await?;
@@ -176,8 +227,10 @@ impl Engine {
         Ok(volume)
     }
 
-    /// End the engine's session: its orphans become reclaimable at once.
+    /// End the engine's session: its orphans become reclaimable at once, and every queued audit
+    /// event is written.
     pub async fn close(&self) -> FsResult<()> {
+        self.shared.auditor.flush().await;
         self.shared
             .backend
             .close_session(self.shared.session)
@@ -234,6 +287,10 @@ pub struct VolumeOptions {
     pub read_only: bool,
     /// Show the tree as it was at this checkpoint (by name or id); implies read-only.
     pub layer: Option<String>,
+    /// Audit at this level whatever the tenant's setting says.
+    pub audit_level: Option<AuditLevel>,
+    /// This mount's name in audit events (default: `pid/n`).
+    pub mount: Option<String>,
 }
 
 /// One tenant's tree. Cheap to clone; all clones share open handles.
@@ -254,6 +311,8 @@ impl fmt::Debug for Volume {
 struct VolumeInner {
     shared: Arc<Shared>,
     tenant: TenantRecord,
+    tenant_name: Arc<str>,
+    audit: VolumeAudit,
     view: RwLock<LayerView>,
     /// A time-travel view never follows the tenant's head.
     pinned: bool,
@@ -277,12 +336,15 @@ enum Handle {
         read: bool,
         write: bool,
         append: bool,
+        stats: Arc<HandleStats>,
     },
     Dir {
         ino: Ino,
     },
 }
 
+/// The head watch publishes the tenant's usage metrics every this many checks.
+const USAGE_METRICS_TICKS: u64 = 10;
 /// How many inode numbers a volume reserves from the store at once.
 const INO_BATCH: u64 = 256;
 /// How often an operation is retried after conflicts before giving up with `EIO`.
@@ -323,12 +385,18 @@ impl Volume {
     /// A read-only view of `layer` of the same tenant, sharing this volume's engine and caches.
     pub async fn pinned(&self, layer: LayerId) -> FsResult<Volume> {
         let view = build_view(self.backend(), self.inner.tenant.id, layer).await?;
+        let audit = VolumeAudit::new(
+            self.audit_level(),
+            Some(self.audit_level()),
+            format!("{}@{layer}", self.inner.audit.mount).into(),
+        );
         Ok(Volume::from_parts(
             self.inner.shared.clone(),
             self.inner.tenant.clone(),
             view,
             true,
             true,
+            audit,
         ))
     }
 
@@ -338,11 +406,14 @@ impl Volume {
         view: LayerView,
         pinned: bool,
         read_only: bool,
+        audit: VolumeAudit,
     ) -> Volume {
         Volume {
             inner: Arc::new(VolumeInner {
                 shared,
+                tenant_name: Arc::from(tenant.name.as_str()),
                 tenant,
+                audit,
                 view: RwLock::new(view),
                 pinned,
                 read_only,
@@ -440,6 +511,7 @@ impl Volume {
             .tenant_by_id(tenant)
             .await?
             .ok_or(BackendError::TenantGone)?;
+        self.follow_audit_level(record.audit.level);
         let old = self.view();
         if record.head_layer == old.head() {
             return Ok(());
@@ -461,12 +533,15 @@ impl Volume {
         };
         let weak = Arc::downgrade(&self.inner);
         runtime.spawn(async move {
-            loop {
+            for tick in 0u64.. {
                 tokio::time::sleep(interval).await;
                 let Some(inner) = weak.upgrade() else { return };
                 let volume = Volume { inner };
                 if let Err(e) = volume.refresh_view().await {
                     debug!(error = %e, "following the tenant's head layer failed");
+                }
+                if tick % USAGE_METRICS_TICKS == 0 {
+                    volume.publish_usage().await;
                 }
             }
         });
@@ -541,7 +616,7 @@ impl Volume {
             }
         }
         txn.remove_orphan(ino).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(())
     }
 }

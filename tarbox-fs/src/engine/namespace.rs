@@ -79,7 +79,12 @@ impl Volume {
     ///
     /// `ENOENT` if absent, `ENOTDIR` if `parent` is not a directory, `EACCES` without search
     /// permission on it. `.` and `..` resolve to the directory and its parent.
-    pub async fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<FileAttr> {
+    pub(crate) async fn do_lookup(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+    ) -> FsResult<FileAttr> {
         names::validate(name)?;
         let (mut r1, mut r2) = (self.reader(), self.reader());
         if names::is_dot(name) {
@@ -103,7 +108,7 @@ impl Volume {
     ///
     /// `EEXIST` if the name exists, `EPERM` for a device node created by a non-root caller,
     /// `EINVAL` for a directory or symlink type (use `mkdir`/`symlink`), `ENOSPC` over quota.
-    pub async fn mknod(
+    pub(crate) async fn do_mknod(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -138,7 +143,7 @@ impl Volume {
     }
 
     /// Create a directory. `EEXIST`, `EACCES`, `EMLINK` (parent link count), `ENOSPC`.
-    pub async fn mkdir(
+    pub(crate) async fn do_mkdir(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -156,7 +161,7 @@ impl Volume {
     }
 
     /// Create a symlink to `target` (at most 4095 bytes: `ENAMETOOLONG`; empty: `ENOENT`).
-    pub async fn symlink(
+    pub(crate) async fn do_symlink(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -183,7 +188,7 @@ impl Volume {
     }
 
     /// The target of a symlink. `EINVAL` for other kinds.
-    pub async fn readlink(&self, _caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
+    pub(crate) async fn do_readlink(&self, _caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
         let inode = self.reader().inode(ino).await?.ok_or(FsError::NotFound)?;
         if inode.kind != FileType::Symlink {
             return Err(FsError::Invalid("not a symlink"));
@@ -267,13 +272,19 @@ impl Volume {
             dir.nlink += 1;
         }
         txn.put_inode(&dir).await?;
-        txn.commit().await?;
+        Volume::note_created(ino);
+        self.commit(txn).await?;
         Ok(inode)
     }
 
     /// Remove a non-directory name. `EISDIR` for a directory, `EPERM` under the sticky rule.
     /// The inode lives on while it has other names or open handles.
-    pub async fn unlink(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
+    pub(crate) async fn do_unlink(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+    ) -> FsResult<()> {
         names::validate(name)?;
         if names::is_dot(name) {
             return Err(FsError::IsDir);
@@ -284,7 +295,7 @@ impl Volume {
     }
 
     /// Remove an empty directory. `ENOTEMPTY`, `ENOTDIR`, `EINVAL` for `.`, `ENOTEMPTY` for `..`.
-    pub async fn rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
+    pub(crate) async fn do_rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
         names::validate(name)?;
         match name {
             b"." => return Err(FsError::Invalid("cannot remove '.'")),
@@ -342,7 +353,7 @@ impl Volume {
         victim.ctime = now;
         txn.put_inode(&dir).await?;
         let orphaned = self.drop_link(txn.as_mut(), &victim).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         if orphaned {
             self.mark_unlinked(victim.ino).await;
         }
@@ -373,7 +384,7 @@ impl Volume {
     ///
     /// `EPERM` for a directory, `EMLINK` at the link limit, `EEXIST` if the name exists, `ENOENT`
     /// for an inode with no names left.
-    pub async fn link(
+    pub(crate) async fn do_link(
         &self,
         caller: &Caller,
         ino: Ino,
@@ -422,7 +433,7 @@ impl Volume {
         dir.ctime = now;
         txn.put_inode(&inode).await?;
         txn.put_inode(&dir).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(inode)
     }
 
@@ -432,7 +443,7 @@ impl Volume {
     /// into itself or its descendant, both flags, dot names), `ENOTDIR`/`EISDIR` (type mismatch
     /// when replacing), `ENOTEMPTY` (replacing a non-empty directory), `EPERM` (sticky rule),
     /// `EACCES`. Renaming a name onto another name of the same inode does nothing.
-    pub async fn rename(
+    pub(crate) async fn do_rename(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -565,7 +576,7 @@ impl Volume {
                 });
             }
             loaded.store(t).await?;
-            txn.commit().await?;
+            self.commit(txn).await?;
             return Ok(None);
         }
         let mut orphan = None;
@@ -620,7 +631,7 @@ impl Volume {
         } else {
             loaded.store(t).await?;
         }
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(orphan)
     }
 

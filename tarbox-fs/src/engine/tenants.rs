@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::Engine;
-use crate::backend::{Compression, NewTenant, TenantRecord, TenantState};
+use crate::audit::AuditLevel;
+use crate::backend::{Compression, NewTenant, TenantAudit, TenantRecord, TenantState};
 use crate::error::{BackendError, FsError, FsResult};
 use crate::types::{FileType, Ino, Inode, Quota, Timestamp, Usage};
 
@@ -52,6 +53,11 @@ pub struct TenantInfo {
     pub quota: Quota,
     pub usage: Usage,
     pub created_at: Timestamp,
+    /// The tenant's audit level and retention (`None`: the engine's default, shown filled in).
+    pub audit_level: AuditLevel,
+    pub audit_retention_days: u32,
+    /// Whether the level and retention are the tenant's own or the engine's defaults.
+    pub audit: TenantAudit,
 }
 
 /// Check a tenant name (RFC 1123 subdomain, at most 253 characters), naming what is wrong.
@@ -226,6 +232,15 @@ impl Engine {
             quota: record.quota,
             usage,
             created_at: record.created_at,
+            audit_level: record
+                .audit
+                .level
+                .unwrap_or(self.shared.config.audit.default_level),
+            audit_retention_days: record
+                .audit
+                .retention_days
+                .unwrap_or(self.shared.config.audit.default_retention_days),
+            audit: record.audit,
         })
     }
 }

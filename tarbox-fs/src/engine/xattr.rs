@@ -66,7 +66,12 @@ fn check_write(caller: &Caller, inode: &Inode, ns: &Namespace) -> FsResult<()> {
 
 impl Volume {
     /// The value of attribute `name`. `ENODATA` if absent.
-    pub async fn getxattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+    pub(crate) async fn do_getxattr(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        name: &[u8],
+    ) -> FsResult<Vec<u8>> {
         let ns = namespace(name)?;
         let mut r = self.reader();
         let inode = r.inode(ino).await?.ok_or(FsError::NotFound)?;
@@ -75,7 +80,7 @@ impl Volume {
     }
 
     /// Names of the attributes the caller may see.
-    pub async fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+    pub(crate) async fn do_listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
         let mut r = self.reader();
         let inode = r.inode(ino).await?.ok_or(FsError::NotFound)?;
         let _ = inode;
@@ -88,7 +93,7 @@ impl Volume {
 
     /// Set attribute `name`. `EEXIST` with [`XattrMode::Create`] if present, `ENODATA` with
     /// [`XattrMode::Replace`] if absent.
-    pub async fn setxattr(
+    pub(crate) async fn do_setxattr(
         &self,
         caller: &Caller,
         ino: Ino,
@@ -106,7 +111,12 @@ impl Volume {
     }
 
     /// Remove attribute `name`. `ENODATA` if absent.
-    pub async fn removexattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<()> {
+    pub(crate) async fn do_removexattr(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        name: &[u8],
+    ) -> FsResult<()> {
         let ns = namespace(name)?;
         self.ensure_writable()?;
         self.retrying(|| self.change_xattr(caller, ino, name, None, XattrMode::Replace, &ns))
@@ -134,7 +144,7 @@ impl Volume {
         txn.set_xattr(ino, name, value).await?;
         inode.ctime = self.now();
         txn.put_inode(&inode).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(())
     }
 }

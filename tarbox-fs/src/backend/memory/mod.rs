@@ -6,6 +6,7 @@
 //! uncommitted write. Writes apply in place and are recorded in an undo log; a transaction dropped
 //! without commit replays the log backwards.
 
+mod audit;
 mod layers;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,7 +18,7 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::{
     Backend, BlockHash, BlockWrite, DentryRecord, LayerChanges, LayerRecord, LayerView, NewTenant,
-    Orphan, StoreRead, StoreTxn, StoredBlock, TenantRecord, TenantState,
+    Orphan, StoreRead, StoreTxn, StoredBlock, TenantAudit, TenantRecord, TenantState,
 };
 use crate::error::{BackendError, BackendResult, QuotaKind};
 use crate::types::{FileType, Ino, Inode, LayerId, Quota, TenantId, Timestamp, Usage};
@@ -52,6 +53,7 @@ struct Store {
     /// session -> (last heartbeat, closed)
     sessions: BTreeMap<u64, (Timestamp, bool)>,
     next_session: u64,
+    audit: audit::AuditLog,
 }
 
 impl Store {
@@ -341,6 +343,8 @@ struct MemoryTxn {
     backend: MemoryBackend,
     view: LayerView,
     undo: Vec<Undo>,
+    /// Strict audit events, appended at commit.
+    audit: Vec<crate::audit::AuditEvent>,
     committed: bool,
     _gate: OwnedMutexGuard<()>,
 }
@@ -612,8 +616,17 @@ impl StoreTxn for MemoryTxn {
         })
     }
 
+    async fn record_audit(&mut self, event: &crate::audit::AuditEvent) -> BackendResult<()> {
+        self.audit.push(event.clone());
+        Ok(())
+    }
+
     async fn commit(mut self: Box<Self>) -> BackendResult<()> {
         self.committed = true;
+        let events = std::mem::take(&mut self.audit);
+        if !events.is_empty() {
+            self.backend.lock().audit.append(events);
+        }
         Ok(())
     }
 }
@@ -688,6 +701,7 @@ impl Backend for MemoryBackend {
             quota: new.quota,
             created_at: new.created_at,
             auto_checkpoint_secs: None,
+            audit: TenantAudit::default(),
         };
         store.layers.insert(
             (id, layer),
@@ -809,6 +823,16 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
+    async fn set_audit(&self, tenant: TenantId, audit: TenantAudit) -> BackendResult<()> {
+        let mut store = self.lock();
+        let t = store
+            .tenants
+            .get_mut(&tenant)
+            .ok_or(BackendError::TenantGone)?;
+        t.audit = audit;
+        Ok(())
+    }
+
     async fn checkpoint(
         &self,
         tenant: TenantId,
@@ -890,6 +914,7 @@ impl Backend for MemoryBackend {
             backend: self.clone(),
             view: view.clone(),
             undo: Vec::new(),
+            audit: Vec::new(),
             committed: false,
             _gate: gate,
         }))

@@ -7,7 +7,7 @@
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use crate::backend::{BlockHash, Compression, TenantRecord, TenantState};
+use crate::backend::{BlockHash, Compression, TenantAudit, TenantRecord, TenantState};
 use crate::error::BackendError;
 use crate::types::{FileType, Ino, Inode, LayerId, Quota, TenantId, Timestamp};
 
@@ -134,7 +134,8 @@ macro_rules! select_tenants {
     ($rest:literal) => {
         concat!(
             "SELECT id, name, state, head_layer, block_size, compression, quota_bytes, \
-             quota_inodes, created_at, auto_checkpoint_secs FROM tenants ",
+             quota_inodes, created_at, auto_checkpoint_secs, audit_level, \
+             audit_retention_days FROM tenants ",
             $rest
         )
     };
@@ -167,6 +168,17 @@ pub(super) fn tenant_from_row(row: &PgRow) -> Result<TenantRecord, BackendError>
         auto_checkpoint_secs: col::<Option<i64>>(row, "auto_checkpoint_secs")?
             .map(|v| to_u64("auto-checkpoint interval", v))
             .transpose()?,
+        audit: TenantAudit {
+            level: col::<Option<i16>>(row, "audit_level")?
+                .map(|c| {
+                    crate::audit::AuditLevel::from_code(c)
+                        .ok_or_else(|| BackendError::Corrupt(format!("audit level code {c}")))
+                })
+                .transpose()?,
+            retention_days: col::<Option<i32>>(row, "audit_retention_days")?
+                .map(|d| to_u32("audit retention", i64::from(d)))
+                .transpose()?,
+        },
     })
 }
 

@@ -16,6 +16,7 @@
 //! | `blocks` | `(tenant_id, hash)` | content-addressed data with its reference count |
 //! | `xattrs` | `(tenant_id, ino, name, layer_id)` | extended attributes; `value IS NULL` removes |
 //! | `sessions`, `orphans` | `id`, `(tenant_id, ino)` | open-but-unlinked inodes per engine session |
+//! | `audit_events` | partitioned by `at_ns` (a day each) | the audit trail (`audit.rs`) |
 //!
 //! # Reading through a chain
 //! The visible row of a key is the one with the largest `layer_id` among the view's chain (layer
@@ -35,6 +36,7 @@
 //! `INSERT … ON CONFLICT DO UPDATE`s, whose re-check of the newest row version keeps concurrent
 //! engines consistent without serialisable isolation.
 
+mod audit;
 mod convert;
 mod layers;
 mod read;
@@ -52,7 +54,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::backend::{
     Backend, LayerChanges, LayerRecord, LayerView, NewTenant, Orphan, StoreRead, StoreTxn,
-    TenantRecord,
+    TenantAudit, TenantRecord,
 };
 use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId, Quota, TenantId, Timestamp, Usage};
@@ -73,6 +75,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Debug, Clone)]
 pub struct PostgresBackend {
     pool: PgPool,
+    partitions: std::sync::Arc<audit::Partitions>,
 }
 
 impl PostgresBackend {
@@ -103,7 +106,13 @@ impl PostgresBackend {
             sqlx::migrate::MigrateError::Execute(e) => map_err(e),
             other => BackendError::Other(Box::new(other)),
         })?;
-        Ok(PostgresBackend { pool })
+        Ok(PostgresBackend::from_pool(pool))
+    }
+
+    /// A backend over a pool whose database is already migrated.
+    pub(crate) fn from_pool(pool: PgPool) -> PostgresBackend {
+        let partitions = std::sync::Arc::new(audit::Partitions::new(pool.clone()));
+        PostgresBackend { pool, partitions }
     }
 
     /// The connection pool, for tests and administrative tools.
@@ -162,6 +171,10 @@ impl Backend for PostgresBackend {
         layers::set_auto_checkpoint(&self.pool, tenant, secs).await
     }
 
+    async fn set_audit(&self, tenant: TenantId, audit: TenantAudit) -> BackendResult<()> {
+        tenants::set_audit(&self.pool, tenant, audit).await
+    }
+
     async fn checkpoint(
         &self,
         tenant: TenantId,
@@ -210,7 +223,8 @@ impl Backend for PostgresBackend {
     }
 
     async fn begin(&self, view: &LayerView, locks: &[Ino]) -> BackendResult<Box<dyn StoreTxn>> {
-        let txn = txn::PgTxn::begin(&self.pool, Scope::new(view), locks).await?;
+        let txn =
+            txn::PgTxn::begin(&self.pool, self.partitions.clone(), Scope::new(view), locks).await?;
         Ok(Box::new(txn))
     }
 

@@ -8,7 +8,7 @@ use super::convert::{
     STATE_ACTIVE, STATE_DELETED, limit_to_sql, map_err, select_tenants, tenant_from_row, to_i64,
     to_u64,
 };
-use crate::backend::{NewTenant, Orphan, TenantRecord, TenantState};
+use crate::backend::{NewTenant, Orphan, TenantAudit, TenantRecord, TenantState};
 use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId, Quota, TenantId, Timestamp, Usage};
 
@@ -96,6 +96,7 @@ pub(super) async fn create_tenant(pool: &PgPool, new: &NewTenant) -> BackendResu
         quota: new.quota,
         created_at: new.created_at,
         auto_checkpoint_secs: None,
+        audit: TenantAudit::default(),
     })
 }
 
@@ -263,4 +264,23 @@ pub(super) async fn dead_orphans(
             })
         })
         .collect()
+}
+
+pub(super) async fn set_audit(
+    pool: &PgPool,
+    tenant: TenantId,
+    audit: TenantAudit,
+) -> BackendResult<()> {
+    let done =
+        sqlx::query("UPDATE tenants SET audit_level = $2, audit_retention_days = $3 WHERE id = $1")
+            .bind(tenant.0)
+            .bind(audit.level.map(|l| l.code()))
+            .bind(audit.retention_days.map(i64::from))
+            .execute(pool)
+            .await
+            .map_err(map_err)?;
+    if done.rows_affected() == 0 {
+        return Err(BackendError::TenantGone);
+    }
+    Ok(())
 }

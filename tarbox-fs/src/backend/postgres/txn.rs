@@ -26,13 +26,16 @@
 //! makes the write fail with [`BackendError::Conflict`]: the engine retries and supplies it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{AssertSqlSafe, Postgres, Transaction};
 
+use super::audit::Partitions;
 use super::convert::{map_err, to_i64};
 use super::read::{Scope, impl_store_read};
+use crate::audit::AuditEvent;
 use crate::backend::{BlockHash, BlockWrite, DentryRecord, StoreRead, StoreTxn, StoredBlock};
 use crate::error::{BackendError, BackendResult, QuotaKind};
 use crate::types::{FileType, Ino, Inode};
@@ -45,6 +48,7 @@ pub(super) struct PgTxn {
     head: i64,
     /// Blocks whose count dropped to zero or below; deleted at commit if still unreferenced.
     dead: BTreeSet<Vec<u8>>,
+    partitions: Arc<Partitions>,
 }
 
 /// A 64-bit mix of the tenant and the inode number: the advisory-lock key of an inode. A
@@ -76,7 +80,12 @@ fn begin_sql(tenant: i64, head: i64, locks: &[Ino]) -> String {
 }
 
 impl PgTxn {
-    pub(super) async fn begin(pool: &PgPool, scope: Scope, locks: &[Ino]) -> BackendResult<PgTxn> {
+    pub(super) async fn begin(
+        pool: &PgPool,
+        partitions: Arc<Partitions>,
+        scope: Scope,
+        locks: &[Ino],
+    ) -> BackendResult<PgTxn> {
         let head = *scope
             .chain
             .first()
@@ -92,6 +101,7 @@ impl PgTxn {
             scope,
             head,
             dead: BTreeSet::new(),
+            partitions,
         })
     }
 
@@ -506,6 +516,15 @@ impl StoreTxn for PgTxn {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+
+    async fn record_audit(&mut self, event: &AuditEvent) -> BackendResult<()> {
+        // The partition is created outside the transaction (DDL here would hold a lock on the
+        // audit table until commit); usually it exists already and this asks nothing.
+        self.partitions
+            .ensure_for(std::slice::from_ref(event))
+            .await?;
+        super::audit::insert(&mut self.tx, std::slice::from_ref(event)).await
     }
 
     async fn commit(self: Box<Self>) -> BackendResult<()> {

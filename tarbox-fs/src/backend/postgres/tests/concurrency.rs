@@ -73,7 +73,7 @@ async fn begin_checks_the_head_and_leaves_connections_clean() {
         )
         .await
         .expect("single-connection pool");
-    let one = PostgresBackend { pool };
+    let one = PostgresBackend::from_pool(pool);
     let t = create_tenant(&b, "stale", Quota::default()).await;
     let old = view(t.id, &[t.head_layer]);
     let head = push_layer(&b, t.id, t.head_layer).await;

@@ -1,0 +1,154 @@
+//! Where audit events go: the store's audit table, JSON lines, tracing, or your own sink.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::AuditEvent;
+use crate::backend::Backend;
+
+/// Why a sink could not take a batch. The batch is then counted as dropped for that sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("audit sink {sink}: {message}")]
+    Failed { sink: &'static str, message: String },
+}
+
+/// A destination of audit events. Called by the auditor's background task only, one batch at a
+/// time, in order; a slow sink delays later batches, never a file operation.
+#[async_trait]
+pub trait AuditSink: Send + Sync + 'static {
+    /// Short name for logs and metrics.
+    fn name(&self) -> &'static str;
+
+    /// Take a batch. On error the whole batch counts as dropped for this sink.
+    async fn write(&self, events: &[AuditEvent]) -> Result<(), SinkError>;
+}
+
+/// The store's audit table: queryable with [`crate::Engine::audit_query`]. Skips events the store
+/// already wrote in their own transaction (strict mode).
+#[derive(Debug)]
+pub struct StoreSink {
+    backend: Arc<dyn Backend>,
+}
+
+impl StoreSink {
+    pub fn new(backend: Arc<dyn Backend>) -> StoreSink {
+        StoreSink { backend }
+    }
+}
+
+#[async_trait]
+impl AuditSink for StoreSink {
+    fn name(&self) -> &'static str {
+        "store"
+    }
+
+    async fn write(&self, events: &[AuditEvent]) -> Result<(), SinkError> {
+        let pending: Vec<AuditEvent> = events.iter().filter(|e| !e.in_store).cloned().collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.backend
+            .insert_audit(&pending)
+            .await
+            .map_err(|e| SinkError::Failed {
+                sink: "store",
+                message: e.to_string(),
+            })
+    }
+}
+
+/// One JSON object per line (the schema of [`AuditEvent`]), for shipping to ELK, Loki or a SIEM.
+pub struct JsonLinesSink {
+    out: Arc<Mutex<Box<dyn Write + Send>>>,
+}
+
+impl std::fmt::Debug for JsonLinesSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JsonLinesSink")
+    }
+}
+
+impl JsonLinesSink {
+    /// Append to `path` (created if missing).
+    pub fn file(path: &Path) -> std::io::Result<JsonLinesSink> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(JsonLinesSink::writer(Box::new(file)))
+    }
+
+    pub fn stdout() -> JsonLinesSink {
+        JsonLinesSink::writer(Box::new(std::io::stdout()))
+    }
+
+    /// Any writer (a pipe, a socket, a buffer in tests).
+    pub fn writer(out: Box<dyn Write + Send>) -> JsonLinesSink {
+        JsonLinesSink {
+            out: Arc::new(Mutex::new(out)),
+        }
+    }
+}
+
+#[async_trait]
+impl AuditSink for JsonLinesSink {
+    fn name(&self) -> &'static str {
+        "json_lines"
+    }
+
+    async fn write(&self, events: &[AuditEvent]) -> Result<(), SinkError> {
+        let fail = |message: String| SinkError::Failed {
+            sink: "json_lines",
+            message,
+        };
+        let mut buf = Vec::with_capacity(events.len() * 256);
+        for e in events {
+            serde_json::to_writer(&mut buf, e).map_err(|e| fail(e.to_string()))?;
+            buf.push(b'\n');
+        }
+        let out = self.out.clone();
+        // The writer may block (a full pipe, a slow disk): keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+            out.write_all(&buf)?;
+            out.flush()
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// Each event as a `tracing` event at INFO on target `tarbox::audit`.
+#[derive(Debug, Default)]
+pub struct TracingSink;
+
+#[async_trait]
+impl AuditSink for TracingSink {
+    fn name(&self) -> &'static str {
+        "tracing"
+    }
+
+    async fn write(&self, events: &[AuditEvent]) -> Result<(), SinkError> {
+        for e in events {
+            tracing::info!(
+                target: "tarbox::audit",
+                tenant = %e.tenant,
+                op = e.op.as_str(),
+                path = e.path.as_deref().unwrap_or(""),
+                path2 = e.path2.as_deref().unwrap_or(""),
+                bytes = e.bytes,
+                result = e.result(),
+                uid = e.uid,
+                pid = e.pid,
+                process = e.process.as_deref().unwrap_or(""),
+                duration_us = e.duration_us,
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,542 @@
+//! The file operations of a [`Volume`], as frontends call them.
+//!
+//! Each method audits and measures the operation (`audit.rs`) around its implementation in the
+//! family module (`namespace`, `attr`, `io`, `dir`, `xattr`, `layers`), which holds the POSIX
+//! rules. Errors are [`FsError`](crate::FsError)s; map them with `errno()`.
+
+use bytes::Bytes;
+
+use super::Volume;
+use super::audit::Subject;
+use crate::audit::AuditOp;
+use crate::backend::LayerRecord;
+use crate::error::FsResult;
+use crate::types::{
+    Caller, DirEntry, FallocateMode, FileAttr, FileHandle, Ino, RenameFlags, SetAttr, XattrMode,
+};
+
+impl Volume {
+    /// Look up `name` in directory `parent`. `ENOENT`, `ENOTDIR`, `EACCES` (search permission).
+    pub async fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<FileAttr> {
+        let attr = self
+            .audited(
+                caller,
+                AuditOp::Lookup,
+                Subject::Child(parent, name),
+                self.do_lookup(caller, parent, name),
+            )
+            .await?;
+        self.learn_name(attr.ino, parent, name);
+        Ok(attr)
+    }
+
+    /// Create a regular file, fifo, socket or device node (`mknod`).
+    pub async fn mknod(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+    ) -> FsResult<FileAttr> {
+        let attr = self
+            .audited(
+                caller,
+                AuditOp::Mknod,
+                Subject::Child(parent, name),
+                self.do_mknod(caller, parent, name, mode, rdev),
+            )
+            .await?;
+        self.learn_name(attr.ino, parent, name);
+        Ok(attr)
+    }
+
+    /// Create a directory.
+    pub async fn mkdir(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+    ) -> FsResult<FileAttr> {
+        let attr = self
+            .audited(
+                caller,
+                AuditOp::Mkdir,
+                Subject::Child(parent, name),
+                self.do_mkdir(caller, parent, name, mode),
+            )
+            .await?;
+        self.learn_name(attr.ino, parent, name);
+        Ok(attr)
+    }
+
+    /// Create a symbolic link `name` in `parent` pointing to `target`.
+    pub async fn symlink(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+    ) -> FsResult<FileAttr> {
+        let attr = self
+            .audited(
+                caller,
+                AuditOp::Symlink,
+                Subject::Symlink(parent, name, target),
+                self.do_symlink(caller, parent, name, target),
+            )
+            .await?;
+        self.learn_name(attr.ino, parent, name);
+        Ok(attr)
+    }
+
+    /// The target of a symlink. `EINVAL` for other kinds.
+    pub async fn readlink(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
+        self.audited(
+            caller,
+            AuditOp::Readlink,
+            Subject::Ino(ino),
+            self.do_readlink(caller, ino),
+        )
+        .await
+    }
+
+    /// Remove a non-directory name. An open file lives on until its last handle closes.
+    pub async fn unlink(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
+        let victim = self.entry_ino(parent, name).await;
+        self.audited(
+            caller,
+            AuditOp::Unlink,
+            Subject::Remove(parent, name, victim),
+            self.do_unlink(caller, parent, name),
+        )
+        .await?;
+        self.forget_name(victim, parent, name);
+        Ok(())
+    }
+
+    /// Remove an empty directory. `ENOTEMPTY`, `ENOTDIR`, `EBUSY` for the root.
+    pub async fn rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
+        let victim = self.entry_ino(parent, name).await;
+        self.audited(
+            caller,
+            AuditOp::Rmdir,
+            Subject::Remove(parent, name, victim),
+            self.do_rmdir(caller, parent, name),
+        )
+        .await?;
+        self.forget_name(victim, parent, name);
+        Ok(())
+    }
+
+    /// Make `newname` in `newparent` another name of `ino`. `EPERM` for directories.
+    pub async fn link(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        newparent: Ino,
+        newname: &[u8],
+    ) -> FsResult<FileAttr> {
+        let attr = self
+            .audited(
+                caller,
+                AuditOp::Link,
+                Subject::Link(ino, newparent, newname),
+                self.do_link(caller, ino, newparent, newname),
+            )
+            .await?;
+        self.learn_name(attr.ino, newparent, newname);
+        Ok(attr)
+    }
+
+    /// Rename, with `RENAME_NOREPLACE` and `RENAME_EXCHANGE` semantics from `flags`.
+    pub async fn rename(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        newparent: Ino,
+        newname: &[u8],
+        flags: RenameFlags,
+    ) -> FsResult<()> {
+        self.audited(
+            caller,
+            AuditOp::Rename,
+            Subject::Move(parent, name, newparent, newname),
+            self.do_rename(caller, parent, name, newparent, newname, flags),
+        )
+        .await?;
+        if self.audits() {
+            // The kernel moves its dentry without a lookup: learn the new name (and, for an
+            // exchange, the other one) from the store.
+            self.relearn(newparent, newname).await;
+            if flags.exchange {
+                self.relearn(parent, name).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attributes of an inode (`stat`).
+    pub async fn getattr(&self, caller: &Caller, ino: Ino) -> FsResult<FileAttr> {
+        self.audited(
+            caller,
+            AuditOp::Getattr,
+            Subject::Ino(ino),
+            self.do_getattr(caller, ino),
+        )
+        .await
+    }
+
+    /// Change attributes: mode, owner, size, times (`chmod`, `chown`, `truncate`, `utimens`).
+    pub async fn setattr(&self, caller: &Caller, ino: Ino, set: &SetAttr) -> FsResult<FileAttr> {
+        let only_size = set.size.is_some()
+            && set.mode.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none()
+            && set.atime.is_none()
+            && set.mtime.is_none();
+        let kind = if only_size {
+            AuditOp::Truncate
+        } else {
+            AuditOp::Setattr
+        };
+        let detail = describe_setattr(set);
+        let subject = match set.handle {
+            Some(fh) => Subject::Handle(fh, None),
+            None => Subject::Ino(ino),
+        };
+        self.audited_with_detail(
+            caller,
+            kind,
+            subject,
+            &detail,
+            set.size,
+            self.do_setattr(caller, ino, set),
+        )
+        .await
+    }
+
+    /// Check access like `access(2)` (`mask` of `R_OK`, `W_OK`, `X_OK`).
+    pub async fn access(&self, caller: &Caller, ino: Ino, mask: u32) -> FsResult<()> {
+        self.audited(
+            caller,
+            AuditOp::Access,
+            Subject::Ino(ino),
+            self.do_access(caller, ino, mask),
+        )
+        .await
+    }
+
+    /// Open an existing inode with `open(2)` flags (`O_TRUNC` is recorded as a truncate).
+    pub async fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<FileHandle> {
+        let kind = if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            AuditOp::Truncate
+        } else {
+            AuditOp::Open
+        };
+        self.audited(
+            caller,
+            kind,
+            Subject::Ino(ino),
+            self.do_open(caller, ino, flags),
+        )
+        .await
+    }
+
+    /// Create and open a regular file (`open` with `O_CREAT`; `O_EXCL` honoured).
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> FsResult<(FileAttr, FileHandle)> {
+        let (attr, fh) = self
+            .audited(
+                caller,
+                AuditOp::Create,
+                Subject::Child(parent, name),
+                self.do_create(caller, parent, name, mode, flags),
+            )
+            .await?;
+        self.learn_name(attr.ino, parent, name);
+        self.note_handle_path(fh, parent, name).await;
+        Ok((attr, fh))
+    }
+
+    /// Read up to `size` bytes at `offset`. Short only at end of file; holes read as zeros.
+    pub async fn read(
+        &self,
+        caller: &Caller,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Bytes> {
+        let data = self
+            .audited(
+                caller,
+                AuditOp::Read,
+                Subject::Handle(fh, Some(offset)),
+                self.do_read(caller, fh, offset, size),
+            )
+            .await?;
+        self.count_io(fh, false, data.len() as u64);
+        Ok(data)
+    }
+
+    /// Write `data` at `offset` (at end of file for `O_APPEND` handles). Returns the bytes
+    /// written. `EBADF` if not open for writing, `EFBIG`, `ENOSPC` over quota.
+    pub async fn write(
+        &self,
+        caller: &Caller,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+    ) -> FsResult<u32> {
+        let n = self
+            .audited(
+                caller,
+                AuditOp::Write,
+                Subject::Handle(fh, Some(offset)),
+                self.do_write(caller, fh, offset, data),
+            )
+            .await?;
+        self.count_io(fh, true, u64::from(n));
+        Ok(n)
+    }
+
+    /// Make the file's data and attributes durable.
+    pub async fn fsync(&self, caller: &Caller, fh: FileHandle, datasync: bool) -> FsResult<()> {
+        self.audited(
+            caller,
+            AuditOp::Fsync,
+            Subject::Handle(fh, None),
+            self.do_fsync(caller, fh, datasync),
+        )
+        .await
+    }
+
+    /// Close a handle: flush, and delete the file if this was the last handle of an unlinked
+    /// file. At the `standard` level and above, records the handle's read and write totals.
+    pub async fn release(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
+        let kind = if self.handle_is_dir(fh) {
+            None
+        } else {
+            Some(AuditOp::Close)
+        };
+        match kind {
+            None => self.do_release(caller, fh).await,
+            Some(kind) => {
+                self.audited(
+                    caller,
+                    kind,
+                    Subject::Handle(fh, None),
+                    self.do_release(caller, fh),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Allocate, punch or zero a byte range (`fallocate(2)`).
+    pub async fn fallocate(
+        &self,
+        caller: &Caller,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: FallocateMode,
+    ) -> FsResult<()> {
+        let detail = format!("{mode:?} length={length}");
+        self.audited_with_detail(
+            caller,
+            AuditOp::Fallocate,
+            Subject::Handle(fh, Some(offset)),
+            &detail,
+            Some(length),
+            self.do_fallocate(caller, fh, offset, length, mode),
+        )
+        .await
+    }
+
+    /// Entries of an open directory from `offset` (0 for the start), `.` and `..` first.
+    pub async fn readdir(
+        &self,
+        caller: &Caller,
+        fh: FileHandle,
+        offset: u64,
+    ) -> FsResult<Vec<DirEntry>> {
+        self.audited(
+            caller,
+            AuditOp::Readdir,
+            Subject::Handle(fh, Some(offset)),
+            self.do_readdir(caller, fh, offset),
+        )
+        .await
+    }
+
+    /// Entries with their attributes (`READDIRPLUS`): the kernel learns each entry without a
+    /// lookup, and so does the audit name cache.
+    pub async fn readdirplus(
+        &self,
+        caller: &Caller,
+        fh: FileHandle,
+        offset: u64,
+    ) -> FsResult<Vec<(DirEntry, FileAttr)>> {
+        let entries = self
+            .audited(
+                caller,
+                AuditOp::Readdir,
+                Subject::Handle(fh, Some(offset)),
+                self.do_readdirplus(caller, fh, offset),
+            )
+            .await?;
+        if let Some(dir) = self.dir_of_handle(fh) {
+            for (entry, _) in &entries {
+                if entry.name != b"." && entry.name != b".." {
+                    self.learn_name(entry.ino, dir, &entry.name);
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Value of an extended attribute. `ENODATA` if absent.
+    pub async fn getxattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        self.audited(
+            caller,
+            AuditOp::Getxattr,
+            Subject::Ino(ino),
+            self.do_getxattr(caller, ino, name),
+        )
+        .await
+    }
+
+    /// Names of the extended attributes of `ino`.
+    pub async fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        self.audited(
+            caller,
+            AuditOp::Listxattr,
+            Subject::Ino(ino),
+            self.do_listxattr(caller, ino),
+        )
+        .await
+    }
+
+    /// Set an extended attribute (`XATTR_CREATE`/`XATTR_REPLACE` from `mode`).
+    pub async fn setxattr(
+        &self,
+        caller: &Caller,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        mode: XattrMode,
+    ) -> FsResult<()> {
+        let detail = crate::audit::path_display(name);
+        self.audited_with_detail(
+            caller,
+            AuditOp::Setxattr,
+            Subject::Ino(ino),
+            &detail,
+            Some(value.len() as u64),
+            self.do_setxattr(caller, ino, name, value, mode),
+        )
+        .await
+    }
+
+    /// Remove an extended attribute. `ENODATA` if absent.
+    pub async fn removexattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<()> {
+        let detail = crate::audit::path_display(name);
+        self.audited_with_detail(
+            caller,
+            AuditOp::Removexattr,
+            Subject::Ino(ino),
+            &detail,
+            None,
+            self.do_removexattr(caller, ino, name),
+        )
+        .await
+    }
+
+    /// Checkpoint the tenant as `name`, on behalf of this process.
+    pub async fn checkpoint(&self, name: &str, description: &str) -> FsResult<LayerRecord> {
+        self.checkpoint_by(&Caller::this_process(), name, description)
+            .await
+    }
+
+    /// Checkpoint the tenant as `name` on behalf of `caller`. The new head is returned.
+    pub async fn checkpoint_by(
+        &self,
+        caller: &Caller,
+        name: &str,
+        description: &str,
+    ) -> FsResult<LayerRecord> {
+        self.audited(
+            caller,
+            AuditOp::Checkpoint,
+            Subject::Layer(name),
+            self.do_checkpoint(name, description),
+        )
+        .await
+    }
+
+    /// Switch the tenant to checkpoint `target` (rollback), on behalf of this process.
+    pub async fn switch_layer(&self, target: &str) -> FsResult<LayerRecord> {
+        self.switch_layer_by(&Caller::this_process(), target).await
+    }
+
+    /// Switch the tenant to checkpoint `target` on behalf of `caller`.
+    pub async fn switch_layer_by(&self, caller: &Caller, target: &str) -> FsResult<LayerRecord> {
+        self.audited(
+            caller,
+            AuditOp::SwitchLayer,
+            Subject::Layer(target),
+            self.do_switch_layer(target),
+        )
+        .await
+    }
+
+    /// Drop a layer, on behalf of this process.
+    pub async fn drop_layer(&self, target: &str, force: bool) -> FsResult<()> {
+        self.drop_layer_by(&Caller::this_process(), target, force)
+            .await
+    }
+
+    /// Drop a layer on behalf of `caller` (see the layer guide for `force`).
+    pub async fn drop_layer_by(&self, caller: &Caller, target: &str, force: bool) -> FsResult<()> {
+        self.audited(
+            caller,
+            AuditOp::DropLayer,
+            Subject::Layer(target),
+            self.do_drop_layer(target, force),
+        )
+        .await
+    }
+}
+
+/// The attributes a setattr changes, for its event.
+fn describe_setattr(set: &SetAttr) -> String {
+    let mut parts = Vec::new();
+    if let Some(m) = set.mode {
+        parts.push(format!("mode={:o}", m & 0o7777));
+    }
+    if let Some(u) = set.uid {
+        parts.push(format!("uid={u}"));
+    }
+    if let Some(g) = set.gid {
+        parts.push(format!("gid={g}"));
+    }
+    if let Some(s) = set.size {
+        parts.push(format!("size={s}"));
+    }
+    if set.atime.is_some() {
+        parts.push("atime".to_string());
+    }
+    if set.mtime.is_some() {
+        parts.push("mtime".to_string());
+    }
+    parts.join(" ")
+}

@@ -1,0 +1,538 @@
+//! How a volume audits its operations: event construction, the path of an inode, strict-mode
+//! records inside the operation's transaction, per-handle counters and operation metrics.
+//!
+//! Every public operation of [`Volume`] (see `api.rs`) runs through [`Volume::audited`], which
+//! decides from the volume's level whether the operation is recorded, measures it, and queues the
+//! event. Paths come from a cache of `(parent, name)` per inode, filled by every lookup, create,
+//! link, rename and `readdirplus` while auditing is on, so building a path costs no store round
+//! trip; an inode the cache does not know (a handle opened before auditing was on, or an evicted
+//! entry) is located through its parent hint in the store.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::Volume;
+use crate::audit::{AuditEvent, AuditLevel, AuditOp, HandleCounters, OpClass, is_denial};
+use crate::backend::{LayerRecord, StoreTxn};
+use crate::error::FsResult;
+use crate::types::{Caller, DirEntry, FileAttr, FileHandle, Ino, Timestamp};
+
+/// Deepest path the engine reconstructs; deeper paths are shown from an inode number.
+const MAX_DEPTH: usize = 256;
+/// Directory entries scanned to locate an inode missing from the name cache.
+const MAX_SCAN: usize = 65_536;
+/// Names remembered per volume.
+const NAME_CACHE_ENTRIES: u64 = 1 << 20;
+
+tokio::task_local! {
+    /// The event a strict-mode change writes in its own transaction.
+    static STRICT: StrictSlot;
+}
+
+struct StrictSlot {
+    event: RefCell<AuditEvent>,
+    started: Instant,
+    recorded: Cell<bool>,
+}
+
+/// What an operation acts on, for its event.
+pub(super) enum Subject<'a> {
+    Ino(Ino),
+    Child(Ino, &'a [u8]),
+    /// The entry `(parent, name)` about to be removed, naming inode `ino` if auditing found it.
+    Remove(Ino, &'a [u8], Option<Ino>),
+    /// A rename: from `(parent, name)` to `(newparent, newname)`.
+    Move(Ino, &'a [u8], Ino, &'a [u8]),
+    /// A new hard link of an inode at `(newparent, newname)`.
+    Link(Ino, Ino, &'a [u8]),
+    /// A symlink `(parent, name)` pointing to a target.
+    Symlink(Ino, &'a [u8], &'a [u8]),
+    /// An open handle, and the offset of the access.
+    Handle(FileHandle, Option<u64>),
+    /// A layer operation on the named layer.
+    Layer(&'a str),
+}
+
+/// A volume's audit state.
+pub(super) struct VolumeAudit {
+    level: AtomicU8,
+    /// Set by the mount: the tenant's stored level is then ignored.
+    pinned_level: Option<AuditLevel>,
+    pub(super) mount: Arc<str>,
+    names: moka::sync::Cache<Ino, (Ino, Arc<[u8]>)>,
+}
+
+impl VolumeAudit {
+    pub(super) fn new(
+        level: AuditLevel,
+        pinned_level: Option<AuditLevel>,
+        mount: Arc<str>,
+    ) -> Self {
+        VolumeAudit {
+            level: AtomicU8::new(pinned_level.unwrap_or(level) as u8),
+            pinned_level,
+            mount,
+            names: moka::sync::Cache::new(NAME_CACHE_ENTRIES),
+        }
+    }
+}
+
+/// Read and write counters of one open handle, reported in its `close` event.
+#[derive(Debug, Default)]
+pub(super) struct HandleStats {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    path: OnceLock<Arc<str>>,
+}
+
+impl HandleStats {
+    fn counters(&self) -> HandleCounters {
+        HandleCounters {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What an operation's result adds to its event.
+pub(super) trait Outcome {
+    fn note(&self, _event: &mut AuditEvent) {}
+}
+
+impl Outcome for () {}
+impl Outcome for FileHandle {}
+impl Outcome for Vec<Vec<u8>> {}
+impl Outcome for Vec<DirEntry> {}
+impl Outcome for Vec<(DirEntry, FileAttr)> {}
+impl Outcome for LayerRecord {}
+
+impl Outcome for FileAttr {
+    fn note(&self, event: &mut AuditEvent) {
+        event.ino = Some(self.ino);
+    }
+}
+
+impl Outcome for (FileAttr, FileHandle) {
+    fn note(&self, event: &mut AuditEvent) {
+        event.ino = Some(self.0.ino);
+    }
+}
+
+impl Outcome for Bytes {
+    fn note(&self, event: &mut AuditEvent) {
+        event.bytes = self.len() as u64;
+    }
+}
+
+impl Outcome for Vec<u8> {
+    fn note(&self, event: &mut AuditEvent) {
+        event.bytes = self.len() as u64;
+    }
+}
+
+impl Outcome for u32 {
+    fn note(&self, event: &mut AuditEvent) {
+        event.bytes = u64::from(*self);
+    }
+}
+
+/// Record an operation's count, latency and errors as metrics (whatever the audit level).
+fn record_metrics(op: AuditOp, errno: i32, elapsed: Duration) {
+    let name = op.as_str();
+    metrics::counter!("tarbox_operations_total", "op" => name).increment(1);
+    metrics::histogram!("tarbox_operation_duration_seconds", "op" => name)
+        .record(elapsed.as_secs_f64());
+    if errno != 0 {
+        metrics::counter!("tarbox_operation_errors_total", "op" => name, "errno" => crate::audit::errno_name(errno))
+            .increment(1);
+    }
+}
+
+impl Volume {
+    /// The level this volume records at.
+    pub fn audit_level(&self) -> AuditLevel {
+        AuditLevel::from_code(i16::from(self.inner.audit.level.load(Ordering::Relaxed)))
+            .unwrap_or_default()
+    }
+
+    /// Follow a level change of the tenant (unless the mount fixed the level).
+    pub(super) fn follow_audit_level(&self, stored: Option<AuditLevel>) {
+        let audit = &self.inner.audit;
+        if audit.pinned_level.is_none() {
+            let level = stored.unwrap_or(self.shared().config.audit.default_level);
+            audit.level.store(level as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// Run `op` as the audited operation `kind` on `subject`: measure it, count it, and queue its
+    /// event if the level records it (or if it was denied).
+    pub(super) async fn audited<T: Outcome>(
+        &self,
+        caller: &Caller,
+        kind: AuditOp,
+        subject: Subject<'_>,
+        op: impl Future<Output = FsResult<T>>,
+    ) -> FsResult<T> {
+        self.audited_with(caller, kind, subject, None, None, op)
+            .await
+    }
+
+    /// [`Volume::audited`] with the event's detail text and byte count (a new size, a length).
+    pub(super) async fn audited_with_detail<T: Outcome>(
+        &self,
+        caller: &Caller,
+        kind: AuditOp,
+        subject: Subject<'_>,
+        detail: &str,
+        bytes: Option<u64>,
+        op: impl Future<Output = FsResult<T>>,
+    ) -> FsResult<T> {
+        self.audited_with(caller, kind, subject, Some(detail), bytes, op)
+            .await
+    }
+
+    async fn audited_with<T: Outcome>(
+        &self,
+        caller: &Caller,
+        kind: AuditOp,
+        subject: Subject<'_>,
+        detail: Option<&str>,
+        bytes: Option<u64>,
+        op: impl Future<Output = FsResult<T>>,
+    ) -> FsResult<T> {
+        let level = self.audit_level();
+        let started = Instant::now();
+        let time = self.now();
+        let wanted = level.records(kind.class());
+        let describe = |mut e: AuditEvent| {
+            if let Some(d) = detail.filter(|d| !d.is_empty()) {
+                e.detail = Some(d.into());
+            }
+            if let Some(b) = bytes {
+                e.bytes = b;
+            }
+            e
+        };
+        let template = if wanted {
+            Some(describe(self.new_event(caller, kind, &subject, time).await))
+        } else {
+            None
+        };
+        let strict = self.shared().config.audit.strict && kind.class() == OpClass::Change;
+        let (result, in_store) = match (&template, strict) {
+            (Some(event), true) => {
+                let slot = StrictSlot {
+                    event: RefCell::new(event.clone()),
+                    started,
+                    recorded: Cell::new(false),
+                };
+                STRICT
+                    .scope(slot, async {
+                        let r = op.await;
+                        (r, STRICT.with(|s| s.recorded.get()))
+                    })
+                    .await
+            }
+            _ => (op.await, false),
+        };
+        let elapsed = started.elapsed();
+        let errno = result.as_ref().err().map_or(0, |e| e.errno());
+        record_metrics(kind, errno, elapsed);
+        let event = match template {
+            Some(e) => Some(e),
+            None if level != AuditLevel::Off && is_denial(errno) => {
+                Some(describe(self.new_event(caller, kind, &subject, time).await))
+            }
+            None => None,
+        };
+        if let Some(mut e) = event {
+            e.duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+            e.errno = errno;
+            if let Ok(v) = &result {
+                v.note(&mut e);
+            }
+            e.in_store = in_store;
+            self.shared().auditor.record(e).await;
+        }
+        result
+    }
+
+    /// Commit `txn`, first writing the strict-mode record of the running change into it (once
+    /// per operation: with its first committed transaction).
+    pub(super) async fn commit(&self, mut txn: Box<dyn StoreTxn>) -> FsResult<()> {
+        let pending = STRICT
+            .try_with(|s| {
+                (!s.recorded.get()).then(|| {
+                    let mut e = s.event.borrow().clone();
+                    e.duration_us = u64::try_from(s.started.elapsed().as_micros()).unwrap_or(0);
+                    e
+                })
+            })
+            .ok()
+            .flatten();
+        match pending {
+            None => txn.commit().await?,
+            Some(event) => {
+                txn.record_audit(&event).await?;
+                txn.commit().await?;
+                let _ = STRICT.try_with(|s| s.recorded.set(true));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tell the strict-mode record which inode a create made.
+    pub(super) fn note_created(ino: Ino) {
+        let _ = STRICT.try_with(|s| s.event.borrow_mut().ino = Some(ino));
+    }
+
+    async fn new_event(
+        &self,
+        caller: &Caller,
+        op: AuditOp,
+        subject: &Subject<'_>,
+        time: Timestamp,
+    ) -> AuditEvent {
+        let shared = self.shared();
+        let mut e = AuditEvent {
+            seq: 0,
+            time,
+            tenant: self.inner.tenant_name.clone(),
+            tenant_id: self.inner.tenant.id,
+            layer: self.view().head(),
+            op,
+            path: None,
+            path2: None,
+            ino: None,
+            offset: None,
+            bytes: 0,
+            duration_us: 0,
+            errno: 0,
+            uid: caller.uid,
+            gid: caller.gid,
+            pid: caller.pid,
+            process: shared.process_name(caller.pid),
+            node: shared.node.clone(),
+            mount: self.inner.audit.mount.clone(),
+            pod: caller.pod.clone(),
+            handle: None,
+            detail: None,
+            in_store: false,
+        };
+        match *subject {
+            Subject::Ino(ino) => {
+                e.ino = Some(ino);
+                e.path = Some(self.path_of(ino).await);
+            }
+            Subject::Child(parent, name) => {
+                e.path = Some(self.child_path(parent, name).await);
+            }
+            Subject::Remove(parent, name, ino) => {
+                e.path = Some(self.child_path(parent, name).await);
+                e.ino = ino;
+            }
+            Subject::Move(p, n, np, nn) => {
+                e.path = Some(self.child_path(p, n).await);
+                e.path2 = Some(self.child_path(np, nn).await);
+            }
+            Subject::Link(ino, np, nn) => {
+                e.ino = Some(ino);
+                e.path = Some(self.path_of(ino).await);
+                e.path2 = Some(self.child_path(np, nn).await);
+            }
+            Subject::Symlink(p, n, target) => {
+                e.path = Some(self.child_path(p, n).await);
+                e.path2 = Some(crate::audit::path_display(target).into());
+            }
+            Subject::Handle(fh, offset) => {
+                e.offset = offset;
+                if let Ok((ino, stats)) = self.handle_audit(fh) {
+                    e.ino = Some(ino);
+                    e.path = Some(match stats.path.get() {
+                        Some(p) => p.clone(),
+                        None => {
+                            let p = self.path_of(ino).await;
+                            stats.path.get_or_init(|| p).clone()
+                        }
+                    });
+                    if op == AuditOp::Close {
+                        e.handle = Some(stats.counters());
+                    }
+                }
+            }
+            Subject::Layer(name) => {
+                e.detail = Some(name.into());
+            }
+        }
+        e
+    }
+
+    /// Remember that `ino` is called `name` in `parent` (while auditing is on).
+    pub(super) fn learn_name(&self, ino: Ino, parent: Ino, name: &[u8]) {
+        if ino != Ino::ROOT && self.audit_level() != AuditLevel::Off {
+            self.inner
+                .audit
+                .names
+                .insert(ino, (parent, Arc::from(name)));
+        }
+    }
+
+    /// The inode an entry names, while auditing is on (for the event of its removal).
+    pub(super) async fn entry_ino(&self, parent: Ino, name: &[u8]) -> Option<Ino> {
+        if !self.audits() {
+            return None;
+        }
+        self.reader()
+            .lookup(parent, name)
+            .await
+            .ok()
+            .flatten()
+            .map(|e| e.ino)
+    }
+
+    /// A removed entry no longer names its inode: forget it if it was the inode's cached name
+    /// (the next event of the inode finds a remaining name in the store).
+    pub(super) fn forget_name(&self, ino: Option<Ino>, parent: Ino, name: &[u8]) {
+        let Some(ino) = ino else { return };
+        let names = &self.inner.audit.names;
+        if names
+            .get(&ino)
+            .is_some_and(|(p, n)| p == parent && &*n == name)
+        {
+            names.invalidate(&ino);
+        }
+    }
+
+    /// Re-read which inode `parent`'s entry `name` names, and remember it.
+    pub(super) async fn relearn(&self, parent: Ino, name: &[u8]) {
+        if let Ok(Some(entry)) = self.reader().lookup(parent, name).await {
+            self.learn_name(entry.ino, parent, name);
+        }
+    }
+
+    /// The path of `parent`'s entry `name`.
+    async fn child_path(&self, parent: Ino, name: &[u8]) -> Arc<str> {
+        let dir = self.path_of(parent).await;
+        let name = crate::audit::path_display(name);
+        if &*dir == "/" {
+            format!("/{name}").into()
+        } else {
+            format!("{dir}/{name}").into()
+        }
+    }
+
+    /// The path of `ino` from the tenant's root (its most recently learned name).
+    pub(super) async fn path_of(&self, ino: Ino) -> Arc<str> {
+        let mut parts: Vec<Arc<[u8]>> = Vec::new();
+        let mut cur = ino;
+        let mut unknown = None;
+        while cur != Ino::ROOT {
+            if parts.len() >= MAX_DEPTH {
+                unknown = Some(cur);
+                break;
+            }
+            let found = match self.inner.audit.names.get(&cur) {
+                Some(found) => Some(found),
+                None => self.locate(cur).await,
+            };
+            match found {
+                Some((parent, name)) => {
+                    parts.push(name);
+                    cur = parent;
+                }
+                None => {
+                    unknown = Some(cur);
+                    break;
+                }
+            }
+        }
+        let mut path = String::new();
+        if let Some(ino) = unknown {
+            // Not reachable from the root any more (unlinked) or not found: name it by number.
+            path.push_str(&format!("#{ino}"));
+        }
+        for name in parts.iter().rev() {
+            path.push('/');
+            path.push_str(&crate::audit::path_display(name));
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        path.into()
+    }
+
+    /// Find an inode's name in the store through its parent hint, and remember it.
+    async fn locate(&self, ino: Ino) -> Option<(Ino, Arc<[u8]>)> {
+        let mut r = self.reader();
+        let parent = r.inode(ino).await.ok()??.parent;
+        let mut after = 0;
+        let mut scanned = 0;
+        while scanned < MAX_SCAN {
+            let page = r.list_dir(parent, after, 1024).await.ok()?;
+            let Some(last) = page.last() else { break };
+            after = last.cookie;
+            scanned += page.len();
+            if let Some(entry) = page.into_iter().find(|e| e.ino == ino) {
+                let found = (parent, Arc::<[u8]>::from(entry.name));
+                self.inner.audit.names.insert(ino, found.clone());
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// Count a read or write through `fh` for its `close` event and the byte metrics.
+    pub(super) fn count_io(&self, fh: FileHandle, write: bool, bytes: u64) {
+        let Ok((_, stats)) = self.handle_audit(fh) else {
+            return;
+        };
+        if write {
+            stats.writes.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_written.fetch_add(bytes, Ordering::Relaxed);
+            metrics::counter!("tarbox_written_bytes_total").increment(bytes);
+        } else {
+            stats.reads.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_read.fetch_add(bytes, Ordering::Relaxed);
+            metrics::counter!("tarbox_read_bytes_total").increment(bytes);
+        }
+    }
+
+    /// Remember the path a handle was opened by (a later rename does not change its record).
+    pub(super) async fn note_handle_path(&self, fh: FileHandle, parent: Ino, name: &[u8]) {
+        if self.audit_level() < AuditLevel::Standard {
+            return;
+        }
+        if let Ok((_, stats)) = self.handle_audit(fh) {
+            let path = self.child_path(parent, name).await;
+            let _ = stats.path.set(path);
+        }
+    }
+
+    /// Publish the tenant's usage and quota as gauges.
+    pub(super) async fn publish_usage(&self) {
+        let Ok((usage, quota)) = self.usage().await else {
+            return;
+        };
+        let tenant = self.inner.tenant.name.clone();
+        metrics::gauge!("tarbox_quota_used_bytes", "tenant" => tenant.clone())
+            .set(usage.bytes as f64);
+        metrics::gauge!("tarbox_quota_used_inodes", "tenant" => tenant.clone())
+            .set(usage.inodes as f64);
+        if let Some(limit) = quota.bytes {
+            metrics::gauge!("tarbox_quota_limit_bytes", "tenant" => tenant.clone())
+                .set(limit as f64);
+        }
+        if let Some(limit) = quota.inodes {
+            metrics::gauge!("tarbox_quota_limit_inodes", "tenant" => tenant).set(limit as f64);
+        }
+    }
+}
