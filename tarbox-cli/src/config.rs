@@ -14,6 +14,10 @@ pub struct ConfigFile {
     pub database_url: Option<String>,
     /// Tenant used when `--tenant` is not given.
     pub tenant: Option<String>,
+    /// Audit level of mounts that do not pass `--audit-level`.
+    pub audit_level: Option<tarbox_fs::AuditLevel>,
+    /// Address mounts serve Prometheus metrics on when `--metrics-addr` is not given.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl ConfigFile {

@@ -2,16 +2,21 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 the command line was invalid.
 
+mod audit;
 mod config;
+mod fs;
+mod fsck;
 mod layer;
+mod metrics;
 mod mount;
 mod tenant;
+mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use tarbox_fs::{Engine, EngineConfig};
 
 use config::ConfigFile;
@@ -64,6 +69,42 @@ enum Command {
         after_help = "Examples:\n  tarbox layer checkpoint -t agent-1 before-refactor\n  tarbox layer switch -t agent-1 before-refactor\n  tarbox layer diff -t agent-1"
     )]
     Layer(layer::LayerArgs),
+    /// A tenant's files without a mount: ls, stat, cat, put, get, mkdir, rm, mv, tree.
+    #[command(
+        after_help = "Examples:\n  tarbox fs ls -t agent-1 -l /\n  tarbox fs put -t agent-1 ./data.csv /data/data.csv\n  tarbox fs cat -t agent-1 --layer before-refactor /notes.txt"
+    )]
+    Fs(fs::FsArgs),
+    /// Write a tenant's tree (or a checkpoint of it) as a tar archive, to stdout by default.
+    #[command(
+        after_help = "Examples:\n  tarbox export -t agent-1 -o agent-1.tar\n  tarbox export -t agent-1 --layer before-refactor | tar -tvf -"
+    )]
+    Export(transfer::ExportArgs),
+    /// Copy a tar archive (a file or `-` for stdin) or a local directory into a tenant.
+    #[command(
+        after_help = "Examples:\n  tarbox import -t agent-2 agent-1.tar\n  tar -cf - -C ./dataset . | tarbox import -t agent-2 - --into /data\n  tarbox import -t agent-2 ./checkout --into /src"
+    )]
+    Import(transfer::ImportArgs),
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  tarbox completions bash > /etc/bash_completion.d/tarbox\n  tarbox completions zsh > \"${fpath[1]}/_tarbox\"\n  tarbox completions fish > ~/.config/fish/completions/tarbox.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Query, follow and summarize a tenant's audit trail; set its level and retention.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Check a tenant's tree: names, link counts, blocks and usage (exit code 1 on problems).
+    #[command(
+        after_help = "Examples:\n  tarbox fsck -t agent-1\n  tarbox fsck -t agent-1 --output json"
+    )]
+    Fsck {
+        #[arg(long, short = 't')]
+        tenant: String,
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Database administration.
     #[command(subcommand)]
     Db(DbCommand),
@@ -150,6 +191,15 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
         Command::Tenant(cmd) => tenant::run(&ctx, cmd).await,
         Command::Layer(args) => layer::run(&ctx, args).await,
+        Command::Audit(cmd) => audit::run(&ctx, cmd).await,
+        Command::Fsck { tenant, output } => fsck::run(&ctx, &tenant, output).await,
+        Command::Fs(args) => fs::run(&ctx, args).await,
+        Command::Export(args) => transfer::export(&ctx, args).await,
+        Command::Import(args) => transfer::import(&ctx, args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tarbox", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Db(DbCommand::Migrate) => {
             let url = ctx.database_url()?;
             if !url.starts_with("postgres") {

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
-use tarbox_fs::{FsError, TenantOptions, VolumeOptions};
+use std::sync::Arc;
+
+use tarbox_fs::audit::{AuditConfig, JsonLinesSink, Overflow};
+use tarbox_fs::{AuditLevel, FsError, TenantOptions, VolumeOptions};
 use tarbox_fuse::{CacheTimeouts, MountOptions};
 use tracing::{info, warn};
 
@@ -16,7 +19,8 @@ Examples:
   tarbox mount /mnt/scratch                                   # in-memory, vanishes at unmount
   tarbox --database postgres://localhost/tarbox mount --tenant agent-1 /mnt/agent-1
   tarbox mount --tenant agent-1 --layer before-refactor --allow-other /mnt/snapshot
-  tarbox mount -o max_read=131072 /mnt/scratch";
+  tarbox mount -o max_read=131072 /mnt/scratch
+  tarbox mount --audit-level full --audit-log /var/log/tarbox-audit.jsonl --metrics-addr 127.0.0.1:9567 /mnt/x";
 
 /// Tenant used when none is named.
 const DEFAULT_TENANT: &str = "default";
@@ -55,9 +59,33 @@ pub struct MountArgs {
     /// Run automatic checkpoints in this mount when the tenant has them on (`tarbox layer auto`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     auto_checkpoint: bool,
+    /// Audit level of this mount (off, basic, standard, full); default: the tenant's setting.
+    #[arg(long, value_name = "LEVEL", value_parser = parse_level)]
+    audit_level: Option<AuditLevel>,
+    /// Also write audit events as JSON lines to FILE ("-" for stdout).
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// Write change events in the same transaction as the change (compliance mode).
+    #[arg(long)]
+    audit_strict: bool,
+    /// When the audit queue is full: drop (count) events, or block operations until there is room.
+    #[arg(long, default_value = "drop", value_name = "drop|block", value_parser = parse_overflow)]
+    audit_overflow: Overflow,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9567); default: the config
+    /// file's `metrics_addr`, else none.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Extra FUSE mount options, comma separated or repeated (`-o allow_other,ro` style).
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     options: Vec<String>,
+}
+
+fn parse_level(s: &str) -> Result<AuditLevel, String> {
+    s.parse()
+}
+
+fn parse_overflow(s: &str) -> Result<Overflow, String> {
+    s.parse()
 }
 
 fn seconds(flag: &str, v: f64) -> Result<Duration> {
@@ -98,8 +126,27 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
             "using the in-memory store: the contents vanish when this mount ends (pass --database to keep them)"
         );
     }
+    if let Some(addr) = args.metrics_addr.or(ctx.file.metrics_addr) {
+        crate::metrics::serve(addr)?;
+        info!(%addr, "serving Prometheus metrics on /metrics");
+    }
+    let mut audit = AuditConfig {
+        strict: args.audit_strict,
+        overflow: args.audit_overflow,
+        ..AuditConfig::default()
+    };
+    match args.audit_log.as_deref() {
+        None => {}
+        Some(p) if p == Path::new("-") => audit.sinks.push(Arc::new(JsonLinesSink::stdout())),
+        Some(p) => audit
+            .sinks
+            .push(Arc::new(JsonLinesSink::file(p).with_context(|| {
+                format!("cannot open --audit-log {}", p.display())
+            })?)),
+    }
     let config = tarbox_fs::EngineConfig {
         block_cache_bytes: cache_bytes,
+        audit,
         ..tarbox_fs::EngineConfig::default()
     };
     let engine = tarbox_fs::Engine::open(&url, config)
@@ -126,6 +173,12 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
             VolumeOptions {
                 read_only: args.read_only,
                 layer: args.layer.clone(),
+                audit_level: args.audit_level.or(ctx.file.audit_level),
+                mount: Some(format!(
+                    "{}:{}",
+                    tarbox_fs::audit::host_name(),
+                    args.mountpoint.display()
+                )),
             },
         )
         .await
@@ -149,6 +202,7 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
     let mounted = tarbox_fuse::mount(volume, &args.mountpoint, &options)?;
     // Tenants deleted elsewhere are purged by whichever long-running process sees them first.
     let purger = (!in_memory).then(|| engine.spawn_purger(Duration::from_secs(300)));
+    let audit_upkeep = engine.spawn_audit_maintenance(Duration::from_secs(3600));
     println!(
         "tarbox: tenant {tenant:?} mounted at {}",
         args.mountpoint.display()
@@ -170,6 +224,7 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
     if let Some(c) = checkpointer {
         c.abort();
     }
+    audit_upkeep.abort();
     engine.close().await.ok();
     served.context("the FUSE session ended with an error")?;
     info!("unmounted");

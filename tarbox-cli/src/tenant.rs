@@ -181,6 +181,14 @@ fn print_one(t: &TenantInfo, output: Output) -> Result<()> {
                 t.usage.inodes,
                 t.quota.inodes.map_or("unlimited".into(), |n| n.to_string())
             );
+            let default = |own: bool| if own { "" } else { " (default)" };
+            println!(
+                "audit:       {}{}, kept {} days{}",
+                t.audit_level,
+                default(t.audit.level.is_some()),
+                t.audit_retention_days,
+                default(t.audit.retention_days.is_some())
+            );
         }
     }
     Ok(())

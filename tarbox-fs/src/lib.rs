@@ -43,8 +43,9 @@ pub use audit::{AuditConfig, AuditEvent, AuditFilter, AuditLevel, AuditOp};
 pub use backend::{Backend, Compression, LayerRecord, TenantAudit, TenantRecord, TenantState};
 pub use control::ControlFs;
 pub use engine::{
-    Change, ChangeKind, ContentDiff, Engine, EngineConfig, LayerDiff, LayerSummary, LayerTree,
-    TEXT_DIFF_LIMIT, TenantInfo, TenantOptions, Volume, VolumeOptions, validate_layer_name,
+    Change, ChangeKind, ContentDiff, Engine, EngineConfig, FsckProblem, FsckReport, LayerDiff,
+    LayerSummary, LayerTree, TEXT_DIFF_LIMIT, TenantInfo, TenantOptions, Volume, VolumeOptions,
+    validate_layer_name,
 };
 pub use error::{BackendError, FsError, FsResult, QuotaKind};
 pub use types::*;

@@ -167,7 +167,7 @@ backend_tests! {
         assert_eq!(other.usage().await.inodes, 3);
 
         // A read-only volume of a tenant sees its files and refuses changes.
-        let read_only = VolumeOptions { read_only: true, layer: None };
+        let read_only = VolumeOptions { read_only: true, ..VolumeOptions::default() };
         let ro = t.engine.volume_with(&t.tenant, read_only).await.expect("read-only volume");
         assert_errno!(ro.mkdir(&Caller::root(), Ino::ROOT, b"x", 0o755).await, libc::EROFS);
         assert!(ro.lookup(&Caller::root(), Ino::ROOT, b"only-first").await.is_ok());

@@ -35,7 +35,9 @@ pub use pipeline::{AuditCounters, Auditor};
 pub use sink::{AuditSink, JsonLinesSink, SinkError, StoreSink, TracingSink};
 
 /// How much of a tenant's activity is recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditLevel {
     /// Nothing (metrics are still counted).
@@ -44,6 +46,7 @@ pub enum AuditLevel {
     /// operations) and every denial.
     Basic,
     /// Basic plus one record per open handle at close, with read and write counts and bytes.
+    #[default]
     Standard,
     /// Standard plus every read, write, lookup, getattr, open, readdir and other access.
     Full,
@@ -83,12 +86,6 @@ impl AuditLevel {
             OpClass::Handle => self >= AuditLevel::Standard,
             OpClass::Access => self >= AuditLevel::Full,
         }
-    }
-}
-
-impl Default for AuditLevel {
-    fn default() -> Self {
-        AuditLevel::Standard
     }
 }
 

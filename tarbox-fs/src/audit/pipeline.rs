@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::warn;
 
 use super::{AuditConfig, AuditEvent, AuditSink, Overflow};
@@ -48,6 +48,7 @@ struct Counters {
 #[derive(Debug)]
 pub struct Auditor {
     tx: mpsc::Sender<Msg>,
+    flush_requested: Arc<Notify>,
     overflow: Overflow,
     capacity: usize,
     counters: Arc<Counters>,
@@ -59,8 +60,10 @@ impl Auditor {
         let capacity = config.queue_capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let counters = Arc::new(Counters::default());
+        let flush_requested = Arc::new(Notify::new());
         let writer = Writer {
             rx,
+            flush_requested: flush_requested.clone(),
             sinks,
             batch_size: config.batch_size.max(1),
             flush_interval: config.flush_interval,
@@ -69,6 +72,7 @@ impl Auditor {
         tokio::spawn(writer.run());
         Auditor {
             tx,
+            flush_requested,
             overflow: config.overflow,
             capacity,
             counters,
@@ -91,7 +95,6 @@ impl Auditor {
             metrics::counter!("tarbox_audit_dropped_total", "reason" => "queue_full").increment(1);
             self.warn_drop();
         }
-        metrics::gauge!("tarbox_audit_queue_depth").set(self.depth() as f64);
     }
 
     /// Events waiting in the queue.
@@ -103,6 +106,7 @@ impl Auditor {
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            self.flush_requested.notify_one();
             let _ = wait.await;
         }
     }
@@ -139,6 +143,7 @@ impl Auditor {
 
 struct Writer {
     rx: mpsc::Receiver<Msg>,
+    flush_requested: Arc<Notify>,
     sinks: Vec<Arc<dyn AuditSink>>,
     batch_size: usize,
     flush_interval: Duration,
@@ -149,37 +154,62 @@ impl Writer {
     async fn run(mut self) {
         let mut msgs = Vec::with_capacity(self.batch_size);
         loop {
-            if self.rx.recv_many(&mut msgs, self.batch_size).await == 0 {
+            // Idle: wait for the first message.
+            let Some(first) = self.rx.recv().await else {
                 return; // every sender is gone: the engine was dropped
-            }
-            // Wait up to the flush interval to fill the batch, unless someone waits for a flush.
-            let deadline = tokio::time::Instant::now() + self.flush_interval;
-            while msgs.len() < self.batch_size && !msgs.iter().any(|m| matches!(m, Msg::Flush(_))) {
-                let room = self.batch_size - msgs.len();
-                match tokio::time::timeout_at(deadline, self.rx.recv_many(&mut msgs, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
+            };
+            let flush_now = matches!(first, Msg::Flush(_));
+            msgs.push(first);
+            // Let a batch gather for the flush interval without being woken by every event
+            // (a wake-up per event would cost each file operation a context switch), unless
+            // someone waits for a flush.
+            if !flush_now {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.flush_interval) => {}
+                    _ = self.flush_requested.notified() => {}
                 }
             }
-            let mut events = Vec::with_capacity(msgs.len());
-            let mut waiters = Vec::new();
-            for msg in msgs.drain(..) {
-                match msg {
-                    Msg::Event(e) => events.push(*e),
-                    Msg::Flush(done) => waiters.push(done),
+            // Write everything queued by now, a batch at a time.
+            loop {
+                while msgs.len() < self.batch_size {
+                    match self.rx.try_recv() {
+                        Ok(m) => msgs.push(m),
+                        Err(_) => break,
+                    }
+                }
+                let full = msgs.len() >= self.batch_size;
+                self.process(&mut msgs).await;
+                if !full {
+                    break;
                 }
             }
-            if !events.is_empty() {
-                self.deliver(&events).await;
+        }
+    }
+
+    /// Deliver the events of `msgs` in order, answering each flush once what preceded it is
+    /// delivered.
+    async fn process(&self, msgs: &mut Vec<Msg>) {
+        let mut events = Vec::with_capacity(msgs.len());
+        for msg in msgs.drain(..) {
+            match msg {
+                Msg::Event(e) => events.push(*e),
+                Msg::Flush(done) => {
+                    if !events.is_empty() {
+                        self.deliver(&events).await;
+                        events.clear();
+                    }
+                    let _ = done.send(());
+                }
             }
-            for done in waiters {
-                let _ = done.send(());
-            }
+        }
+        if !events.is_empty() {
+            self.deliver(&events).await;
         }
     }
 
     async fn deliver(&self, events: &[AuditEvent]) {
         let n = events.len() as u64;
+        metrics::gauge!("tarbox_audit_queue_depth").set(self.rx.len() as f64);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("tarbox_audit_batch_size").record(n as f64);
         for sink in &self.sinks {

@@ -47,12 +47,19 @@ impl AuditSink for StoreSink {
     }
 
     async fn write(&self, events: &[AuditEvent]) -> Result<(), SinkError> {
-        let pending: Vec<AuditEvent> = events.iter().filter(|e| !e.in_store).cloned().collect();
-        if pending.is_empty() {
+        // Strict-mode changes are already stored; copy the batch only when it has some.
+        let pending: Vec<AuditEvent>;
+        let events = if events.iter().any(|e| e.in_store) {
+            pending = events.iter().filter(|e| !e.in_store).cloned().collect();
+            &pending[..]
+        } else {
+            events
+        };
+        if events.is_empty() {
             return Ok(());
         }
         self.backend
-            .insert_audit(&pending)
+            .insert_audit(events)
             .await
             .map_err(|e| SinkError::Failed {
                 sink: "store",

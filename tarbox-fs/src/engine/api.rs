@@ -104,29 +104,29 @@ impl Volume {
 
     /// Remove a non-directory name. An open file lives on until its last handle closes.
     pub async fn unlink(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
-        let victim = self.entry_ino(parent, name).await;
-        self.audited(
-            caller,
-            AuditOp::Unlink,
-            Subject::Remove(parent, name, victim),
-            self.do_unlink(caller, parent, name),
-        )
-        .await?;
-        self.forget_name(victim, parent, name);
+        let removed = self
+            .audited(
+                caller,
+                AuditOp::Unlink,
+                Subject::Child(parent, name),
+                self.do_unlink(caller, parent, name),
+            )
+            .await?;
+        self.forget_name(removed, parent, name);
         Ok(())
     }
 
     /// Remove an empty directory. `ENOTEMPTY`, `ENOTDIR`, `EBUSY` for the root.
     pub async fn rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
-        let victim = self.entry_ino(parent, name).await;
-        self.audited(
-            caller,
-            AuditOp::Rmdir,
-            Subject::Remove(parent, name, victim),
-            self.do_rmdir(caller, parent, name),
-        )
-        .await?;
-        self.forget_name(victim, parent, name);
+        let removed = self
+            .audited(
+                caller,
+                AuditOp::Rmdir,
+                Subject::Child(parent, name),
+                self.do_rmdir(caller, parent, name),
+            )
+            .await?;
+        self.forget_name(removed, parent, name);
         Ok(())
     }
 
@@ -236,13 +236,16 @@ impl Volume {
         } else {
             AuditOp::Open
         };
-        self.audited(
-            caller,
-            kind,
-            Subject::Ino(ino),
-            self.do_open(caller, ino, flags),
-        )
-        .await
+        let fh = self
+            .audited(
+                caller,
+                kind,
+                Subject::Ino(ino),
+                self.do_open(caller, ino, flags),
+            )
+            .await?;
+        self.note_opener(fh, caller);
+        Ok(fh)
     }
 
     /// Create and open a regular file (`open` with `O_CREAT`; `O_EXCL` honoured).
@@ -263,7 +266,7 @@ impl Volume {
             )
             .await?;
         self.learn_name(attr.ino, parent, name);
-        self.note_handle_path(fh, parent, name).await;
+        self.note_opener(fh, caller);
         Ok((attr, fh))
     }
 

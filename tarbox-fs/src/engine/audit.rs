@@ -9,14 +9,15 @@
 //! entry) is located through its parent hint in the store.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::Volume;
+use super::{Volume, lock};
 use crate::audit::{AuditEvent, AuditLevel, AuditOp, HandleCounters, OpClass, is_denial};
 use crate::backend::{LayerRecord, StoreTxn};
 use crate::error::FsResult;
@@ -26,8 +27,9 @@ use crate::types::{Caller, DirEntry, FileAttr, FileHandle, Ino, Timestamp};
 const MAX_DEPTH: usize = 256;
 /// Directory entries scanned to locate an inode missing from the name cache.
 const MAX_SCAN: usize = 65_536;
-/// Names remembered per volume.
-const NAME_CACHE_ENTRIES: u64 = 1 << 20;
+/// Names remembered per volume; past this the cache starts over (names are found again in the
+/// store on demand).
+const NAME_CACHE_ENTRIES: usize = 1 << 20;
 
 tokio::task_local! {
     /// The event a strict-mode change writes in its own transaction.
@@ -44,8 +46,6 @@ struct StrictSlot {
 pub(super) enum Subject<'a> {
     Ino(Ino),
     Child(Ino, &'a [u8]),
-    /// The entry `(parent, name)` about to be removed, naming inode `ino` if auditing found it.
-    Remove(Ino, &'a [u8], Option<Ino>),
     /// A rename: from `(parent, name)` to `(newparent, newname)`.
     Move(Ino, &'a [u8], Ino, &'a [u8]),
     /// A new hard link of an inode at `(newparent, newname)`.
@@ -58,13 +58,32 @@ pub(super) enum Subject<'a> {
     Layer(&'a str),
 }
 
+/// Where an inode was last seen: its directory and its name there.
+type NameEntry = (Ino, Arc<[u8]>);
+
 /// A volume's audit state.
 pub(super) struct VolumeAudit {
     level: AtomicU8,
     /// Set by the mount: the tenant's stored level is then ignored.
     pinned_level: Option<AuditLevel>,
     pub(super) mount: Arc<str>,
-    names: moka::sync::Cache<Ino, (Ino, Arc<[u8]>)>,
+    /// ino -> (parent, name). A plain map under a mutex: an insert on every create and lookup
+    /// must cost tens of nanoseconds, not a concurrent cache's microsecond.
+    names: Mutex<HashMap<Ino, NameEntry>>,
+}
+
+impl VolumeAudit {
+    fn name_of(&self, ino: Ino) -> Option<NameEntry> {
+        lock(&self.names).get(&ino).cloned()
+    }
+
+    fn remember(&self, ino: Ino, parent: Ino, name: Arc<[u8]>) {
+        let mut names = lock(&self.names);
+        if names.len() >= NAME_CACHE_ENTRIES && !names.contains_key(&ino) {
+            names.clear();
+        }
+        names.insert(ino, (parent, name));
+    }
 }
 
 impl VolumeAudit {
@@ -77,7 +96,7 @@ impl VolumeAudit {
             level: AtomicU8::new(pinned_level.unwrap_or(level) as u8),
             pinned_level,
             mount,
-            names: moka::sync::Cache::new(NAME_CACHE_ENTRIES),
+            names: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -90,6 +109,17 @@ pub(super) struct HandleStats {
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
     path: OnceLock<Arc<str>>,
+    /// Who opened the handle: its `close` is theirs (the kernel sends a release without a pid).
+    opener: OnceLock<Opener>,
+}
+
+#[derive(Debug)]
+struct Opener {
+    uid: u32,
+    gid: u32,
+    pid: u32,
+    process: Option<Arc<str>>,
+    pod: Option<Arc<crate::types::PodIdentity>>,
 }
 
 impl HandleStats {
@@ -139,18 +169,49 @@ impl Outcome for Vec<u8> {
     }
 }
 
+impl Outcome for Ino {
+    fn note(&self, event: &mut AuditEvent) {
+        event.ino = Some(*self);
+    }
+}
+
 impl Outcome for u32 {
     fn note(&self, event: &mut AuditEvent) {
         event.bytes = u64::from(*self);
     }
 }
 
+/// Each operation's count and latency metrics, registered once per engine with the recorder
+/// installed then (an exporter is installed before the engine is opened), so the data path does
+/// not build label sets.
+pub(super) struct OpMetrics {
+    by_op: Vec<(metrics::Counter, metrics::Histogram)>,
+}
+
+impl OpMetrics {
+    pub(super) fn register() -> OpMetrics {
+        OpMetrics {
+            by_op: AuditOp::ALL
+                .iter()
+                .map(|op| {
+                    let name = op.as_str();
+                    (
+                        metrics::counter!("tarbox_operations_total", "op" => name),
+                        metrics::histogram!("tarbox_operation_duration_seconds", "op" => name),
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Record an operation's count, latency and errors as metrics (whatever the audit level).
-fn record_metrics(op: AuditOp, errno: i32, elapsed: Duration) {
+fn record_metrics(m: &OpMetrics, op: AuditOp, errno: i32, elapsed: Duration) {
     let name = op.as_str();
-    metrics::counter!("tarbox_operations_total", "op" => name).increment(1);
-    metrics::histogram!("tarbox_operation_duration_seconds", "op" => name)
-        .record(elapsed.as_secs_f64());
+    if let Some((count, latency)) = m.by_op.get(op as usize) {
+        count.increment(1);
+        latency.record(elapsed.as_secs_f64());
+    }
     if errno != 0 {
         metrics::counter!("tarbox_operation_errors_total", "op" => name, "errno" => crate::audit::errno_name(errno))
             .increment(1);
@@ -246,7 +307,7 @@ impl Volume {
         };
         let elapsed = started.elapsed();
         let errno = result.as_ref().err().map_or(0, |e| e.errno());
-        record_metrics(kind, errno, elapsed);
+        record_metrics(&self.shared().op_metrics, kind, errno, elapsed);
         let event = match template {
             Some(e) => Some(e),
             None if level != AuditLevel::Off && is_denial(errno) => {
@@ -290,8 +351,8 @@ impl Volume {
         Ok(())
     }
 
-    /// Tell the strict-mode record which inode a create made.
-    pub(super) fn note_created(ino: Ino) {
+    /// Tell the strict-mode record which inode the change made or removed.
+    pub(super) fn note_inode(ino: Ino) {
         let _ = STRICT.try_with(|s| s.event.borrow_mut().ino = Some(ino));
     }
 
@@ -336,10 +397,6 @@ impl Volume {
             Subject::Child(parent, name) => {
                 e.path = Some(self.child_path(parent, name).await);
             }
-            Subject::Remove(parent, name, ino) => {
-                e.path = Some(self.child_path(parent, name).await);
-                e.ino = ino;
-            }
             Subject::Move(p, n, np, nn) => {
                 e.path = Some(self.child_path(p, n).await);
                 e.path2 = Some(self.child_path(np, nn).await);
@@ -366,6 +423,11 @@ impl Volume {
                     });
                     if op == AuditOp::Close {
                         e.handle = Some(stats.counters());
+                        if let Some(o) = stats.opener.get() {
+                            (e.uid, e.gid, e.pid) = (o.uid, o.gid, o.pid);
+                            e.process.clone_from(&o.process);
+                            e.pod.clone_from(&o.pod);
+                        }
                     }
                 }
             }
@@ -379,36 +441,19 @@ impl Volume {
     /// Remember that `ino` is called `name` in `parent` (while auditing is on).
     pub(super) fn learn_name(&self, ino: Ino, parent: Ino, name: &[u8]) {
         if ino != Ino::ROOT && self.audit_level() != AuditLevel::Off {
-            self.inner
-                .audit
-                .names
-                .insert(ino, (parent, Arc::from(name)));
+            self.inner.audit.remember(ino, parent, Arc::from(name));
         }
-    }
-
-    /// The inode an entry names, while auditing is on (for the event of its removal).
-    pub(super) async fn entry_ino(&self, parent: Ino, name: &[u8]) -> Option<Ino> {
-        if !self.audits() {
-            return None;
-        }
-        self.reader()
-            .lookup(parent, name)
-            .await
-            .ok()
-            .flatten()
-            .map(|e| e.ino)
     }
 
     /// A removed entry no longer names its inode: forget it if it was the inode's cached name
     /// (the next event of the inode finds a remaining name in the store).
-    pub(super) fn forget_name(&self, ino: Option<Ino>, parent: Ino, name: &[u8]) {
-        let Some(ino) = ino else { return };
-        let names = &self.inner.audit.names;
+    pub(super) fn forget_name(&self, ino: Ino, parent: Ino, name: &[u8]) {
+        let mut names = lock(&self.inner.audit.names);
         if names
             .get(&ino)
-            .is_some_and(|(p, n)| p == parent && &*n == name)
+            .is_some_and(|(p, n)| *p == parent && &**n == name)
         {
-            names.invalidate(&ino);
+            names.remove(&ino);
         }
     }
 
@@ -440,7 +485,7 @@ impl Volume {
                 unknown = Some(cur);
                 break;
             }
-            let found = match self.inner.audit.names.get(&cur) {
+            let found = match self.inner.audit.name_of(cur) {
                 Some(found) => Some(found),
                 None => self.locate(cur).await,
             };
@@ -471,7 +516,7 @@ impl Volume {
     }
 
     /// Find an inode's name in the store through its parent hint, and remember it.
-    async fn locate(&self, ino: Ino) -> Option<(Ino, Arc<[u8]>)> {
+    async fn locate(&self, ino: Ino) -> Option<NameEntry> {
         let mut r = self.reader();
         let parent = r.inode(ino).await.ok()??.parent;
         let mut after = 0;
@@ -482,9 +527,9 @@ impl Volume {
             after = last.cookie;
             scanned += page.len();
             if let Some(entry) = page.into_iter().find(|e| e.ino == ino) {
-                let found = (parent, Arc::<[u8]>::from(entry.name));
-                self.inner.audit.names.insert(ino, found.clone());
-                return Some(found);
+                let name = Arc::<[u8]>::from(entry.name);
+                self.inner.audit.remember(ino, parent, name.clone());
+                return Some((parent, name));
             }
         }
         None
@@ -506,14 +551,19 @@ impl Volume {
         }
     }
 
-    /// Remember the path a handle was opened by (a later rename does not change its record).
-    pub(super) async fn note_handle_path(&self, fh: FileHandle, parent: Ino, name: &[u8]) {
+    /// Remember who opened `fh`, for its `close` record.
+    pub(super) fn note_opener(&self, fh: FileHandle, caller: &Caller) {
         if self.audit_level() < AuditLevel::Standard {
             return;
         }
         if let Ok((_, stats)) = self.handle_audit(fh) {
-            let path = self.child_path(parent, name).await;
-            let _ = stats.path.set(path);
+            let _ = stats.opener.set(Opener {
+                uid: caller.uid,
+                gid: caller.gid,
+                pid: caller.pid,
+                process: self.shared().process_name(caller.pid),
+                pod: caller.pod.clone(),
+            });
         }
     }
 

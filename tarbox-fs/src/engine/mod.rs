@@ -20,6 +20,7 @@ mod audit_trail;
 mod blocks;
 mod diff;
 mod dir;
+mod fsck;
 mod io;
 mod layers;
 mod names;
@@ -41,6 +42,7 @@ pub(crate) use names::CONTROL_DIR;
 pub(crate) use perm::allowed as perm_allows;
 
 pub use diff::{Change, ChangeKind, ContentDiff, LayerDiff, TEXT_DIFF_LIMIT};
+pub use fsck::{FsckProblem, FsckReport};
 pub use layers::{LayerSummary, LayerTree, validate_layer_name};
 pub use tenants::{TenantInfo, TenantOptions};
 
@@ -89,6 +91,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// A process name and when it was read.
+type ProcessName = (std::time::Instant, Option<Arc<str>>);
+
 /// State shared by an engine and all its volumes.
 struct Shared {
     backend: Arc<dyn Backend>,
@@ -97,8 +102,9 @@ struct Shared {
     session: u64,
     auditor: Auditor,
     node: Arc<str>,
-    /// pid -> process name, briefly: a pid names the same process for a while.
-    processes: moka::sync::Cache<u32, Option<Arc<str>>>,
+    /// pid -> (when read, process name): a pid names the same process for a while.
+    processes: Mutex<HashMap<u32, ProcessName>>,
+    op_metrics: audit::OpMetrics,
     /// Numbers the volumes of this engine, for their default mount names.
     volumes_opened: AtomicU64,
 }
@@ -113,11 +119,22 @@ impl Shared {
         if pid == 0 {
             return None;
         }
-        self.processes.get_with(pid, || {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .ok()
-                .map(|s| Arc::from(s.trim_end()))
-        })
+        const FRESH: Duration = Duration::from_secs(10);
+        const ENTRIES: usize = 4096;
+        if let Some((at, name)) = lock(&self.processes).get(&pid) {
+            if at.elapsed() < FRESH {
+                return name.clone();
+            }
+        }
+        let name: Option<Arc<str>> = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()
+            .map(|s| Arc::from(s.trim_end()));
+        let mut processes = lock(&self.processes);
+        if processes.len() >= ENTRIES {
+            processes.retain(|_, (at, _)| at.elapsed() < FRESH);
+        }
+        processes.insert(pid, (std::time::Instant::now(), name.clone()));
+        name
     }
 }
 
@@ -165,10 +182,8 @@ impl Engine {
             session,
             auditor,
             node,
-            processes: moka::sync::Cache::builder()
-                .max_capacity(4096)
-                .time_to_live(Duration::from_secs(10))
-                .build(),
+            processes: Mutex::new(HashMap::new()),
+            op_metrics: audit::OpMetrics::register(),
             volumes_opened: AtomicU64::new(0),
         });
         spawn_heartbeat(Arc::downgrade(&shared));

@@ -272,19 +272,19 @@ impl Volume {
             dir.nlink += 1;
         }
         txn.put_inode(&dir).await?;
-        Volume::note_created(ino);
+        Volume::note_inode(ino);
         self.commit(txn).await?;
         Ok(inode)
     }
 
     /// Remove a non-directory name. `EISDIR` for a directory, `EPERM` under the sticky rule.
-    /// The inode lives on while it has other names or open handles.
+    /// The inode lives on while it has other names or open handles. Returns the inode unlinked.
     pub(crate) async fn do_unlink(
         &self,
         caller: &Caller,
         parent: Ino,
         name: &[u8],
-    ) -> FsResult<()> {
+    ) -> FsResult<Ino> {
         names::validate(name)?;
         if names::is_dot(name) {
             return Err(FsError::IsDir);
@@ -295,7 +295,13 @@ impl Volume {
     }
 
     /// Remove an empty directory. `ENOTEMPTY`, `ENOTDIR`, `EINVAL` for `.`, `ENOTEMPTY` for `..`.
-    pub(crate) async fn do_rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
+    /// Returns the directory removed.
+    pub(crate) async fn do_rmdir(
+        &self,
+        caller: &Caller,
+        parent: Ino,
+        name: &[u8],
+    ) -> FsResult<Ino> {
         names::validate(name)?;
         match name {
             b"." => return Err(FsError::Invalid("cannot remove '.'")),
@@ -313,7 +319,7 @@ impl Volume {
         parent: Ino,
         name: &[u8],
         dir_wanted: bool,
-    ) -> FsResult<()> {
+    ) -> FsResult<Ino> {
         let seen = {
             let (mut r1, mut r2) = (self.reader(), self.reader());
             let (dir, entry) = futures::join!(r1.inode(parent), r2.lookup(parent, name));
@@ -353,11 +359,12 @@ impl Volume {
         victim.ctime = now;
         txn.put_inode(&dir).await?;
         let orphaned = self.drop_link(txn.as_mut(), &victim).await?;
+        Volume::note_inode(victim.ino);
         self.commit(txn).await?;
         if orphaned {
             self.mark_unlinked(victim.ino).await;
         }
-        Ok(())
+        Ok(victim.ino)
     }
 
     /// Store `inode` after it lost a name. With no names left it is deleted (quota returned), unless

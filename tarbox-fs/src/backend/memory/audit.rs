@@ -1,7 +1,7 @@
 //! The memory backend's audit table: events in day partitions, filtered and aggregated with the
 //! reference semantics of [`crate::audit`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use async_trait::async_trait;
 
@@ -15,10 +15,15 @@ use crate::backend::{
 use crate::error::BackendResult;
 use crate::types::{TenantId, Timestamp};
 
+/// Events the memory store keeps at most; past this the oldest go first (a scratch mount at the
+/// `full` level must not grow without bound between hourly expiries).
+pub const MEMORY_AUDIT_EVENTS: usize = 1_000_000;
+
 #[derive(Debug, Default)]
 pub(super) struct AuditLog {
     /// Partition start (ns) -> its events in sequence order.
-    partitions: BTreeMap<i64, Vec<AuditEvent>>,
+    partitions: BTreeMap<i64, VecDeque<AuditEvent>>,
+    len: usize,
     next_seq: u64,
 }
 
@@ -29,7 +34,18 @@ impl AuditLog {
             e.seq = self.next_seq;
             e.in_store = false;
             let start = partition_start(e.time).0;
-            self.partitions.entry(start).or_default().push(e);
+            self.partitions.entry(start).or_default().push_back(e);
+            self.len += 1;
+        }
+        while self.len > MEMORY_AUDIT_EVENTS {
+            let Some(mut oldest) = self.partitions.first_entry() else {
+                break;
+            };
+            if oldest.get_mut().pop_front().is_some() {
+                self.len -= 1;
+            } else {
+                oldest.remove();
+            }
         }
     }
 
@@ -44,13 +60,13 @@ impl AuditLog {
 #[async_trait]
 impl AuditStore for MemoryBackend {
     async fn insert_audit(&self, events: &[AuditEvent]) -> BackendResult<()> {
-        self.lock().audit.append(events.iter().cloned());
+        self.audit_log().append(events.iter().cloned());
         Ok(())
     }
 
     async fn query_audit(&self, filter: &AuditFilter) -> BackendResult<Vec<AuditEvent>> {
-        let store = self.lock();
-        let mut out: Vec<AuditEvent> = store.audit.matching(filter).cloned().collect();
+        let log = self.audit_log();
+        let mut out: Vec<AuditEvent> = log.matching(filter).cloned().collect();
         out.sort_by_key(|e| e.seq);
         if filter.order == AuditOrder::NewestFirst {
             out.reverse();
@@ -67,8 +83,8 @@ impl AuditStore for MemoryBackend {
         key: StatsKey,
         top: usize,
     ) -> BackendResult<Vec<StatsRow>> {
-        let store = self.lock();
-        Ok(aggregate(store.audit.matching(filter), key, top))
+        let log = self.audit_log();
+        Ok(aggregate(log.matching(filter), key, top))
     }
 
     async fn audit_series(
@@ -76,24 +92,23 @@ impl AuditStore for MemoryBackend {
         filter: &AuditFilter,
         interval_ns: i64,
     ) -> BackendResult<Vec<SeriesPoint>> {
-        let store = self.lock();
-        Ok(series(store.audit.matching(filter), interval_ns))
+        let log = self.audit_log();
+        Ok(series(log.matching(filter), interval_ns))
     }
 
     async fn ensure_audit_partitions(&self, from: Timestamp, to: Timestamp) -> BackendResult<()> {
-        let mut store = self.lock();
+        let mut log = self.audit_log();
         let mut start = partition_start(from).0;
         while start <= to.0 {
-            store.audit.partitions.entry(start).or_default();
+            log.partitions.entry(start).or_default();
             start += AUDIT_PARTITION_NS;
         }
         Ok(())
     }
 
     async fn audit_partitions(&self) -> BackendResult<Vec<AuditPartition>> {
-        let store = self.lock();
-        Ok(store
-            .audit
+        let log = self.audit_log();
+        Ok(log
             .partitions
             .keys()
             .map(|&start| AuditPartition {
@@ -108,33 +123,51 @@ impl AuditStore for MemoryBackend {
         default_cutoff: Timestamp,
         cutoffs: &[(TenantId, Timestamp)],
     ) -> BackendResult<ExpiryReport> {
-        let oldest_kept = cutoffs
-            .iter()
-            .map(|c| c.1)
-            .fold(default_cutoff, Timestamp::min);
-        let mut report = ExpiryReport::default();
-        let mut store = self.lock();
-        let parts = &mut store.audit.partitions;
-        let expired: Vec<i64> = parts
-            .keys()
-            .copied()
-            .filter(|&start| start + AUDIT_PARTITION_NS <= oldest_kept.0)
-            .collect();
-        for start in expired {
-            parts.remove(&start);
-            report.partitions_dropped += 1;
-        }
         let cutoff_of = |tenant: TenantId| {
             cutoffs
                 .iter()
                 .find(|c| c.0 == tenant)
                 .map_or(default_cutoff, |c| c.1)
         };
-        for events in parts.values_mut() {
+        let mut report = ExpiryReport::default();
+        let mut log = self.audit_log();
+        let mut removed = 0;
+        // Only days some tenant no longer keeps: recent and prepared partitions stay.
+        let latest_cutoff = cutoffs
+            .iter()
+            .map(|c| c.1)
+            .fold(default_cutoff, Timestamp::max);
+        // A partition goes whole when no event in it belongs to a tenant still keeping that day.
+        let droppable: Vec<i64> = log
+            .partitions
+            .iter()
+            .filter(|(start, events)| {
+                let end = Timestamp(**start + AUDIT_PARTITION_NS);
+                if end > latest_cutoff {
+                    return false;
+                }
+                let every_tenant_done = cutoffs.iter().all(|c| c.1 >= end) && default_cutoff >= end;
+                if events.is_empty() {
+                    every_tenant_done
+                } else {
+                    events.iter().all(|e| cutoff_of(e.tenant_id) >= end)
+                }
+            })
+            .map(|(start, _)| *start)
+            .collect();
+        for start in droppable {
+            if let Some(events) = log.partitions.remove(&start) {
+                removed += events.len();
+            }
+            report.partitions_dropped += 1;
+        }
+        for events in log.partitions.values_mut() {
             let before = events.len();
             events.retain(|e| e.time >= cutoff_of(e.tenant_id));
+            removed += before - events.len();
             report.events_deleted += (before - events.len()) as u64;
         }
+        log.len -= removed;
         Ok(report)
     }
 }

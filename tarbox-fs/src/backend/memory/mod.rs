@@ -53,7 +53,6 @@ struct Store {
     /// session -> (last heartbeat, closed)
     sessions: BTreeMap<u64, (Timestamp, bool)>,
     next_session: u64,
-    audit: audit::AuditLog,
 }
 
 impl Store {
@@ -66,6 +65,8 @@ impl Store {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryBackend {
     store: Arc<Mutex<Store>>,
+    /// The audit table, under its own lock: writing the trail never waits on file operations.
+    audit: Arc<Mutex<audit::AuditLog>>,
     gates: Arc<Mutex<HashMap<TenantId, Arc<AsyncMutex<()>>>>>,
 }
 
@@ -77,6 +78,10 @@ impl MemoryBackend {
     fn lock(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves data that is still structurally valid.
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn audit_log(&self) -> MutexGuard<'_, audit::AuditLog> {
+        self.audit.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn gate(&self, tenant: TenantId) -> Arc<AsyncMutex<()>> {
@@ -625,7 +630,7 @@ impl StoreTxn for MemoryTxn {
         self.committed = true;
         let events = std::mem::take(&mut self.audit);
         if !events.is_empty() {
-            self.backend.lock().audit.append(events);
+            self.backend.audit_log().append(events);
         }
         Ok(())
     }

@@ -562,14 +562,45 @@ impl AuditStore for PostgresBackend {
         default_cutoff: Timestamp,
         cutoffs: &[(TenantId, Timestamp)],
     ) -> BackendResult<ExpiryReport> {
-        let oldest_kept = cutoffs
+        let mut report = ExpiryReport::default();
+        // Only days some tenant no longer keeps: recent and prepared partitions stay.
+        let latest_cutoff = cutoffs
             .iter()
             .map(|c| c.1)
-            .fold(default_cutoff, Timestamp::min);
-        let mut report = ExpiryReport::default();
+            .fold(default_cutoff, Timestamp::max);
         for (name, start) in self.partition_names().await? {
-            if start.0 + AUDIT_PARTITION_NS <= oldest_kept.0 {
-                // The name comes from the catalog and matched audit_events_YYYYMMDD.
+            let end = Timestamp(start.0.saturating_add(AUDIT_PARTITION_NS));
+            if end > latest_cutoff {
+                continue;
+            }
+            let expired = |cutoff: &Timestamp| *cutoff >= end;
+            // The partition goes whole when no row in it belongs to a tenant still keeping that
+            // day. The name comes from the catalog and matched audit_events_YYYYMMDD.
+            let (sql, ids) = if expired(&default_cutoff) {
+                let kept: Vec<i64> = cutoffs
+                    .iter()
+                    .filter(|c| !expired(&c.1))
+                    .map(|c| c.0.0)
+                    .collect();
+                let sql =
+                    format!("SELECT EXISTS (SELECT 1 FROM \"{name}\" WHERE tenant_id = ANY($1))");
+                (sql, kept)
+            } else {
+                let gone: Vec<i64> = cutoffs
+                    .iter()
+                    .filter(|c| expired(&c.1))
+                    .map(|c| c.0.0)
+                    .collect();
+                let sql =
+                    format!("SELECT EXISTS (SELECT 1 FROM \"{name}\" WHERE tenant_id <> ALL($1))");
+                (sql, gone)
+            };
+            let keep: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(ids)
+                .fetch_one(self.pool())
+                .await
+                .map_err(map_err)?;
+            if !keep {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DROP TABLE IF EXISTS \"{name}\""
                 )))
@@ -580,29 +611,25 @@ impl AuditStore for PostgresBackend {
             }
         }
         self.partitions.forget();
+        // What is left past its tenant's retention lives in partitions other tenants keep.
         for &(tenant, cutoff) in cutoffs {
-            if cutoff > oldest_kept {
-                let done =
-                    sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1 AND at_ns < $2")
-                        .bind(tenant.0)
-                        .bind(cutoff.0)
-                        .execute(self.pool())
-                        .await
-                        .map_err(map_err)?;
-                report.events_deleted += done.rows_affected();
-            }
-        }
-        if default_cutoff > oldest_kept {
-            let listed: Vec<i64> = cutoffs.iter().map(|c| c.0.0).collect();
-            let done =
-                sqlx::query("DELETE FROM audit_events WHERE at_ns < $1 AND tenant_id <> ALL($2)")
-                    .bind(default_cutoff.0)
-                    .bind(listed)
-                    .execute(self.pool())
-                    .await
-                    .map_err(map_err)?;
+            let done = sqlx::query("DELETE FROM audit_events WHERE tenant_id = $1 AND at_ns < $2")
+                .bind(tenant.0)
+                .bind(cutoff.0)
+                .execute(self.pool())
+                .await
+                .map_err(map_err)?;
             report.events_deleted += done.rows_affected();
         }
+        let listed: Vec<i64> = cutoffs.iter().map(|c| c.0.0).collect();
+        let done =
+            sqlx::query("DELETE FROM audit_events WHERE at_ns < $1 AND tenant_id <> ALL($2)")
+                .bind(default_cutoff.0)
+                .bind(listed)
+                .execute(self.pool())
+                .await
+                .map_err(map_err)?;
+        report.events_deleted += done.rows_affected();
         Ok(report)
     }
 }
