@@ -14,7 +14,6 @@ pub async fn run(ctx: &Context, tenant: &str, output: Output) -> Result<()> {
     let report = engine.fsck(tenant, &|n| bar.set_position(n)).await;
     bar.finish_and_clear();
     let report = report?;
-    engine.close().await?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Table => {

@@ -130,6 +130,9 @@ pub enum Output {
 pub struct Context {
     database: Option<String>,
     file: ConfigFile,
+    /// The engine of this invocation, opened on first use and closed when the command ends (so
+    /// its audit events are written before the process exits).
+    engine: tokio::sync::OnceCell<Engine>,
 }
 
 impl Context {
@@ -143,7 +146,19 @@ impl Context {
 
     async fn engine(&self) -> Result<Engine> {
         let url = self.database_url()?;
-        open_engine(&url).await
+        let engine = self.engine.get_or_try_init(|| open_engine(&url)).await?;
+        Ok(engine.clone())
+    }
+
+    /// End the invocation's engine session, writing its queued audit events.
+    async fn close(&self) -> Result<()> {
+        if let Some(engine) = self.engine.get() {
+            engine
+                .close()
+                .await
+                .context("cannot close the storage session")?;
+        }
+        Ok(())
     }
 }
 
@@ -185,17 +200,24 @@ async fn run(cli: Cli) -> Result<()> {
     let ctx = Context {
         database: cli.database,
         file: ConfigFile::load(cli.config.as_deref())?,
+        engine: tokio::sync::OnceCell::new(),
     };
-    match cli.command {
-        Command::Mount(args) => mount::run(&ctx, args).await,
+    let result = run_command(&ctx, cli.command).await;
+    let closed = ctx.close().await;
+    result.and(closed)
+}
+
+async fn run_command(ctx: &Context, command: Command) -> Result<()> {
+    match command {
+        Command::Mount(args) => mount::run(ctx, args).await,
         Command::Umount { mountpoint, lazy } => mount::umount(&mountpoint, lazy),
-        Command::Tenant(cmd) => tenant::run(&ctx, cmd).await,
-        Command::Layer(args) => layer::run(&ctx, args).await,
-        Command::Audit(cmd) => audit::run(&ctx, cmd).await,
-        Command::Fsck { tenant, output } => fsck::run(&ctx, &tenant, output).await,
-        Command::Fs(args) => fs::run(&ctx, args).await,
-        Command::Export(args) => transfer::export(&ctx, args).await,
-        Command::Import(args) => transfer::import(&ctx, args).await,
+        Command::Tenant(cmd) => tenant::run(ctx, cmd).await,
+        Command::Layer(args) => layer::run(ctx, args).await,
+        Command::Audit(cmd) => audit::run(ctx, cmd).await,
+        Command::Fsck { tenant, output } => fsck::run(ctx, &tenant, output).await,
+        Command::Fs(args) => fs::run(ctx, args).await,
+        Command::Export(args) => transfer::export(ctx, args).await,
+        Command::Import(args) => transfer::import(ctx, args).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "tarbox", &mut std::io::stdout());
             Ok(())

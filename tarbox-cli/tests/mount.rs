@@ -69,6 +69,11 @@ struct Mount {
 impl Mount {
     /// Mount a fresh tenant; `None` if PostgreSQL is wanted but absent (outside strict mode).
     fn new(store: Store) -> Option<Mount> {
+        Mount::with_flags(store, &[])
+    }
+
+    /// [`Mount::new`] with extra `tarbox mount` flags.
+    fn with_flags(store: Store, flags: &[&str]) -> Option<Mount> {
         let tenant = format!("e2e-{}-{}", std::process::id(), nanos());
         let mut args = Vec::new();
         if let Store::Postgres = store {
@@ -94,6 +99,7 @@ impl Mount {
             tenant.clone(),
             "--allow-other".into(),
         ]);
+        args.extend(flags.iter().map(|f| f.to_string()));
         let dir = tempfile::tempdir().expect("mount dir");
         let mut m = Mount {
             dir,
@@ -223,6 +229,69 @@ fn audit_trail_names_processes(m: Mount) {
         .find(|l| l.contains("close") && l.contains("(cat)"))
         .unwrap_or_else(|| panic!("no close by cat:\n{recent}"));
     assert!(read.contains("read=5B"), "{read}");
+}
+
+/// `--metrics-addr` serves Prometheus text with per-operation counters and the audit queue.
+#[test]
+fn metrics_are_served() {
+    if !fuse_available() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let Some(m) = Mount::with_flags(Store::Memory, &["--metrics-addr", &addr]) else {
+        return;
+    };
+    sh_ok(&m, "echo hi > f && cat f > /dev/null");
+    let scrape = || -> String {
+        use std::io::{Read, Write};
+        let mut conn =
+            std::net::TcpStream::connect(&addr).expect("connect to the metrics endpoint");
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .expect("request");
+        let mut body = String::new();
+        conn.read_to_string(&mut body).expect("response");
+        body
+    };
+    let body = scrape();
+    for want in [
+        "tarbox_operations_total{op=\"create\"}",
+        "tarbox_operation_duration_seconds_bucket{op=\"read\"",
+        "tarbox_written_bytes_total",
+        "tarbox_audit_events_total",
+    ] {
+        assert!(body.contains(want), "{want} missing from /metrics:\n{body}");
+    }
+}
+
+/// Events queued in a mount are written when it unmounts cleanly.
+#[test]
+fn audit_events_survive_a_clean_unmount() {
+    if !fuse_available() {
+        return;
+    }
+    let Some(mut m) = Mount::new(Store::Postgres) else {
+        return;
+    };
+    sh_ok(&m, "for i in 1 2 3 4 5; do echo $i > f$i; done");
+    m.stop();
+    let url = pg_url();
+    let out = run(Command::new(BIN).args([
+        "--database",
+        &url,
+        "audit",
+        "query",
+        "-t",
+        &m.tenant,
+        "--op",
+        "create",
+        "--output",
+        "json",
+    ]));
+    assert_eq!(out.lines().count(), 5, "{out}");
 }
 
 /// A tree written through one mount, exported, imported into another tenant and read through a

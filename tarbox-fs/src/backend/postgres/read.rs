@@ -111,7 +111,8 @@ const LOOKUP_N: &str = "SELECT name, ino, kind, cookie FROM dentries \
      WHERE tenant_id = $1 AND parent = $2 AND name = $3 AND layer_id = ANY($4) \
      ORDER BY layer_id DESC LIMIT 1";
 
-// Served by the (tenant_id, parent, layer_id, cookie) index: a page costs LIMIT rows.
+// Served by the partial (tenant_id, parent, layer_id, cookie) index of live entries (0004): a page
+// costs LIMIT rows.
 const LIST_1: &str = "SELECT name, ino, kind, cookie FROM dentries \
      WHERE tenant_id = $1 AND parent = $2 AND layer_id = $3[1] AND cookie > $4 \
        AND ino IS NOT NULL \
