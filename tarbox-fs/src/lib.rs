@@ -7,6 +7,9 @@
 //! resolution — so that frontends (the FUSE mount, the CLI, the CSI driver) only translate their
 //! protocol into calls on a [`Volume`].
 //!
+//! Every operation is measured and, at the tenant's [`AuditLevel`], recorded as an
+//! [`AuditEvent`] delivered to [`audit`] sinks off the data path.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tarbox_fs::FsError> {

@@ -340,15 +340,19 @@ impl Volume {
             })
             .ok()
             .flatten();
-        match pending {
-            None => txn.commit().await?,
+        let committed = match pending {
+            None => txn.commit().await,
             Some(event) => {
                 txn.record_audit(&event).await?;
-                txn.commit().await?;
-                let _ = STRICT.try_with(|s| s.recorded.set(true));
+                let committed = txn.commit().await;
+                if committed.is_ok() {
+                    let _ = STRICT.try_with(|s| s.recorded.set(true));
+                }
+                committed
             }
-        }
-        Ok(())
+        };
+        self.inner.commits.fetch_add(1, Ordering::Release);
+        Ok(committed?)
     }
 
     /// Tell the strict-mode record which inode the change made or removed.

@@ -317,7 +317,7 @@ impl Volume {
     pub(super) fn handle_audit(&self, fh: FileHandle) -> FsResult<(Ino, Arc<HandleStats>)> {
         match self.handle(fh)? {
             Handle::File { file, stats, .. } => Ok((file.ino, stats)),
-            Handle::Dir { ino } => Ok((ino, Arc::default())),
+            Handle::Dir { ino, .. } => Ok((ino, Arc::default())),
         }
     }
 
@@ -328,7 +328,7 @@ impl Volume {
     /// The directory a directory handle lists.
     pub(super) fn dir_of_handle(&self, fh: FileHandle) -> Option<Ino> {
         match self.handle(fh) {
-            Ok(Handle::Dir { ino }) => Some(ino),
+            Ok(Handle::Dir { ino, .. }) => Some(ino),
             _ => None,
         }
     }

@@ -339,6 +339,12 @@ struct VolumeInner {
     /// Files with at least one open handle, shared by all handles of the same inode so every
     /// handle sees the others' buffered writes.
     open_files: Mutex<HashMap<Ino, Arc<OpenFile>>>,
+    /// Transactions this volume committed: a directory listing buffered before the latest one
+    /// is read again, so the volume's own changes show in listings in progress.
+    commits: AtomicU64,
+    /// Directories recently read by lookups, for the search-permission check (see
+    /// `cached_dir`).
+    dirs: Mutex<HashMap<Ino, (std::time::Instant, Inode)>>,
     /// Whether the tenant has a byte quota, and when that was read (see `has_byte_quota`).
     byte_quota: Mutex<Option<(std::time::Instant, bool)>>,
 }
@@ -355,9 +361,16 @@ enum Handle {
     },
     Dir {
         ino: Ino,
+        /// Entries fetched ahead of what the frontend consumed (see `dir.rs`).
+        listing: Arc<Mutex<dir::Listing>>,
     },
 }
 
+/// How long a lookup trusts a directory's permissions it read (the kernel's default attribute
+/// timeout).
+const DIR_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Directories remembered per volume.
+const DIR_CACHE_ENTRIES: usize = 4096;
 /// The head watch publishes the tenant's usage metrics every this many checks.
 const USAGE_METRICS_TICKS: u64 = 10;
 /// How many inode numbers a volume reserves from the store at once.
@@ -436,6 +449,8 @@ impl Volume {
                 handles: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
                 open_files: Mutex::new(HashMap::new()),
+                commits: AtomicU64::new(0),
+                dirs: Mutex::new(HashMap::new()),
                 byte_quota: Mutex::new(None),
             }),
         }
@@ -535,6 +550,7 @@ impl Volume {
         let same_tree = view.chain.get(1) == Some(&old.head());
         *self.inner.view.write().unwrap_or_else(|p| p.into_inner()) = view;
         if !same_tree {
+            lock(&self.inner.dirs).clear();
             self.reload_open_files().await?;
         }
         Ok(())
@@ -560,6 +576,34 @@ impl Volume {
                 }
             }
         });
+    }
+
+    /// A directory a lookup read less than [`DIR_CACHE_TTL`] ago. A lookup needs the directory
+    /// only for its search permission; this saves it one statement. A chmod or chown here
+    /// forgets the entry; one by another engine governs lookups here within the TTL, as the
+    /// kernel's attribute cache already lets it for permission checks.
+    fn cached_dir(&self, ino: Ino) -> Option<Inode> {
+        let dirs = lock(&self.inner.dirs);
+        let (at, inode) = dirs.get(&ino)?;
+        (at.elapsed() < DIR_CACHE_TTL).then(|| inode.clone())
+    }
+
+    fn cache_dir(&self, inode: &Inode) {
+        if inode.kind != crate::types::FileType::Directory {
+            return;
+        }
+        let mut dirs = lock(&self.inner.dirs);
+        if dirs.len() >= DIR_CACHE_ENTRIES {
+            dirs.retain(|_, (at, _)| at.elapsed() < DIR_CACHE_TTL);
+            if dirs.len() >= DIR_CACHE_ENTRIES {
+                dirs.clear();
+            }
+        }
+        dirs.insert(inode.ino, (std::time::Instant::now(), inode.clone()));
+    }
+
+    fn forget_dir(&self, ino: Ino) {
+        lock(&self.inner.dirs).remove(&ino);
     }
 
     /// A fresh inode number.

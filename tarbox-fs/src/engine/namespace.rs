@@ -94,11 +94,20 @@ impl Volume {
             let inode = r1.inode(ino).await?.ok_or(FsError::NotFound)?;
             return self.attr_of(inode).await;
         }
+        if let Some(dir) = self.cached_dir(parent) {
+            perm::check_search(caller, &dir)?;
+            let (_, inode) = r2
+                .lookup_inode(parent, name)
+                .await?
+                .ok_or(FsError::NotFound)?;
+            return self.attr_of(inode).await;
+        }
         // The directory (for the permission check) and the entry are independent reads: one
         // round trip of latency instead of three.
         let (dir, found) = futures::join!(r1.inode(parent), r2.lookup_inode(parent, name));
         let dir = dir?.ok_or(FsError::NotFound)?;
         perm::check_search(caller, &dir)?;
+        self.cache_dir(&dir);
         let (_, inode) = found?.ok_or(FsError::NotFound)?;
         self.attr_of(inode).await
     }
