@@ -62,6 +62,29 @@ async fn small_file_round(v: &Volume, me: &Caller, i: u64, data: &[u8]) {
     v.release(me, fh).await.expect("release");
 }
 
+/// The two workloads, by their benchmark names.
+#[derive(Clone, Copy)]
+enum Workload {
+    Metadata,
+    SmallFile,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Metadata => "metadata",
+            Workload::SmallFile => "small_file",
+        }
+    }
+
+    async fn round(self, v: &Volume, me: &Caller, i: u64, data: &[u8]) {
+        match self {
+            Workload::Metadata => metadata_round(v, me, i).await,
+            Workload::SmallFile => small_file_round(v, me, i, data).await,
+        }
+    }
+}
+
 fn audit(c: &mut Criterion) {
     let rt = runtime();
     let engines = rt.block_on(backends());
@@ -74,32 +97,12 @@ fn audit(c: &mut Criterion) {
     let data = vec![7u8; 4096];
     for (backend, engine) in &engines {
         for level in LEVELS {
-            let v = rt.block_on(volume_at(engine, level));
-            let mut n = 0u64;
-            g.bench_function(
-                BenchmarkId::new(format!("metadata/{backend}"), level),
-                |b| {
-                    b.to_async(&rt).iter_custom(|iters| {
-                        let (v, me) = (v.clone(), me.clone());
-                        let first = n;
-                        n += iters;
-                        let engine = engine.clone();
-                        async move {
-                            let start = Instant::now();
-                            for i in first..first + iters {
-                                metadata_round(&v, &me, i).await;
-                            }
-                            engine.flush_audit().await;
-                            start.elapsed()
-                        }
-                    })
-                },
-            );
-            let v = rt.block_on(volume_at(engine, level));
-            let mut n = 0u64;
-            g.bench_function(
-                BenchmarkId::new(format!("small_file/{backend}"), level),
-                |b| {
+            for workload in [Workload::Metadata, Workload::SmallFile] {
+                // A fresh tenant per measurement, and fresh names for every round.
+                let v = rt.block_on(volume_at(engine, level));
+                let mut n = 0u64;
+                let id = BenchmarkId::new(format!("{}/{backend}", workload.name()), level);
+                g.bench_function(id, |b| {
                     b.to_async(&rt).iter_custom(|iters| {
                         let (v, me, data) = (v.clone(), me.clone(), data.clone());
                         let first = n;
@@ -108,14 +111,14 @@ fn audit(c: &mut Criterion) {
                         async move {
                             let start = Instant::now();
                             for i in first..first + iters {
-                                small_file_round(&v, &me, i, &data).await;
+                                workload.round(&v, &me, i, &data).await;
                             }
                             engine.flush_audit().await;
                             start.elapsed()
                         }
                     })
-                },
-            );
+                });
+            }
         }
     }
     g.finish();

@@ -155,7 +155,8 @@ impl AuditFilter {
             && self.pid.is_none_or(|p| e.pid == p)
             && self.pod.as_deref().is_none_or(|want| {
                 e.pod.as_ref().is_some_and(|pod| {
-                    pod.name == want || format!("{}/{}", pod.namespace, pod.name) == want
+                    pod.name == want
+                        || want.split_once('/') == Some((&pod.namespace[..], &pod.name[..]))
                 })
             })
             && self.result.is_none_or(|r| r.matches(e.errno))

@@ -160,20 +160,18 @@ impl Volume {
         newname: &[u8],
         flags: RenameFlags,
     ) -> FsResult<()> {
-        self.audited(
-            caller,
-            AuditOp::Rename,
-            Subject::Move(parent, name, newparent, newname),
-            self.do_rename(caller, parent, name, newparent, newname, flags),
-        )
-        .await?;
-        if self.audits() {
-            // The kernel moves its dentry without a lookup: learn the new name (and, for an
-            // exchange, the other one) from the store.
-            self.relearn(newparent, newname).await;
-            if flags.exchange {
-                self.relearn(parent, name).await;
-            }
+        let renamed = self
+            .audited(
+                caller,
+                AuditOp::Rename,
+                Subject::Move(parent, name, newparent, newname),
+                self.do_rename(caller, parent, name, newparent, newname, flags),
+            )
+            .await?;
+        // The kernel moves its dentry without a lookup: learn the new names here.
+        self.learn_name(renamed.moved, newparent, newname);
+        if let Some(other) = renamed.exchanged {
+            self.learn_name(other, parent, name);
         }
         Ok(())
     }
@@ -325,23 +323,16 @@ impl Volume {
     /// Close a handle: flush, and delete the file if this was the last handle of an unlinked
     /// file. At the `standard` level and above, records the handle's read and write totals.
     pub async fn release(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
-        let kind = if self.handle_is_dir(fh) {
-            None
-        } else {
-            Some(AuditOp::Close)
-        };
-        match kind {
-            None => self.do_release(caller, fh).await,
-            Some(kind) => {
-                self.audited(
-                    caller,
-                    kind,
-                    Subject::Handle(fh, None),
-                    self.do_release(caller, fh),
-                )
-                .await
-            }
+        if self.handle_is_dir(fh) {
+            return self.do_release(caller, fh).await;
         }
+        self.audited(
+            caller,
+            AuditOp::Close,
+            Subject::Handle(fh, None),
+            self.do_release(caller, fh),
+        )
+        .await
     }
 
     /// Allocate, punch or zero a byte range (`fallocate(2)`).

@@ -73,20 +73,6 @@ pub(super) struct VolumeAudit {
 }
 
 impl VolumeAudit {
-    fn name_of(&self, ino: Ino) -> Option<NameEntry> {
-        lock(&self.names).get(&ino).cloned()
-    }
-
-    fn remember(&self, ino: Ino, parent: Ino, name: Arc<[u8]>) {
-        let mut names = lock(&self.names);
-        if names.len() >= NAME_CACHE_ENTRIES && !names.contains_key(&ino) {
-            names.clear();
-        }
-        names.insert(ino, (parent, name));
-    }
-}
-
-impl VolumeAudit {
     pub(super) fn new(
         level: AuditLevel,
         pinned_level: Option<AuditLevel>,
@@ -98,6 +84,25 @@ impl VolumeAudit {
             mount,
             names: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn name_of(&self, ino: Ino) -> Option<NameEntry> {
+        lock(&self.names).get(&ino).cloned()
+    }
+
+    /// Remember `ino` as `name` in `parent`; a lookup of a known name copies nothing.
+    fn remember(&self, ino: Ino, parent: Ino, name: &[u8]) {
+        let mut names = lock(&self.names);
+        if names
+            .get(&ino)
+            .is_some_and(|(p, n)| *p == parent && **n == *name)
+        {
+            return;
+        }
+        if names.len() >= NAME_CACHE_ENTRIES {
+            names.clear();
+        }
+        names.insert(ino, (parent, Arc::from(name)));
     }
 }
 
@@ -172,6 +177,12 @@ impl Outcome for Vec<u8> {
 impl Outcome for Ino {
     fn note(&self, event: &mut AuditEvent) {
         event.ino = Some(*self);
+    }
+}
+
+impl Outcome for super::namespace::Renamed {
+    fn note(&self, event: &mut AuditEvent) {
+        event.ino = Some(self.moved);
     }
 }
 
@@ -445,7 +456,7 @@ impl Volume {
     /// Remember that `ino` is called `name` in `parent` (while auditing is on).
     pub(super) fn learn_name(&self, ino: Ino, parent: Ino, name: &[u8]) {
         if ino != Ino::ROOT && self.audit_level() != AuditLevel::Off {
-            self.inner.audit.remember(ino, parent, Arc::from(name));
+            self.inner.audit.remember(ino, parent, name);
         }
     }
 
@@ -458,13 +469,6 @@ impl Volume {
             .is_some_and(|(p, n)| *p == parent && &**n == name)
         {
             names.remove(&ino);
-        }
-    }
-
-    /// Re-read which inode `parent`'s entry `name` names, and remember it.
-    pub(super) async fn relearn(&self, parent: Ino, name: &[u8]) {
-        if let Ok(Some(entry)) = self.reader().lookup(parent, name).await {
-            self.learn_name(entry.ino, parent, name);
         }
     }
 
@@ -531,9 +535,8 @@ impl Volume {
             after = last.cookie;
             scanned += page.len();
             if let Some(entry) = page.into_iter().find(|e| e.ino == ino) {
-                let name = Arc::<[u8]>::from(entry.name);
-                self.inner.audit.remember(ino, parent, name.clone());
-                return Some((parent, name));
+                self.inner.audit.remember(ino, parent, &entry.name);
+                return Some((parent, Arc::from(entry.name)));
             }
         }
         None

@@ -74,6 +74,14 @@ impl Loaded {
     }
 }
 
+/// What a rename moved: the source inode, now at the new name, and for an exchange the inode now
+/// at the old name.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Renamed {
+    pub(crate) moved: Ino,
+    pub(crate) exchanged: Option<Ino>,
+}
+
 impl Volume {
     /// Find `name` in directory `parent`.
     ///
@@ -467,7 +475,7 @@ impl Volume {
         newparent: Ino,
         newname: &[u8],
         flags: RenameFlags,
-    ) -> FsResult<()> {
+    ) -> FsResult<Renamed> {
         names::validate(name)?;
         names::validate(newname)?;
         if flags.exchange && flags.no_replace {
@@ -478,16 +486,17 @@ impl Volume {
         }
         names::check_not_reserved(newparent, newname)?;
         self.ensure_writable()?;
-        let orphan = self
+        let (renamed, orphan) = self
             .retrying(|| self.rename_once(caller, parent, name, newparent, newname, flags))
             .await?;
         if let Some(ino) = orphan {
             self.mark_unlinked(ino).await;
         }
-        Ok(())
+        Ok(renamed)
     }
 
-    /// One attempt at a rename; returns the replaced inode if it became an orphan.
+    /// One attempt at a rename; returns what moved and the replaced inode if it became an
+    /// orphan.
     async fn rename_once(
         &self,
         caller: &Caller,
@@ -496,7 +505,7 @@ impl Volume {
         dp: Ino,
         dname: &[u8],
         flags: RenameFlags,
-    ) -> FsResult<Option<Ino>> {
+    ) -> FsResult<(Renamed, Option<Ino>)> {
         let (src, dst) = {
             // Four independent reads, issued together.
             let (mut r1, mut r2, mut r3, mut r4) =
@@ -556,9 +565,13 @@ impl Volume {
         if flags.exchange && d.is_none() {
             return Err(FsError::NotFound);
         }
+        let mut renamed = Renamed {
+            moved: s.ino,
+            exchanged: None,
+        };
         if d.as_ref().is_some_and(|d| d.ino == s.ino) {
             // Two names of one inode: POSIX says do nothing.
-            return Ok(None);
+            return Ok((renamed, None));
         }
         let s_dir = s.kind == FileType::Directory;
         if s_dir && sp != dp {
@@ -593,7 +606,8 @@ impl Volume {
             }
             loaded.store(t).await?;
             self.commit(txn).await?;
-            return Ok(None);
+            renamed.exchanged = Some(d.ino);
+            return Ok((renamed, None));
         }
         let mut orphan = None;
         if let Some(d) = &d {
@@ -648,7 +662,7 @@ impl Volume {
             loaded.store(t).await?;
         }
         self.commit(txn).await?;
-        Ok(orphan)
+        Ok((renamed, orphan))
     }
 
     /// `EINVAL` if `dir` is `ancestor_of` or one of its ancestors is `dir` (moving a directory
