@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tarbox_benches::{backends, fresh_volume, runtime};
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::{AuditLevel, Caller, Engine, Ino, Volume, VolumeOptions};
 
 const LEVELS: [AuditLevel; 3] = [AuditLevel::Off, AuditLevel::Standard, AuditLevel::Full];

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tarbox_benches::{backends, fresh_volume, runtime};
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::{Caller, Ino, Volume};
 
 /// `len` bytes that differ from those of every other `seed` in each 4 KiB, so that
@@ -73,7 +74,10 @@ fn metadata(c: &mut Criterion) {
                 let mut offset = 0;
                 let mut seen = 0;
                 loop {
-                    let page = vol.readdir(&me, fh, offset).await.expect("readdir");
+                    let page = vol
+                        .readdir(&me, stat_dir, fh, offset)
+                        .await
+                        .expect("readdir");
                     let Some(last) = page.last() else { break };
                     offset = last.next_offset;
                     seen += page.len();

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use tarbox_benches::{backends, fresh_volume, runtime};
+use tarbox_fs::Filesystem as _;
+use tarbox_fs::LayerRef;
 use tarbox_fs::{Caller, Ino, Volume};
 
 const BLOCK: u32 = 256 << 10;
@@ -66,7 +68,8 @@ fn checkpoint(c: &mut Criterion) {
             });
             // Each measured checkpoint is undone by switching back here and dropping it.
             let base = "populated".to_string();
-            rt.block_on(vol.checkpoint(&base, "")).expect("checkpoint");
+            rt.block_on(vol.layers().checkpoint(&base, ""))
+                .expect("checkpoint");
             let mut n = 0u64;
             g.bench_function(BenchmarkId::new(*name, files), |b| {
                 b.to_async(&rt).iter_custom(|iters| {
@@ -78,11 +81,20 @@ fn checkpoint(c: &mut Criterion) {
                         for i in 0..iters {
                             let label = format!("cp-{}", start_n + i);
                             let t0 = Instant::now();
-                            vol.checkpoint(&label, "").await.expect("checkpoint");
+                            vol.layers()
+                                .checkpoint(&label, "")
+                                .await
+                                .expect("checkpoint");
                             spent += t0.elapsed();
                             // Keep the tree small: back to the base, and the checkpoint gone.
-                            vol.switch_layer(&base).await.expect("switch");
-                            vol.drop_layer(&label, false).await.expect("drop");
+                            vol.layers()
+                                .switch_to(&LayerRef::from(&base))
+                                .await
+                                .expect("switch");
+                            vol.layers()
+                                .drop_layer(&LayerRef::from(&label), false)
+                                .await
+                                .expect("drop");
                         }
                         spent
                     }
@@ -124,7 +136,8 @@ fn layer_depth(c: &mut Criterion) {
                     )
                     .await
                     .expect("mknod");
-                    vol.checkpoint(&format!("l{l}"), "")
+                    vol.layers()
+                        .checkpoint(&format!("l{l}"), "")
                         .await
                         .expect("checkpoint");
                 }

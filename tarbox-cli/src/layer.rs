@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use tarbox_fs::{LayerTree, Volume};
+use tarbox_fs::{Filesystem, LayerRef, LayerTree, Volume};
 
 use crate::{Context, Output};
 
@@ -42,17 +42,17 @@ pub enum LayerCommand {
     /// Show one layer (by checkpoint name or id).
     #[command(after_help = "Example:\n  tarbox layer show --tenant agent-1 before-refactor")]
     Show {
-        layer: String,
+        layer: LayerRef,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
     /// Make the tree exactly LAYER's (rollback or roll forward); the current layer stays listed.
     #[command(after_help = "Example:\n  tarbox layer switch --tenant agent-1 before-refactor")]
-    Switch { layer: String },
+    Switch { layer: LayerRef },
     /// Delete a layer; one that others are built on needs --force (it is folded into them).
     #[command(after_help = "Example:\n  tarbox layer drop --tenant agent-1 experiment --force")]
     Drop {
-        layer: String,
+        layer: LayerRef,
         #[arg(long)]
         force: bool,
     },
@@ -62,8 +62,8 @@ pub enum LayerCommand {
         after_help = "Examples:\n  tarbox layer diff --tenant agent-1\n  tarbox layer diff --tenant agent-1 before-refactor\n  tarbox layer diff --tenant agent-1 v1 v2 --format json"
     )]
     Diff {
-        from: Option<String>,
-        to: Option<String>,
+        from: Option<LayerRef>,
+        to: Option<LayerRef>,
         #[arg(long, value_enum, default_value = "text")]
         format: DiffFormat,
     },
@@ -111,21 +111,22 @@ pub async fn run(ctx: &Context, args: LayerArgs) -> Result<()> {
         other => other,
     };
     let v = volume(ctx, &tenant).await?;
+    let layers = v.layers();
     match command {
         LayerCommand::Checkpoint { name, description } => {
-            let layer = v.checkpoint(&name, &description).await?;
+            let layer = layers.checkpoint(&name, &description).await?;
             println!("checkpoint {}", LayerTree::label(&layer));
         }
         LayerCommand::List { output } => {
-            let tree = v.layers().await?;
+            let tree = layers.tree().await?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&tree.summaries())?),
                 Output::Table => print_table(&tree),
             }
         }
-        LayerCommand::Tree => print!("{}", v.layers().await?.render()),
+        LayerCommand::Tree => print!("{}", layers.tree().await?.render()),
         LayerCommand::Show { layer, output } => {
-            let tree = v.layers().await?;
+            let tree = layers.tree().await?;
             let summary = tree.summary(tree.resolve(&layer)?);
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
@@ -148,24 +149,24 @@ pub async fn run(ctx: &Context, args: LayerArgs) -> Result<()> {
             }
         }
         LayerCommand::Switch { layer } => {
-            let head = v.switch_layer(&layer).await?;
+            let head = layers.switch_to(&layer).await?;
             println!(
                 "switched to {layer}; now writing in {}",
                 LayerTree::label(&head)
             );
         }
         LayerCommand::Drop { layer, force } => {
-            v.drop_layer(&layer, force).await?;
+            layers.drop_layer(&layer, force).await?;
             println!("dropped {layer}");
         }
         LayerCommand::Diff { from, to, format } => {
             let diff = match (from, to) {
-                (None, _) => v.diff_current().await?,
+                (None, _) => layers.diff_current().await?,
                 (Some(from), None) => {
-                    let head = v.layer_id().0.to_string();
-                    v.diff(&from, &head).await?
+                    let head = LayerRef::Id(layers.current());
+                    layers.diff(&from, &head).await?
                 }
-                (Some(from), Some(to)) => v.diff(&from, &to).await?,
+                (Some(from), Some(to)) => layers.diff(&from, &to).await?,
             };
             match format {
                 DiffFormat::Json => println!("{}", serde_json::to_string_pretty(&diff)?),
@@ -183,7 +184,7 @@ pub async fn run(ctx: &Context, args: LayerArgs) -> Result<()> {
         }
         LayerCommand::Auto { every, off } => return auto(ctx, &tenant, every, off).await,
     }
-    v.flush_all().await?;
+    v.sync_all().await?;
     Ok(())
 }
 

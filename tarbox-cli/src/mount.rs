@@ -8,8 +8,8 @@ use clap::Args;
 use std::sync::Arc;
 
 use tarbox_fs::audit::{AuditConfig, JsonLinesSink, Overflow};
-use tarbox_fs::{AuditLevel, FsError, TenantOptions, VolumeOptions};
-use tarbox_fuse::{CacheTimeouts, MountOptions};
+use tarbox_fs::{AuditLevel, LayerRef, VolumeOptions};
+use tarbox_fuse::{CacheTimeouts, EngineUpkeep, MountOptions, MountSpec, TenantMount};
 use tracing::{info, warn};
 
 use crate::Context;
@@ -157,74 +157,40 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
         .clone()
         .or_else(|| ctx.file.tenant.clone())
         .unwrap_or_else(|| DEFAULT_TENANT.to_string());
-    if in_memory || args.create {
-        match engine
-            .create_tenant(&tenant, TenantOptions::default())
-            .await
-        {
-            Ok(_) => info!(tenant, "tenant created"),
-            Err(FsError::TenantExists(_)) => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot create tenant {tenant:?}")),
-        }
-    }
-    let volume = engine
-        .volume_with(
-            &tenant,
-            VolumeOptions {
-                read_only: args.read_only,
-                layer: args.layer.clone(),
-                audit_level: args.audit_level.or(ctx.file.audit_level),
-                mount: Some(format!(
-                    "{}:{}",
-                    tarbox_fs::audit::host_name(),
-                    args.mountpoint.display()
-                )),
-            },
-        )
-        .await
-        .map_err(|e| match e {
-            FsError::TenantNotFound(_) => anyhow::anyhow!(
-                "tenant {tenant:?} does not exist: create it with `tarbox tenant create {tenant}` or pass --create"
-            ),
-            e => anyhow::Error::new(e).context(format!("cannot open tenant {tenant:?}")),
-        })?;
-    let options = MountOptions {
-        allow_other: args.allow_other,
-        read_only: volume.is_read_only(),
-        timeouts,
-        extra: args.options,
-        fs_name: None,
-        threads: 2,
+    let spec = MountSpec {
+        tenant: tenant.clone(),
+        create: in_memory || args.create,
+        volume: VolumeOptions {
+            read_only: args.read_only,
+            layer: args.layer.as_deref().map(LayerRef::from),
+            audit_level: args.audit_level.or(ctx.file.audit_level),
+            mount: Some(format!(
+                "{}:{}",
+                tarbox_fs::audit::host_name(),
+                args.mountpoint.display()
+            )),
+        },
+        mount: MountOptions {
+            allow_other: args.allow_other,
+            read_only: args.read_only,
+            timeouts,
+            extra: args.options,
+            fs_name: None,
+            threads: 2,
+            pods: None,
+        },
         control_dir: !args.no_control_dir,
+        auto_checkpoint: args.auto_checkpoint,
     };
-    let checkpointer =
-        (args.auto_checkpoint && !volume.is_read_only()).then(|| volume.spawn_auto_checkpoints());
-    let mounted = tarbox_fuse::mount(volume, &args.mountpoint, &options)?;
+    let mounted = TenantMount::start(&engine, &args.mountpoint, spec).await?;
     // Tenants deleted elsewhere are purged by whichever long-running process sees them first.
-    let purger = (!in_memory).then(|| engine.spawn_purger(Duration::from_secs(300)));
-    let audit_upkeep = engine.spawn_audit_maintenance(Duration::from_secs(3600));
+    let upkeep = EngineUpkeep::start(&engine, !in_memory);
     println!(
         "tarbox: tenant {tenant:?} mounted at {}",
         args.mountpoint.display()
     );
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot install the SIGTERM handler")?;
-    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("cannot install the SIGINT handler")?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = sigterm.recv() => info!("SIGTERM: unmounting"),
-            _ = sigint.recv() => info!("SIGINT: unmounting"),
-        }
-    };
-    let served = mounted.run_until(shutdown).await;
-    if let Some(p) = purger {
-        p.abort();
-    }
-    if let Some(c) = checkpointer {
-        c.abort();
-    }
-    audit_upkeep.abort();
+    let served = mounted.run_until(tarbox_fuse::termination()).await;
+    drop(upkeep);
     engine.close().await.ok();
     served.context("the FUSE session ended with an error")?;
     info!("unmounted");

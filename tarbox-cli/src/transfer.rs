@@ -197,7 +197,7 @@ async fn export_tree(tree: &Tree, file: Option<&Path>) -> Result<()> {
     eprintln!(
         "exported {entries} entries ({}) of tenant {:?} to {to}",
         HumanBytes(bytes),
-        tree.v.tenant_name()
+        tree.tenant.as_str()
     );
     Ok(())
 }

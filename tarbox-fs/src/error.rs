@@ -116,6 +116,16 @@ pub enum FsError {
     /// EXDEV: a link or rename across tenants or layers.
     #[error("cross-device link")]
     CrossDevice,
+    /// ENXIO: an `lseek` for data or a hole at or past the end of the file.
+    #[error("no data or hole past the end of the file")]
+    PastEnd,
+    /// ENOSYS: a request of the kernel protocol the engine does not serve, for which the kernel
+    /// has its own fallback (`poll`, `copy_file_range`, `bmap`, local locks).
+    #[error("not served by this filesystem: {0}")]
+    NotServed(&'static str),
+    /// ENOTTY: an `ioctl` the filesystem does not serve.
+    #[error("inappropriate ioctl for device")]
+    NoIoctl,
     /// ELOOP: too many symlinks while resolving a path.
     #[error("too many levels of symbolic links")]
     Loop,
@@ -171,6 +181,9 @@ impl FsError {
             FsError::NotSupported(_) => libc::EOPNOTSUPP,
             FsError::CrossDevice => libc::EXDEV,
             FsError::Loop => libc::ELOOP,
+            FsError::PastEnd => libc::ENXIO,
+            FsError::NoIoctl => libc::ENOTTY,
+            FsError::NotServed(_) => libc::ENOSYS,
             FsError::Busy(_) | FsError::LayerBusy(_) => libc::EBUSY,
             FsError::Backend(BackendError::TenantGone) => libc::ENOENT,
             FsError::Backend(_) => libc::EIO,

@@ -5,7 +5,8 @@
 //!
 //! Every rule lives here — name validation, permission checks, inode allocation, quotas, layer
 //! resolution — so that frontends (the FUSE mount, the CLI, the CSI driver) only translate their
-//! protocol into calls on a [`Volume`].
+//! protocol into calls of the [`Filesystem`] trait, which a [`Volume`] implements. Administration
+//! (tenants, [`Layers`], the audit trail, fsck) lives on its own types beside it.
 //!
 //! Every operation is measured and, at the tenant's [`AuditLevel`], recorded as an
 //! [`AuditEvent`] delivered to [`audit`] sinks off the data path.
@@ -13,7 +14,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), tarbox_fs::FsError> {
-//! use tarbox_fs::{Caller, Engine, EngineConfig, Ino, TenantOptions};
+//! use tarbox_fs::{Caller, Engine, EngineConfig, Filesystem, Ino, TenantOptions};
 //!
 //! let engine = Engine::open("memory://", EngineConfig::default()).await?;
 //! engine.create_tenant("agent-1", TenantOptions::default()).await?;
@@ -40,6 +41,8 @@ pub mod backend;
 pub mod control;
 mod engine;
 pub mod error;
+pub mod filesystem;
+pub mod paths;
 pub mod types;
 
 pub use audit::{AuditConfig, AuditEvent, AuditFilter, AuditLevel, AuditOp};
@@ -47,8 +50,9 @@ pub use backend::{Backend, Compression, LayerRecord, TenantAudit, TenantRecord, 
 pub use control::ControlFs;
 pub use engine::{
     Change, ChangeKind, ContentDiff, Engine, EngineConfig, FsckProblem, FsckReport, LayerDiff,
-    LayerSummary, LayerTree, TEXT_DIFF_LIMIT, TenantInfo, TenantOptions, Volume, VolumeOptions,
-    validate_layer_name,
+    LayerRef, LayerSummary, LayerTree, Layers, TEXT_DIFF_LIMIT, TenantInfo, TenantOptions, Volume,
+    VolumeOptions, validate_layer_name,
 };
 pub use error::{BackendError, FsError, FsResult, QuotaKind};
+pub use filesystem::{Filesystem, Guard, Guarded, ReadOnly, Request};
 pub use types::*;

@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{FsError, FsResult, QuotaKind};
+
 /// An inode number, unique within one tenant and never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Ino(pub u64);
@@ -317,14 +319,14 @@ pub struct RenameFlags {
 }
 
 impl RenameFlags {
-    /// Decode Linux `renameat2` flags; unknown bits give `None`.
-    pub fn from_linux(flags: u32) -> Option<RenameFlags> {
+    /// Decode Linux `renameat2` flags; unknown bits (e.g. `RENAME_WHITEOUT`) are `EINVAL`.
+    pub fn from_linux(flags: u32) -> FsResult<RenameFlags> {
         const NOREPLACE: u32 = 1;
         const EXCHANGE: u32 = 2;
         if flags & !(NOREPLACE | EXCHANGE) != 0 {
-            return None;
+            return Err(FsError::Invalid("unsupported rename flags"));
         }
-        Some(RenameFlags {
+        Ok(RenameFlags {
             no_replace: flags & NOREPLACE != 0,
             exchange: flags & EXCHANGE != 0,
         })
@@ -343,6 +345,40 @@ pub enum XattrMode {
     Replace,
 }
 
+impl XattrMode {
+    /// Decode Linux `setxattr` flags; anything but one of the two flags is `EINVAL`.
+    pub fn from_linux(flags: i32) -> FsResult<XattrMode> {
+        match flags {
+            0 => Ok(XattrMode::Any),
+            libc::XATTR_CREATE => Ok(XattrMode::Create),
+            libc::XATTR_REPLACE => Ok(XattrMode::Replace),
+            _ => Err(FsError::Invalid("unsupported setxattr flags")),
+        }
+    }
+}
+
+/// What `lseek` looks for; the kernel answers `SEEK_SET`, `SEEK_CUR` and `SEEK_END` itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Whence {
+    /// `SEEK_DATA`: the first byte at or after the offset that holds data.
+    Data,
+    /// `SEEK_HOLE`: the first byte at or after the offset in a hole (end of file counts).
+    Hole,
+}
+
+impl Whence {
+    /// Decode an `lseek` whence a filesystem is asked; others are `EINVAL`.
+    pub fn from_linux(whence: i32) -> FsResult<Whence> {
+        match whence {
+            libc::SEEK_DATA => Ok(Whence::Data),
+            libc::SEEK_HOLE => Ok(Whence::Hole),
+            _ => Err(FsError::Invalid(
+                "lseek whence other than SEEK_DATA or SEEK_HOLE",
+            )),
+        }
+    }
+}
+
 /// `fallocate` modes the engine supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FallocateMode {
@@ -355,14 +391,14 @@ pub struct FallocateMode {
 }
 
 impl FallocateMode {
-    /// Decode Linux `fallocate` mode bits; unsupported bits give `None`.
-    pub fn from_linux(mode: i32) -> Option<FallocateMode> {
+    /// Decode Linux `fallocate` mode bits; unsupported bits are `EOPNOTSUPP`.
+    pub fn from_linux(mode: i32) -> FsResult<FallocateMode> {
         let known =
             libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
         if mode & !known != 0 {
-            return None;
+            return Err(FsError::NotSupported("fallocate mode"));
         }
-        Some(FallocateMode {
+        Ok(FallocateMode {
             keep_size: mode & libc::FALLOC_FL_KEEP_SIZE != 0,
             punch_hole: mode & libc::FALLOC_FL_PUNCH_HOLE != 0,
             zero_range: mode & libc::FALLOC_FL_ZERO_RANGE != 0,
@@ -397,6 +433,24 @@ pub struct StatFs {
 pub struct Quota {
     pub bytes: Option<u64>,
     pub inodes: Option<u64>,
+}
+
+impl Quota {
+    /// The limit that charging `bytes` and `inodes` more to `usage` would pass, if any: the one
+    /// quota rule, which every backend applies in its compare-and-charge. Only growth is ever
+    /// refused; a limit already passed (a quota lowered below usage) refuses any further growth.
+    pub fn exceeded_by(&self, usage: Usage, bytes: i64, inodes: i64) -> Option<QuotaKind> {
+        let passes = |delta: i64, used: u64, limit: Option<u64>| {
+            delta > 0 && limit.is_some_and(|l| used.saturating_add_signed(delta) > l)
+        };
+        if passes(bytes, usage.bytes, self.bytes) {
+            Some(QuotaKind::Bytes)
+        } else if passes(inodes, usage.inodes, self.inodes) {
+            Some(QuotaKind::Inodes)
+        } else {
+            None
+        }
+    }
 }
 
 /// What a tenant uses, as counted against its [`Quota`].

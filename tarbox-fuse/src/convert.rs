@@ -5,9 +5,13 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime};
 
+use std::sync::Arc;
+
 use fuser::{Errno, INodeNo, Request, TimeOrNow};
 use moka::sync::Cache;
-use tarbox_fs::{Caller, FileAttr, FileType, FsError, Ino, TimeSet, Timestamp};
+use tarbox_fs::{Caller, FileAttr, FileType, FsError, Ino, PodIdentity, TimeSet, Timestamp};
+
+use crate::PodResolver;
 
 pub(crate) fn ino(i: INodeNo) -> Ino {
     Ino(i.0)
@@ -68,39 +72,56 @@ pub(crate) fn timestamp(t: SystemTime) -> Timestamp {
     Timestamp::from_system(t)
 }
 
-/// Supplementary groups of calling processes. The FUSE protocol only carries uid, gid and pid;
-/// the groups come from `/proc/<pid>/status` and are cached briefly because a process asks many
-/// times in a row.
+/// Who a request comes from. The FUSE protocol carries only uid, gid and pid; the supplementary
+/// groups come from `/proc/<pid>/status` and the pod (if the mount has a [`PodResolver`]) from
+/// the resolver, both cached briefly per process because a process asks many times in a row.
 pub(crate) struct GroupCache {
-    cache: Cache<(u32, u32, u32), std::sync::Arc<Vec<u32>>>,
+    cache: Cache<(u32, u32, u32), Arc<Identity>>,
+    pods: Option<Arc<dyn PodResolver>>,
+}
+
+/// What is looked up once per process.
+struct Identity {
+    groups: Vec<u32>,
+    pod: Option<Arc<PodIdentity>>,
 }
 
 impl GroupCache {
-    pub(crate) fn new() -> GroupCache {
+    pub(crate) fn new(pods: Option<Arc<dyn PodResolver>>) -> GroupCache {
         GroupCache {
             cache: Cache::builder()
                 .max_capacity(4096)
                 .time_to_live(Duration::from_secs(2))
                 .build(),
+            pods,
         }
     }
 
     /// The engine caller for a FUSE request.
     pub(crate) fn caller(&self, req: &Request) -> Caller {
         let (uid, gid, pid) = (req.uid(), req.gid(), req.pid());
-        let groups = if uid == 0 {
-            Vec::new()
-        } else {
-            self.cache
-                .get_with((pid, uid, gid), || std::sync::Arc::new(groups_of(pid)))
-                .to_vec()
-        };
+        if uid == 0 && self.pods.is_none() {
+            return Caller {
+                uid,
+                gid,
+                groups: Vec::new(),
+                pid,
+                pod: None,
+            };
+        }
+        let identity = self.cache.get_with((pid, uid, gid), || {
+            Arc::new(Identity {
+                // Root passes every permission check: its groups are never needed.
+                groups: if uid == 0 { Vec::new() } else { groups_of(pid) },
+                pod: self.pods.as_ref().and_then(|p| p.pod_of(pid)),
+            })
+        });
         Caller {
             uid,
             gid,
-            groups,
+            groups: identity.groups.clone(),
             pid,
-            pod: None,
+            pod: identity.pod.clone(),
         }
     }
 }

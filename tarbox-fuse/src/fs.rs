@@ -1,6 +1,8 @@
 //! The fuser `Filesystem` implementation: each callback converts its arguments, hands the engine
 //! call and the reply to a Tokio task, and returns at once, so a slow database call never blocks
-//! other requests. No POSIX decision is made here.
+//! other requests. No POSIX decision is made here and no errno is chosen: flags are decoded by the
+//! engine's types, and every request the engine does not serve is answered with the engine's
+//! error for it, quietly (fuser's defaults would log a warning per call).
 
 use std::ffi::OsStr;
 use std::future::Future;
@@ -10,13 +12,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno, FileHandle as FuseFh, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags as FuseRenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileHandle as FuseFh, FopenFlags, Generation,
+    INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags, PollEvents, PollFlags,
+    PollNotifier, RenameFlags as FuseRenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyLseek,
+    ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tarbox_fs::{
-    Caller, ControlFs, FallocateMode, FileHandle, FsResult, RenameFlags, SetAttr, XattrMode,
+    Caller, FallocateMode, FileHandle, Filesystem, FsError, FsResult, RenameFlags, SetAttr, Whence,
+    XattrMode,
 };
 use tokio::runtime::Handle;
 use tracing::debug;
@@ -42,7 +46,7 @@ impl Default for CacheTimeouts {
 }
 
 pub(crate) struct TarboxFuse {
-    fs: ControlFs,
+    fs: Arc<dyn Filesystem>,
     runtime: Handle,
     groups: Arc<GroupCache>,
     timeouts: CacheTimeouts,
@@ -54,11 +58,16 @@ const GENERATION: Generation = Generation(0);
 const MAX_IO: u32 = 1 << 20;
 
 impl TarboxFuse {
-    pub(crate) fn new(fs: ControlFs, runtime: Handle, timeouts: CacheTimeouts) -> TarboxFuse {
+    pub(crate) fn new(
+        fs: Arc<dyn Filesystem>,
+        runtime: Handle,
+        timeouts: CacheTimeouts,
+        callers: GroupCache,
+    ) -> TarboxFuse {
         TarboxFuse {
             fs,
             runtime,
-            groups: Arc::new(GroupCache::new()),
+            groups: Arc::new(callers),
             timeouts,
         }
     }
@@ -106,7 +115,7 @@ impl TarboxFuse {
 }
 
 /// Generated control files bypass the page cache: their size changes without writes.
-fn open_flags(fs: &ControlFs, fh: FileHandle) -> FopenFlags {
+fn open_flags(fs: &dyn Filesystem, fh: FileHandle) -> FopenFlags {
     if fs.is_generated(fh) {
         FopenFlags::FOPEN_DIRECT_IO
     } else {
@@ -125,13 +134,13 @@ fn reply_empty(reply: ReplyEmpty) -> impl FnOnce(FsResult<()>) + Send + 'static 
 fn reply_xattr(reply: ReplyXattr, size: u32) -> impl FnOnce(FsResult<Vec<u8>>) + Send + 'static {
     move |r| match r {
         Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
-        Ok(v) if v.len() > size as usize => reply.error(Errno::from_i32(libc::ERANGE)),
+        Ok(v) if v.len() > size as usize => reply.error(errno(&FsError::Range)),
         Ok(v) => reply.data(&v),
         Err(e) => reply.error(errno(&e)),
     }
 }
 
-impl Filesystem for TarboxFuse {
+impl fuser::Filesystem for TarboxFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let wanted = InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES
@@ -156,7 +165,7 @@ impl Filesystem for TarboxFuse {
         let volume = self.fs.clone();
         // Closing handles flushes them; the kernel releases every handle before unmounting, this
         // only covers a forced unmount.
-        self.runtime.spawn(async move { volume.flush_all().await });
+        self.runtime.spawn(async move { volume.sync_all().await });
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -298,9 +307,9 @@ impl Filesystem for TarboxFuse {
         flags: FuseRenameFlags,
         reply: ReplyEmpty,
     ) {
-        let Some(flags) = RenameFlags::from_linux(flags.bits()) else {
-            reply.error(Errno::from_i32(libc::EINVAL));
-            return;
+        let flags = match RenameFlags::from_linux(flags.bits()) {
+            Ok(flags) => flags,
+            Err(e) => return reply.error(errno(&e)),
         };
         let (v, c) = (self.fs.clone(), self.caller(req));
         let (name, newname) = (convert::name(name), convert::name(newname));
@@ -333,7 +342,7 @@ impl Filesystem for TarboxFuse {
         self.run(
             async move {
                 let fh = v.open(&c, ino(i), flags.0).await?;
-                Ok((fh, open_flags(&v, fh)))
+                Ok((fh, open_flags(v.as_ref(), fh)))
             },
             move |r| match r {
                 Ok((fh, flags)) => reply.opened(FuseFh(fh.0), flags),
@@ -557,14 +566,9 @@ impl Filesystem for TarboxFuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let mode = match flags {
-            0 => XattrMode::Any,
-            libc::XATTR_CREATE => XattrMode::Create,
-            libc::XATTR_REPLACE => XattrMode::Replace,
-            _ => {
-                reply.error(Errno::from_i32(libc::EINVAL));
-                return;
-            }
+        let mode = match XattrMode::from_linux(flags) {
+            Ok(mode) => mode,
+            Err(e) => return reply.error(errno(&e)),
         };
         let (v, c, name, value) = (
             self.fs.clone(),
@@ -635,7 +639,7 @@ impl Filesystem for TarboxFuse {
         self.run(
             async move {
                 let (a, fh) = v.create(&c, ino(parent), &name, mode, flags).await?;
-                Ok((a, fh, open_flags(&v, fh)))
+                Ok((a, fh, open_flags(v.as_ref(), fh)))
             },
             move |r| match r {
                 Ok((a, fh, flags)) => {
@@ -656,9 +660,9 @@ impl Filesystem for TarboxFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let Some(mode) = FallocateMode::from_linux(mode) else {
-            reply.error(Errno::from_i32(libc::EOPNOTSUPP));
-            return;
+        let mode = match FallocateMode::from_linux(mode) {
+            Ok(mode) => mode,
+            Err(e) => return reply.error(errno(&e)),
         };
         let (v, c) = (self.fs.clone(), self.caller(req));
         self.run(
@@ -668,5 +672,116 @@ impl Filesystem for TarboxFuse {
             },
             reply_empty(reply),
         );
+    }
+
+    fn lseek(
+        &self,
+        req: &Request,
+        _i: INodeNo,
+        fh: FuseFh,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let whence = match Whence::from_linux(whence) {
+            Ok(w) => w,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(errno(&FsError::PastEnd));
+        };
+        let (v, c) = (self.fs.clone(), self.caller(req));
+        self.run(
+            async move { v.lseek(&c, FileHandle(fh.0), offset, whence).await },
+            move |r| match r.and_then(|o| i64::try_from(o).map_err(|_| FsError::FileTooBig)) {
+                Ok(o) => reply.offset(o),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    // Requests the engine does not serve, each answered with its errno on purpose. No `ioctl`
+    // is served: `ENOTTY` is what `isatty` and friends expect of a regular file.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FuseFh,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(errno(&FsError::NoIoctl));
+    }
+
+    /// `ENOSYS` makes the kernel treat every file as always ready, and stop asking.
+    fn poll(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FuseFh,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        reply.error(errno(&FsError::NotServed("poll")));
+    }
+
+    /// `ENOSYS` makes the kernel copy through read and write itself, and stop asking.
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FuseFh,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FuseFh,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(errno(&FsError::NotServed("copy_file_range")));
+    }
+
+    /// Block mapping exists only for filesystems on a block device (`fuseblk`).
+    fn bmap(&self, _req: &Request, _i: INodeNo, _bs: u32, _idx: u64, reply: ReplyBmap) {
+        reply.error(errno(&FsError::NotServed("bmap")));
+    }
+
+    /// POSIX locks are not negotiated with the kernel (it keeps them per mount itself), so these
+    /// never arrive; if one does, `ENOSYS` is the protocol's "locks are local".
+    fn getlk(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FuseFh,
+        _owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        reply: ReplyLock,
+    ) {
+        reply.error(errno(&FsError::NotServed("getlk")));
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _fh: FuseFh,
+        _owner: LockOwner,
+        _start: u64,
+        _end: u64,
+        _typ: i32,
+        _pid: u32,
+        _sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(errno(&FsError::NotServed("setlk")));
     }
 }

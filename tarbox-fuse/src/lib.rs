@@ -1,35 +1,48 @@
 //! # tarbox-fuse
 //!
-//! Mounts a Tarbox [`Volume`] with FUSE. This crate only translates: every FUSE request becomes one
-//! engine call whose error maps to its errno; permissions, quotas and layers are decided by the
-//! engine. Requests are served concurrently on a Tokio runtime.
+//! Mounts any Tarbox [`Filesystem`] with FUSE, and runs a tenant's mount from start to unmount
+//! ([`TenantMount`]) for `tarbox mount` and the CSI node plugin alike. The FUSE adapter only
+//! translates: every FUSE request becomes one engine call whose error maps to its errno;
+//! permissions, quotas and layers are decided by the engine. Requests are served concurrently on a
+//! Tokio runtime.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use tarbox_fs::{Engine, EngineConfig, TenantOptions};
-//! use tarbox_fuse::{MountOptions, mount};
+//! use tarbox_fuse::{MountSpec, TenantMount};
 //!
 //! let engine = Engine::open("memory://", EngineConfig::default()).await?;
 //! engine.create_tenant("scratch", TenantOptions::default()).await?;
-//! let volume = engine.volume("scratch").await?;
-//! let mounted = mount(volume, "/mnt/scratch".as_ref(), &MountOptions::default())?;
-//! mounted.wait().await?; // until `tarbox umount /mnt/scratch` or `fusermount3 -u`
+//! let spec = MountSpec::new("scratch");
+//! let mount = TenantMount::start(&engine, "/mnt/scratch".as_ref(), spec).await?;
+//! mount.run_until(tarbox_fuse::termination()).await?; // until SIGINT/SIGTERM or `umount`
 //! # Ok(())
 //! # }
 //! ```
 
 mod convert;
 mod fs;
+mod service;
 
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL, SessionUnmounter};
-use tarbox_fs::{ControlFs, Volume};
+use tarbox_fs::{Filesystem, PodIdentity};
 use tokio::sync::oneshot;
 use tracing::info;
 
 pub use fs::CacheTimeouts;
+pub use service::{EngineUpkeep, MountSpec, ServiceError, TenantMount, termination};
+
+/// Finds the Kubernetes pod of a process that made a request, so the engine can audit (and one
+/// day authorize) by workload. The CSI node plugin provides one; a plain mount has none.
+pub trait PodResolver: Send + Sync + fmt::Debug {
+    /// The pod `pid` runs in, if any. Called once per process every few seconds at most.
+    fn pod_of(&self, pid: u32) -> Option<Arc<PodIdentity>>;
+}
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -42,12 +55,13 @@ pub struct MountOptions {
     pub timeouts: CacheTimeouts,
     /// Additional `-o` options passed to the kernel as they are.
     pub extra: Vec<String>,
-    /// Name shown as the mount source (`tarbox:<tenant>` by default).
+    /// Name shown as the mount source (`tarbox` by default; a tenant's mount shows
+    /// `tarbox:<tenant>`).
     pub fs_name: Option<String>,
     /// Threads reading requests from the kernel (the work itself runs on the Tokio runtime).
     pub threads: usize,
-    /// Show the `/.tarbox` control directory at the root.
-    pub control_dir: bool,
+    /// Resolves a request's pid to its pod; `None` leaves callers without one.
+    pub pods: Option<Arc<dyn PodResolver>>,
 }
 
 impl Default for MountOptions {
@@ -59,7 +73,7 @@ impl Default for MountOptions {
             extra: Vec::new(),
             fs_name: None,
             threads: 2,
-            control_dir: true,
+            pods: None,
         }
     }
 }
@@ -91,14 +105,14 @@ pub struct Mounted {
     mountpoint: PathBuf,
     unmounter: SessionUnmounter,
     done: oneshot::Receiver<io::Result<()>>,
-    volume: Volume,
+    fs: Arc<dyn Filesystem>,
 }
 
 impl Mounted {
     /// Wait until the filesystem is unmounted (by [`Mounted::unmount`] or by `umount`).
     pub async fn wait(self) -> io::Result<()> {
         let result = self.done.await.unwrap_or(Ok(()));
-        if let Err(e) = self.volume.flush_all().await {
+        if let Err(e) = self.fs.sync_all().await {
             tracing::error!(error = %e, "buffered writes could not be flushed");
         }
         result
@@ -106,7 +120,7 @@ impl Mounted {
 
     /// Unmount and wait for the session to end; buffered writes are flushed first.
     pub async fn unmount(mut self) -> io::Result<()> {
-        if let Err(e) = self.volume.flush_all().await {
+        if let Err(e) = self.fs.sync_all().await {
             tracing::error!(error = %e, "buffered writes could not be flushed");
         }
         info!(mountpoint = %self.mountpoint.display(), "unmounting");
@@ -122,7 +136,7 @@ impl Mounted {
     ) -> io::Result<()> {
         tokio::select! {
             r = &mut self.done => {
-                if let Err(e) = self.volume.flush_all().await {
+                if let Err(e) = self.fs.sync_all().await {
                     tracing::error!(error = %e, "buffered writes could not be flushed");
                 }
                 r.unwrap_or(Ok(()))
@@ -149,9 +163,9 @@ pub fn is_mount_point(path: &Path) -> bool {
         .any(|m| Path::new(&m.replace("\\040", " ")) == path)
 }
 
-/// Mount `volume` at `mountpoint` and serve it until unmounted.
+/// Mount `fs` at `mountpoint` and serve it until unmounted.
 pub fn mount(
-    volume: Volume,
+    fs: Arc<dyn Filesystem>,
     mountpoint: &Path,
     options: &MountOptions,
 ) -> Result<Mounted, MountError> {
@@ -165,10 +179,7 @@ pub fn mount(
     if !Path::new("/dev/fuse").exists() {
         return Err(MountError::NoFuseDevice);
     }
-    let fs_name = options
-        .fs_name
-        .clone()
-        .unwrap_or_else(|| format!("tarbox:{}", volume.tenant_name()));
+    let fs_name = options.fs_name.clone().unwrap_or_else(|| "tarbox".into());
     let mut mount_options = vec![
         MountOption::FSName(fs_name),
         MountOption::Subtype("tarbox".into()),
@@ -190,10 +201,10 @@ pub fn mount(
     };
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = options.threads > 1;
-    let control = ControlFs::with_control_dir(volume.clone(), options.control_dir);
-    let fs = fs::TarboxFuse::new(control, runtime, options.timeouts);
+    let callers = convert::GroupCache::new(options.pods.clone());
+    let adapter = fs::TarboxFuse::new(fs.clone(), runtime, options.timeouts, callers);
     let mut session =
-        fuser::Session::new(fs, mountpoint, &config).map_err(|source| MountError::Mount {
+        fuser::Session::new(adapter, mountpoint, &config).map_err(|source| MountError::Mount {
             path: mountpoint.to_path_buf(),
             source,
         })?;
@@ -208,11 +219,11 @@ pub fn mount(
             path: mountpoint.to_path_buf(),
             source,
         })?;
-    info!(mountpoint = %mountpoint.display(), tenant = volume.tenant_name(), "mounted");
+    info!(mountpoint = %mountpoint.display(), "mounted");
     Ok(Mounted {
         mountpoint: mountpoint.to_path_buf(),
         unmounter,
         done,
-        volume,
+        fs,
     })
 }

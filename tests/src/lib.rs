@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::{
     Caller, DirEntry, Engine, EngineConfig, FileAttr, FileHandle, FsError, FsResult, Ino, SetAttr,
     TenantOptions, Timestamp, Usage, Volume,
@@ -462,7 +463,7 @@ impl TestVolume {
         loop {
             let page = self
                 .volume
-                .readdir(&root, fh, offset)
+                .readdir(&root, ino, fh, offset)
                 .await
                 .unwrap_or_else(|e| panic!("readdir {ino} at {offset}: {e}"));
             let Some(last) = page.last() else { break };

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::future::join_all;
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::backend::memory::MemoryBackend;
 use tarbox_fs::{
     Backend, Caller, Engine, EngineConfig, FileType, FsError, FsResult, Ino, Quota, RenameFlags,
@@ -188,7 +189,10 @@ async fn list(vol: &Volume, dir: Ino) -> BTreeMap<String, (Ino, FileType)> {
     let mut out = BTreeMap::new();
     let mut offset = 0;
     loop {
-        let page = vol.readdir(&root(), fh, offset).await.expect("readdir");
+        let page = vol
+            .readdir(&root(), dir, fh, offset)
+            .await
+            .expect("readdir");
         let Some(last) = page.last() else { break };
         assert!(last.next_offset > offset, "readdir offsets must advance");
         offset = last.next_offset;

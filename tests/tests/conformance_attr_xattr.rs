@@ -4,6 +4,7 @@
 //! Expected results are those of Linux on ext4/tmpfs (checked with python3 as root and as an
 //! unprivileged user).
 
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::{
     Caller, FileType, Ino, Quota, RenameFlags, SetAttr, TenantOptions, TimeSet, Timestamp,
     XattrMode,

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::audit::{
     AuditCounters, AuditFilter, AuditOrder, AuditSink, JsonLinesSink, PathMatch, ResultFilter,
     SinkError, StatsKey,
@@ -136,10 +137,10 @@ impl AuditSink for FailingSink {
     }
 
     async fn write(&self, events: &[AuditEvent]) -> Result<(), SinkError> {
-        Err(SinkError::Failed {
-            sink: "failing",
-            message: format!("refused {} events", events.len()),
-        })
+        Err(SinkError::failed(
+            "failing",
+            format!("refused {} events", events.len()),
+        ))
     }
 }
 
@@ -207,7 +208,7 @@ backend_tests! {
         v.lookup(&me, d, b"g").await.expect("lookup");
         v.getattr(&me, f).await.expect("getattr");
         read_all(&v, &me, f, 4096).await;
-        v.checkpoint_by(&me, "cp1", "").await.expect("checkpoint");
+        v.layers().acting_as(me.clone()).checkpoint("cp1", "").await.expect("checkpoint");
 
         let got = events(&engine, &t.tenant).await;
         assert_eq!(summary(&got), vec![
@@ -311,7 +312,7 @@ backend_tests! {
             let (engine, v) = at_level(&tenant, level).await;
             assert_errno!(v.open(&a, secret, libc::O_RDONLY).await, libc::EACCES);
             assert_errno!(v.create(&a, Ino::ROOT, b"mine", 0o644, libc::O_WRONLY).await, libc::EACCES);
-            v.flush_audit().await;
+            engine.flush_audit().await;
             engine.close().await.expect("close");
         }
         // Over the inode quota (root, /secret and /two make three).

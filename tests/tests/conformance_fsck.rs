@@ -1,6 +1,7 @@
 //! `fsck`: a tree built through the engine is clean and counted exactly; damage written straight
 //! into the store is reported with the path that shows it.
 
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::backend::{LayerView, TenantRecord};
 use tarbox_fs::{Caller, FileType, Ino, Inode};
 use tarbox_tests::{TestVolume, backend_tests};

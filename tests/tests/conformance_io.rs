@@ -4,6 +4,7 @@
 //! Tests that need many blocks use a tenant with 4 KiB blocks so block boundaries are cheap to
 //! cross. Expected results are those of Linux on ext4/tmpfs.
 
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::{Caller, FallocateMode, FileHandle, Ino, SetAttr};
 use tarbox_tests::{TestVolume, alice, assert_errno, backend_tests, bob, noise, now, small_blocks};
 

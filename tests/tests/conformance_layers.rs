@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use tarbox_fs::Filesystem as _;
+use tarbox_fs::LayerRef;
 use tarbox_fs::{
     Caller, ChangeKind, Clock, ContentDiff, Engine, EngineConfig, FileAttr, FileType, FsResult,
     Ino, LayerDiff, LayerId, LayerTree, Quota, RenameFlags, SetAttr, TenantOptions, TimeSet,
@@ -135,7 +137,7 @@ async fn list_dir(v: &Volume, ino: Ino) -> Vec<(String, Ino)> {
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
-        let page = v.readdir(&root, fh, offset).await.expect("readdir");
+        let page = v.readdir(&root, ino, fh, offset).await.expect("readdir");
         let Some(last) = page.last() else { break };
         offset = last.next_offset;
         for e in page {
@@ -201,7 +203,7 @@ async fn time_travel(t: &TestVolume, layer: &str) -> FsResult<Volume> {
         .volume_with(
             &t.tenant,
             VolumeOptions {
-                layer: Some(layer.to_owned()),
+                layer: Some(LayerRef::from(layer)),
                 ..VolumeOptions::default()
             },
         )
@@ -222,7 +224,7 @@ async fn uncached(t: &TestVolume, layer: Option<&str>) -> (Engine, Volume) {
         .expect("another engine");
     let options = VolumeOptions {
         read_only: true,
-        layer: layer.map(str::to_owned),
+        layer: layer.map(LayerRef::from),
         ..VolumeOptions::default()
     };
     let volume = engine
@@ -234,6 +236,7 @@ async fn uncached(t: &TestVolume, layer: Option<&str>) -> (Engine, Volume) {
 
 async fn checkpoint(t: &TestVolume, name: &str) -> LayerId {
     t.volume
+        .layers()
         .checkpoint(name, "")
         .await
         .unwrap_or_else(|e| panic!("checkpoint {name}: {e}"))
@@ -242,14 +245,15 @@ async fn checkpoint(t: &TestVolume, name: &str) -> LayerId {
 
 async fn switch(t: &TestVolume, target: &str) -> LayerId {
     t.volume
-        .switch_layer(target)
+        .layers()
+        .switch_to(&LayerRef::from(&target))
         .await
         .unwrap_or_else(|e| panic!("switch to {target}: {e}"))
         .id
 }
 
 async fn tree(t: &TestVolume) -> LayerTree {
-    t.volume.layers().await.expect("layers")
+    t.volume.layers().tree().await.expect("layers")
 }
 
 fn ids(tree: &LayerTree) -> Vec<LayerId> {
@@ -479,7 +483,7 @@ backend_tests! {
         assert!(!after.contains_key("/docs/crlf.txt"));
         assert_eq!(after["/bin.dat"].attr.nlink, 2);
 
-        let left = s.volume.layer_id();
+        let left = s.volume.layers().current();
         switch(&s, "before").await;
         let restored = snapshot(&s.volume).await;
         assert_same_tree(&restored, &before, "after switching back");
@@ -515,11 +519,11 @@ backend_tests! {
         assert_same_tree(&snapshot(&s.volume).await, &before, "after rolling back again");
 
         // Folding the checkpoint into both its children changes neither.
-        s.volume.drop_layer("before", true).await.expect("drop with force");
+        s.volume.layers().drop_layer(&LayerRef::from("before"), true).await.expect("drop with force");
         assert_same_tree(&snapshot(&s.volume).await, &before, "the head after the drop");
         let left_view = travel(&s, &id_ref(left)).await;
         assert_same_tree(&snapshot(&left_view).await, &after, "the left layer after the drop");
-        let pinned = s.volume.pinned(left).await.expect("pinned");
+        let pinned = s.volume.layers().view(&LayerRef::Id(left)).await.expect("pinned");
         assert_same_tree(&snapshot(&pinned).await, &after, "a pinned view of the left layer");
     }
 
@@ -527,9 +531,9 @@ backend_tests! {
         t.write_file("/f", b"v1").await;
         let c1 = checkpoint(&t, "c1").await;
         t.write_file("/f", b"v2").await;
-        let main_line = t.volume.layer_id();
+        let main_line = t.volume.layers().current();
         let head = switch(&t, "c1").await;
-        assert_eq!(t.volume.layer_id(), head);
+        assert_eq!(t.volume.layers().current(), head);
         let layers = tree(&t).await;
         assert_eq!(layers.head, head);
         assert_eq!(layers.get(head).and_then(|l| l.parent), Some(c1));
@@ -547,9 +551,9 @@ backend_tests! {
         assert_eq!(t.read_file("/g").await, b"only on the branch");
         // Layers are found by name, by id and by #id.
         let layers = tree(&t).await;
-        assert_eq!(layers.find("branch").map(|l| l.id), Some(branch));
-        assert_eq!(layers.find(&branch.to_string()).map(|l| l.id), Some(branch));
-        assert_eq!(layers.find(&id_ref(branch)).map(|l| l.id), Some(branch));
+        assert_eq!(layers.find(&LayerRef::from("branch")).map(|l| l.id), Some(branch));
+        assert_eq!(layers.find(&LayerRef::from(&branch.to_string())).map(|l| l.id), Some(branch));
+        assert_eq!(layers.find(&LayerRef::from(&id_ref(branch))).map(|l| l.id), Some(branch));
         assert!(layers.render().contains("branch (#"), "{}", layers.render());
         assert!(layers.render().contains("* (current)"), "{}", layers.render());
         assert_eq!(layers.summaries().iter().filter(|s| s.current).count(), 1);
@@ -557,10 +561,10 @@ backend_tests! {
 
     async fn switching_to_the_current_layer_changes_nothing(t: TestVolume) {
         t.write_file("/f", b"x").await;
-        let head = t.volume.layer_id();
+        let head = t.volume.layers().current();
         let before = ids(&tree(&t).await);
         assert_eq!(switch(&t, &id_ref(head)).await, head);
-        assert_eq!(t.volume.layer_id(), head);
+        assert_eq!(t.volume.layers().current(), head);
         assert_eq!(ids(&tree(&t).await), before);
         assert_eq!(t.read_file("/f").await, b"x");
     }
@@ -569,23 +573,23 @@ backend_tests! {
         t.write_file("/f", b"x").await;
         checkpoint(&t, "a").await;
         checkpoint(&t, "b").await;
-        let empty_head = t.volume.layer_id();
+        let empty_head = t.volume.layers().current();
         switch(&t, "a").await;
         let layers = tree(&t).await;
         assert!(layers.get(empty_head).is_none(), "an unnamed layer holding nothing is not kept:\n{}", layers.render());
         assert_eq!(names(&layers), ["a", "b"]);
         // A head holding changes is kept.
         t.write_file("/g", b"y").await;
-        let busy_head = t.volume.layer_id();
+        let busy_head = t.volume.layers().current();
         switch(&t, "b").await;
         assert!(tree(&t).await.get(busy_head).is_some());
     }
 
     async fn checkpoints_record_what_listings_show(t: TestVolume) {
-        let base = t.volume.layer_id();
+        let base = t.volume.layers().current();
         t.write_file("/f", &[1; 10_000]).await;
         let usage = t.usage().await;
-        let record = t.volume.checkpoint("first", "the first one").await.expect("checkpoint");
+        let record = t.volume.layers().checkpoint("first", "the first one").await.expect("checkpoint");
         assert_eq!(record.id, base);
         assert_eq!(record.name.as_deref(), Some("first"));
         assert_eq!(record.description, "the first one");
@@ -629,7 +633,7 @@ backend_tests! {
         let old = travel(&t, "v1").await;
         assert!(old.is_read_only());
         assert!(old.is_pinned());
-        assert_eq!(old.layer_id(), c);
+        assert_eq!(old.layers().current(), c);
         let old_tree = snapshot(&old).await;
 
         t.write_file("/f", b"version 2, longer\n").await;
@@ -665,10 +669,10 @@ backend_tests! {
         assert_errno!(old.setattr(&root, f, &SetAttr { mode: Some(0o600), ..SetAttr::default() }).await, libc::EROFS);
         assert_errno!(old.setattr(&root, f, &SetAttr { size: Some(0), ..SetAttr::default() }).await, libc::EROFS);
         assert_errno!(old.setxattr(&root, f, b"user.x", b"1", XattrMode::Any).await, libc::EROFS);
-        assert_errno!(old.checkpoint("from-the-past", "").await, libc::EROFS);
-        assert_errno!(old.switch_layer("v2").await, libc::EROFS);
-        assert_errno!(old.drop_layer("v2", true).await, libc::EROFS);
-        assert_eq!(old.auto_checkpoint().await.expect("auto_checkpoint"), None);
+        assert_errno!(old.layers().checkpoint("from-the-past", "").await, libc::EROFS);
+        assert_errno!(old.layers().switch_to(&LayerRef::from("v2")).await, libc::EROFS);
+        assert_errno!(old.layers().drop_layer(&LayerRef::from("v2"), true).await, libc::EROFS);
+        assert_eq!(old.layers().auto_checkpoint().await.expect("auto_checkpoint"), None);
         assert_same_tree(&snapshot(&old).await, &old_tree, "the time-travel view after refused writes");
         assert_eq!(t.ls_sorted("/").await, ["d", "f", "g"]);
 
@@ -709,33 +713,33 @@ backend_tests! {
         t.write_file("/f", b"x").await;
         checkpoint(&t, "taken").await;
         let before = ids(&tree(&t).await);
-        assert_errno!(t.volume.checkpoint("taken", "").await, libc::EEXIST);
+        assert_errno!(t.volume.layers().checkpoint("taken", "").await, libc::EEXIST);
         let long = "x".repeat(256);
         for bad in ["", "a/b", "12", "#12", ".", "..", " lead", "trail ", "bell\u{7}", "new\nline", long.as_str()] {
-            assert_errno!(t.volume.checkpoint(bad, "").await, libc::EINVAL);
+            assert_errno!(t.volume.layers().checkpoint(bad, "").await, libc::EINVAL);
         }
-        assert!(t.volume.checkpoint(&"y".repeat(255), "").await.is_ok(), "255 bytes is the limit");
-        assert!(t.volume.checkpoint("v1.2 rc-3_ünïcødé", "").await.is_ok());
+        assert!(t.volume.layers().checkpoint(&"y".repeat(255), "").await.is_ok(), "255 bytes is the limit");
+        assert!(t.volume.layers().checkpoint("v1.2 rc-3_ünïcødé", "").await.is_ok());
         assert_eq!(names(&tree(&t).await), ["taken", &"y".repeat(255), "v1.2 rc-3_ünïcødé"]);
         let after = ids(&tree(&t).await);
         assert_eq!(after.len(), before.len() + 2, "refused checkpoints leave no layer behind");
 
-        assert_errno!(t.volume.switch_layer("nope").await, libc::ENOENT);
-        assert_errno!(t.volume.switch_layer("#999999999").await, libc::ENOENT);
-        assert_errno!(t.volume.switch_layer("999999999").await, libc::ENOENT);
-        assert_errno!(t.volume.drop_layer("nope", false).await, libc::ENOENT);
-        assert_errno!(t.volume.drop_layer("nope", true).await, libc::ENOENT);
-        assert_errno!(t.volume.drop_layer("#999999999", true).await, libc::ENOENT);
+        assert_errno!(t.volume.layers().switch_to(&LayerRef::from("nope")).await, libc::ENOENT);
+        assert_errno!(t.volume.layers().switch_to(&LayerRef::from("#999999999")).await, libc::ENOENT);
+        assert_errno!(t.volume.layers().switch_to(&LayerRef::from("999999999")).await, libc::ENOENT);
+        assert_errno!(t.volume.layers().drop_layer(&LayerRef::from("nope"), false).await, libc::ENOENT);
+        assert_errno!(t.volume.layers().drop_layer(&LayerRef::from("nope"), true).await, libc::ENOENT);
+        assert_errno!(t.volume.layers().drop_layer(&LayerRef::from("#999999999"), true).await, libc::ENOENT);
         // The current layer cannot be dropped, even with force.
-        let head = id_ref(t.volume.layer_id());
-        assert_errno!(t.volume.drop_layer(&head, false).await, libc::EBUSY);
-        assert_errno!(t.volume.drop_layer(&head, true).await, libc::EBUSY);
+        let head = id_ref(t.volume.layers().current());
+        assert_errno!(t.volume.layers().drop_layer(&LayerRef::from(&head), false).await, libc::EBUSY);
+        assert_errno!(t.volume.layers().drop_layer(&LayerRef::from(&head), true).await, libc::EBUSY);
         // A layer others are built on needs force.
-        assert_errno!(t.volume.drop_layer("taken", false).await, libc::EBUSY);
+        assert_errno!(t.volume.layers().drop_layer(&LayerRef::from("taken"), false).await, libc::EBUSY);
         assert_eq!(ids(&tree(&t).await), after, "refused changes leave the tree as it was");
         assert_eq!(t.read_file("/f").await, b"x");
         // A dropped name is free again.
-        t.volume.drop_layer("taken", true).await.expect("drop with force");
+        t.volume.layers().drop_layer(&LayerRef::from("taken"), true).await.expect("drop with force");
         checkpoint(&t, "taken").await;
     }
 
@@ -757,14 +761,14 @@ backend_tests! {
         set_xattr(&s, "/dir", "user.v", b"2").await;
         checkpoint(&s, "c2").await;
         s.write_file("/a", b"a3").await;
-        let main_head = s.volume.layer_id();
+        let main_head = s.volume.layers().current();
         let main_tree = snapshot(&s.volume).await;
         switch(&s, "c1").await;
         pwrite_path(&s, "/shared", 10, b"branch edit").await;
         s.write_file("/c", b"c3").await;
         checkpoint(&s, "c3").await;
         s.write_file("/c", b"branch head").await;
-        let branch_head = s.volume.layer_id();
+        let branch_head = s.volume.layers().current();
 
         let c2_tree = snapshot(&travel(&s, "c2").await).await;
         let c3_tree = snapshot(&travel(&s, "c3").await).await;
@@ -773,14 +777,14 @@ backend_tests! {
         let head_tree = snapshot(&s.volume).await;
         let usage = s.usage().await;
 
-        assert_errno!(s.volume.drop_layer("c1", false).await, libc::EBUSY);
-        s.volume.drop_layer("c1", true).await.expect("drop c1 with force");
+        assert_errno!(s.volume.layers().drop_layer(&LayerRef::from("c1"), false).await, libc::EBUSY);
+        s.volume.layers().drop_layer(&LayerRef::from("c1"), true).await.expect("drop c1 with force");
         let layers = tree(&s).await;
-        assert!(layers.find("c1").is_none(), "{}", layers.render());
-        assert_eq!(layers.find("c2").and_then(|l| l.parent), Some(base));
-        assert_eq!(layers.find("c3").and_then(|l| l.parent), Some(base));
+        assert!(layers.find(&LayerRef::from("c1")).is_none(), "{}", layers.render());
+        assert_eq!(layers.find(&LayerRef::from("c2")).and_then(|l| l.parent), Some(base));
+        assert_eq!(layers.find(&LayerRef::from("c3")).and_then(|l| l.parent), Some(base));
         assert_errno!(time_travel(&s, "c1").await, libc::ENOENT);
-        assert_errno!(s.volume.switch_layer("c1").await, libc::ENOENT);
+        assert_errno!(s.volume.layers().switch_to(&LayerRef::from("c1")).await, libc::ENOENT);
 
         // Nothing else changed what it shows.
         assert_same_tree(&snapshot(&s.volume).await, &head_tree, "the head after the drop");
@@ -793,24 +797,24 @@ backend_tests! {
         assert_same_tree(&snapshot(&s.volume).await, &main_tree, "switched to the main line");
 
         // Even the base layer can be folded away.
-        s.volume.drop_layer("c0", true).await.expect("drop the base layer");
+        s.volume.layers().drop_layer(&LayerRef::from("c0"), true).await.expect("drop the base layer");
         let layers = tree(&s).await;
         assert!(layers.get(base).is_none());
-        assert_eq!(layers.find("c2").map(|l| l.parent), Some(None));
+        assert_eq!(layers.find(&LayerRef::from("c2")).map(|l| l.parent), Some(None));
         assert_same_tree(&snapshot(&s.volume).await, &main_tree, "after dropping the base");
         assert_same_tree(&snapshot(&travel(&s, "c3").await).await, &c3_tree, "c3 after dropping the base");
         switch(&s, "c2").await;
         assert_same_tree(&snapshot(&s.volume).await, &c2_tree, "c2 after dropping the base");
 
         // Leaves drop without force and disappear: the branch's head, left by a switch, then c3.
-        assert_errno!(s.volume.drop_layer("c3", false).await, libc::EBUSY);
+        assert_errno!(s.volume.layers().drop_layer(&LayerRef::from("c3"), false).await, libc::EBUSY);
         s.volume
-            .drop_layer(&id_ref(branch_head), false)
+            .layers().drop_layer(&LayerRef::from(id_ref(branch_head)), false)
             .await
             .expect("drop the branch's head");
-        s.volume.drop_layer("c3", false).await.expect("drop the leaf c3");
+        s.volume.layers().drop_layer(&LayerRef::from("c3"), false).await.expect("drop the leaf c3");
         let layers = tree(&s).await;
-        assert!(layers.find("c3").is_none(), "{}", layers.render());
+        assert!(layers.find(&LayerRef::from("c3")).is_none(), "{}", layers.render());
         assert_errno!(time_travel(&s, "c3").await, libc::ENOENT);
         assert_same_tree(&snapshot(&s.volume).await, &c2_tree, "c2 after dropping c3");
 
@@ -829,17 +833,17 @@ backend_tests! {
         t.write_file("/f", b"two").await;
         checkpoint(&t, "two").await;
         t.write_file("/f", b"three").await;
-        let head = t.volume.layer_id();
+        let head = t.volume.layers().current();
         switch(&t, "one").await;
         let before: Vec<LayerId> = ids(&tree(&t).await);
         // The main line's head, left by the switch, is a leaf.
-        t.volume.drop_layer(&id_ref(head), false).await.expect("drop the left head");
+        t.volume.layers().drop_layer(&LayerRef::from(id_ref(head)), false).await.expect("drop the left head");
         let after = ids(&tree(&t).await);
         assert_eq!(after.len(), before.len() - 1);
         assert!(!after.contains(&head));
         assert_eq!(read_path(&travel(&t, "two").await, "/f").await.expect("read"), b"two");
         assert_eq!(t.read_file("/f").await, b"one");
-        assert_errno!(t.volume.switch_layer(&id_ref(head)).await, libc::ENOENT);
+        assert_errno!(t.volume.layers().switch_to(&LayerRef::from(id_ref(head))).await, libc::ENOENT);
     }
 
     async fn usage_follows_the_tree(t: TestVolume) {
@@ -860,7 +864,7 @@ backend_tests! {
         s.write_file("/other", &noise(MIB, 6)).await;
         let other = s.usage().await;
         assert_eq!(other.bytes, empty.bytes + MIB as u64);
-        let deleted_head = s.volume.layer_id();
+        let deleted_head = s.volume.layers().current();
 
         switch(&s, "with-big").await;
         assert_eq!(s.usage().await, full, "usage is the target's again");
@@ -877,9 +881,9 @@ backend_tests! {
         assert_eq!(s.usage().await, full);
 
         // Dropping layers changes no tree, so no usage; what is left stays readable.
-        s.volume.drop_layer(&id_ref(deleted_head), false).await.expect("drop the abandoned head");
+        s.volume.layers().drop_layer(&LayerRef::from(id_ref(deleted_head)), false).await.expect("drop the abandoned head");
         assert_eq!(s.usage().await, full);
-        s.volume.drop_layer("with-big", true).await.expect("drop the checkpoint under the head");
+        s.volume.layers().drop_layer(&LayerRef::from("with-big"), true).await.expect("drop the checkpoint under the head");
         assert_eq!(s.usage().await, full);
         assert_eq!(s.read_file("/big").await, noise(MIB, 5));
         let (engine, fresh) = uncached(&s, None).await;
@@ -905,7 +909,7 @@ backend_tests! {
         assert_eq!(s.volume.read(&root, gh, 0, 100).await.expect("read").len(), 10);
         // A buffered write, not yet flushed: the switch flushes it into the layer it leaves.
         s.volume.write(&root, fh, 0, b"BUFFERED").await.expect("write");
-        let left = s.volume.layer_id();
+        let left = s.volume.layers().current();
 
         switch(&s, "old").await;
         assert_eq!(&s.volume.read(&root, fh, 0, 100).await.expect("read f")[..], b"old content");
@@ -916,7 +920,7 @@ backend_tests! {
         s.volume.release(&root, fh).await.expect("release");
         s.volume.release(&root, gh).await.expect("release");
         assert_eq!(s.read_file("/f").await, b"Nld content");
-        let branch = s.volume.layer_id();
+        let branch = s.volume.layers().current();
 
         switch(&s, &id_ref(left)).await;
         assert_eq!(s.read_file("/f").await, b"BUFFEREDent, longer than before");
@@ -965,7 +969,7 @@ backend_tests! {
         t.mkdir_p("/olddir").await;
         t.write_file("/olddir/inside", b"i\n").await;
         checkpoint(&t, "c").await;
-        assert!(t.volume.diff_current().await.expect("diff").changes.is_empty(), "nothing changed yet");
+        assert!(t.volume.layers().diff_current().await.expect("diff").changes.is_empty(), "nothing changed yet");
 
         t.write_file("/mod.txt", b"a\nB\nc\nd\n").await;
         unlink(&t, "/del.txt").await;
@@ -984,9 +988,9 @@ backend_tests! {
         unlink(&t, "/olddir/inside").await;
         t.volume.rmdir(&Caller::root(), Ino::ROOT, b"olddir").await.expect("rmdir");
 
-        let head = id_ref(t.volume.layer_id());
-        let diff = t.volume.diff("c", &head).await.expect("diff");
-        assert_eq!(diff, t.volume.diff_current().await.expect("diff_current"));
+        let head = id_ref(t.volume.layers().current());
+        let diff = t.volume.layers().diff(&LayerRef::from("c"), &LayerRef::from(&head)).await.expect("diff");
+        assert_eq!(diff, t.volume.layers().diff_current().await.expect("diff_current"));
         assert!(diff.from.starts_with("c (#"), "{}", diff.from);
         assert_eq!(diff.to, head);
         assert_eq!(kinds(&diff), expect_kinds(&[
@@ -1061,7 +1065,7 @@ backend_tests! {
         assert!(rendered.contains("--- a/mod.txt"), "{rendered}");
 
         // The other way round, additions and deletions swap.
-        let back = t.volume.diff(&head, "c").await.expect("reverse diff");
+        let back = t.volume.layers().diff(&LayerRef::from(&head), &LayerRef::from("c")).await.expect("reverse diff");
         assert_eq!(kinds(&back), expect_kinds(&[
             (ChangeKind::Modified, "/bin.dat"),
             (ChangeKind::Modified, "/crlf.txt"),
@@ -1081,16 +1085,16 @@ backend_tests! {
         assert_eq!(change(&back, "/ren-old.txt").old_path.as_deref(), Some("/ren-new.txt"));
         assert_eq!(change(&back, "/script.sh").metadata, ["mode 755 -> 644"]);
 
-        assert!(t.volume.diff("c", "c").await.expect("diff").changes.is_empty());
-        assert!(t.volume.diff(&head, &head).await.expect("diff").changes.is_empty());
-        assert_errno!(t.volume.diff("c", "nope").await, libc::ENOENT);
-        assert_errno!(t.volume.diff("nope", "c").await, libc::ENOENT);
+        assert!(t.volume.layers().diff(&LayerRef::from("c"), &LayerRef::from("c")).await.expect("diff").changes.is_empty());
+        assert!(t.volume.layers().diff(&LayerRef::from(&head), &LayerRef::from(&head)).await.expect("diff").changes.is_empty());
+        assert_errno!(t.volume.layers().diff(&LayerRef::from("c"), &LayerRef::from("nope")).await, libc::ENOENT);
+        assert_errno!(t.volume.layers().diff(&LayerRef::from("nope"), &LayerRef::from("c")).await, libc::ENOENT);
 
         // Right after a checkpoint the current layer holds nothing.
         checkpoint(&t, "d").await;
-        let empty = t.volume.diff_current().await.expect("diff_current");
+        let empty = t.volume.layers().diff_current().await.expect("diff_current");
         assert!(empty.changes.is_empty(), "{}", empty.render());
-        let named = t.volume.diff("c", "d").await.expect("diff");
+        let named = t.volume.layers().diff(&LayerRef::from("c"), &LayerRef::from("d")).await.expect("diff");
         assert_eq!(named.to, format!("d ({head})"));
         assert_eq!(named.changes, diff.changes, "the head, now checkpoint d, holds the same changes");
     }
@@ -1119,7 +1123,7 @@ backend_tests! {
         unlink(&t, "/link").await;
         symlink(&t, "/link", "new-target").await;
 
-        let diff = t.volume.diff_current().await.expect("diff");
+        let diff = t.volume.layers().diff_current().await.expect("diff");
         let (added, removed, unified) = text(change(&diff, "/no-newline"));
         assert_eq!((added, removed), (1, 1), "{unified}");
         assert!(unified.contains("-last line") && unified.contains("+last line\n"), "{unified}");
@@ -1162,18 +1166,18 @@ backend_tests! {
         checkpoint(&t, "c").await;
         t.write_file("/f", b"2\n").await;
         t.write_file("/main-only", b"m\n").await;
-        let main = id_ref(t.volume.layer_id());
+        let main = id_ref(t.volume.layers().current());
         switch(&t, "c").await;
-        let current = t.volume.diff_current().await.expect("diff_current");
+        let current = t.volume.layers().diff_current().await.expect("diff_current");
         assert!(current.changes.is_empty(), "a fresh switch changes nothing yet: {}", current.render());
         t.write_file("/f", b"3\n").await;
         t.write_file("/branch-only", b"b\n").await;
-        let branch = id_ref(t.volume.layer_id());
-        assert_eq!(kinds(&t.volume.diff_current().await.expect("diff_current")), expect_kinds(&[
+        let branch = id_ref(t.volume.layers().current());
+        assert_eq!(kinds(&t.volume.layers().diff_current().await.expect("diff_current")), expect_kinds(&[
             (ChangeKind::Added, "/branch-only"),
             (ChangeKind::Modified, "/f"),
         ]));
-        let across = t.volume.diff(&main, &branch).await.expect("diff across branches");
+        let across = t.volume.layers().diff(&LayerRef::from(&main), &LayerRef::from(&branch)).await.expect("diff across branches");
         assert_eq!(kinds(&across), expect_kinds(&[
             (ChangeKind::Added, "/branch-only"),
             (ChangeKind::Modified, "/f"),
@@ -1183,7 +1187,7 @@ backend_tests! {
         assert!(unified.contains("-2\n") && unified.contains("+3\n"), "{unified}");
         // Diffs read the layers, not the volume's view: a time-travel view gives the same.
         let view = travel(&t, "c").await;
-        assert_eq!(view.diff(&main, &branch).await.expect("diff"), across);
+        assert_eq!(view.layers().diff(&LayerRef::from(&main), &LayerRef::from(&branch)).await.expect("diff"), across);
     }
 
     async fn automatic_checkpoints(t: TestVolume) {
@@ -1191,7 +1195,7 @@ backend_tests! {
         assert_errno!(t.engine.set_auto_checkpoint("no-such-tenant", Some(Duration::from_secs(1))).await, libc::ENOENT);
         // Off by default.
         t.write_file("/f", b"x").await;
-        assert_eq!(t.volume.auto_checkpoint().await.expect("auto_checkpoint"), None);
+        assert_eq!(t.volume.layers().auto_checkpoint().await.expect("auto_checkpoint"), None);
         checkpoint(&t, "manual").await;
 
         t.engine.set_auto_checkpoint(&t.tenant, Some(Duration::from_secs(1))).await.expect("turn on");
@@ -1200,26 +1204,26 @@ backend_tests! {
         let config = EngineConfig { clock: clock.clone(), ..EngineConfig::default() };
         let engine = Engine::with_backend(t.engine.backend().clone(), config).await.expect("engine");
         let v = engine.volume(&t.tenant).await.expect("volume");
-        assert_eq!(v.auto_checkpoint().await.expect("auto_checkpoint"), None, "nothing changed");
+        assert_eq!(v.layers().auto_checkpoint().await.expect("auto_checkpoint"), None, "nothing changed");
 
         let root = Caller::root();
         let (_, fh) = v.create(&root, Ino::ROOT, b"g", 0o644, libc::O_RDWR).await.expect("create");
         v.write(&root, fh, 0, b"first").await.expect("write");
-        let first = v.auto_checkpoint().await.expect("auto_checkpoint").expect("a checkpoint is due");
+        let first = v.layers().auto_checkpoint().await.expect("auto_checkpoint").expect("a checkpoint is due");
         assert_eq!(first.name.as_deref(), Some("auto-20300101T000000Z"));
         assert_eq!(first.description, "automatic checkpoint");
         assert_eq!(first.frozen_at, Some(clock.now()));
         // The new head began now: nothing is due, changed or not.
-        assert_eq!(v.auto_checkpoint().await.expect("auto_checkpoint"), None);
+        assert_eq!(v.layers().auto_checkpoint().await.expect("auto_checkpoint"), None);
         // A buffered write counts as a change and is part of the checkpoint.
         v.write(&root, fh, 5, b" second").await.expect("write");
-        assert_eq!(v.auto_checkpoint().await.expect("auto_checkpoint"), None, "the interval has not passed");
+        assert_eq!(v.layers().auto_checkpoint().await.expect("auto_checkpoint"), None, "the interval has not passed");
         clock.advance(Duration::from_secs(1));
-        let second = v.auto_checkpoint().await.expect("auto_checkpoint").expect("a checkpoint is due");
+        let second = v.layers().auto_checkpoint().await.expect("auto_checkpoint").expect("a checkpoint is due");
         assert_eq!(second.name.as_deref(), Some("auto-20300101T000001Z"));
         v.release(&root, fh).await.expect("release");
         clock.advance(Duration::from_secs(5));
-        assert_eq!(v.auto_checkpoint().await.expect("auto_checkpoint"), None, "nothing changed");
+        assert_eq!(v.layers().auto_checkpoint().await.expect("auto_checkpoint"), None, "nothing changed");
 
         assert_eq!(names(&tree(&t).await), ["manual", "auto-20300101T000000Z", "auto-20300101T000001Z"]);
         assert_eq!(read_path(&travel(&t, "auto-20300101T000000Z").await, "/g").await.expect("read"), b"first");
@@ -1229,7 +1233,7 @@ backend_tests! {
         t.engine.set_auto_checkpoint(&t.tenant, None).await.expect("turn off");
         t.write_file("/h", b"h").await;
         clock.advance(Duration::from_secs(60));
-        assert_eq!(v.auto_checkpoint().await.expect("auto_checkpoint"), None);
+        assert_eq!(v.layers().auto_checkpoint().await.expect("auto_checkpoint"), None);
         drop(v);
         engine.close().await.expect("close");
     }
@@ -1237,7 +1241,8 @@ backend_tests! {
     async fn concurrent_checkpoints_and_writes_from_two_volumes(t: TestVolume) {
         let other = t.reopen().await;
         t.write_file("/f", b"base").await;
-        let (a, b) = tokio::join!(t.volume.checkpoint("same", ""), other.checkpoint("same", ""));
+        let (mine, theirs) = (t.volume.layers(), other.layers());
+        let (a, b) = tokio::join!(mine.checkpoint("same", ""), theirs.checkpoint("same", ""));
         assert!(a.is_ok() != b.is_ok(), "exactly one wins: {a:?} {b:?}");
         let loser = if a.is_ok() { b } else { a };
         assert_errno!(loser, libc::EEXIST);
@@ -1258,7 +1263,7 @@ backend_tests! {
         };
         let checkpointer = async {
             for i in 0..5 {
-                t.volume.checkpoint(&format!("c{i}"), "").await.expect("checkpoint");
+                t.volume.layers().checkpoint(&format!("c{i}"), "").await.expect("checkpoint");
             }
         };
         tokio::join!(writer, checkpointer);

@@ -3,6 +3,7 @@
 //!
 //! Expected results are those of Linux on ext4/tmpfs.
 
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::{Caller, FileType, Ino, RenameFlags};
 use tarbox_tests::{TestVolume, alice, assert_errno, backend_tests, bob};
 

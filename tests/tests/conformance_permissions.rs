@@ -5,6 +5,7 @@
 //! Expected results are those of Linux on ext4 (checked as root and as an unprivileged user with
 //! `setpriv --reuid --regid --groups`).
 
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::{Caller, FileHandle, Ino, RenameFlags, SetAttr};
 use tarbox_tests::{TestVolume, alice, assert_errno, backend_tests, bob, user};
 

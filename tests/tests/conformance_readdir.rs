@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::{Caller, DirEntry, FileHandle, FileType, Ino};
 use tarbox_tests::{TestVolume, assert_errno, backend_tests, bob};
 
@@ -11,12 +12,12 @@ fn name(e: &DirEntry) -> String {
 }
 
 /// Read a directory handle from `offset` to the end.
-async fn read_rest(t: &TestVolume, fh: FileHandle, mut offset: u64) -> Vec<DirEntry> {
+async fn read_rest(t: &TestVolume, dir: Ino, fh: FileHandle, mut offset: u64) -> Vec<DirEntry> {
     let mut out = Vec::new();
     loop {
         let page = t
             .volume
-            .readdir(&Caller::root(), fh, offset)
+            .readdir(&Caller::root(), dir, fh, offset)
             .await
             .unwrap_or_else(|e| panic!("readdir at {offset}: {e}"));
         let Some(last) = page.last() else { return out };
@@ -81,7 +82,7 @@ backend_tests! {
         // listing is exactly what followed that entry.
         for (i, e) in all.iter().enumerate() {
             let fh = t.volume.opendir(&root, d).await.expect("opendir");
-            let rest = read_rest(&t, fh, e.next_offset).await;
+            let rest = read_rest(&t, d, fh, e.next_offset).await;
             t.volume.releasedir(&root, fh).await.expect("releasedir");
             assert_eq!(rest, all[i + 1..], "continuing after {}", name(e));
         }
@@ -96,7 +97,7 @@ backend_tests! {
 
         // List about half.
         let fh = v.opendir(&root, d).await.expect("opendir");
-        let first_page = v.readdir(&root, fh, 0).await.expect("readdir");
+        let first_page = v.readdir(&root, d, fh, 0).await.expect("readdir");
         let first: Vec<DirEntry> = first_page.into_iter().take(22).collect();
         let offset = first.last().expect("a first half").next_offset;
         let listed: BTreeSet<String> = first.iter().skip(2).map(name).collect();
@@ -116,7 +117,7 @@ backend_tests! {
         let added: Vec<String> = (0..6).map(|i| format!("new{i}")).collect();
         touch_all(&t, d, added.clone()).await;
 
-        let rest: Vec<String> = read_rest(&t, fh, offset).await.iter().map(name).collect();
+        let rest: Vec<String> = read_rest(&t, d, fh, offset).await.iter().map(name).collect();
         v.releasedir(&root, fh).await.expect("releasedir");
 
         let rest_set: BTreeSet<&String> = rest.iter().collect();
@@ -154,7 +155,7 @@ backend_tests! {
         t.write_file("/d/f", b"twelve bytes").await;
         t.mkdir_p("/d/sub").await;
         let fh = t.volume.opendir(&root, d).await.expect("opendir");
-        let entries = t.volume.readdirplus(&root, fh, 0).await.expect("readdirplus");
+        let entries = t.volume.readdirplus(&root, d, fh, 0).await.expect("readdirplus");
         t.volume.releasedir(&root, fh).await.expect("releasedir");
         assert_eq!(entries.len(), 4);
         for (entry, attr) in entries {
@@ -176,10 +177,10 @@ backend_tests! {
         let read_only = t.mkdir_mode("/readonly", 0o744).await;
         let fh = v.opendir(&bob(), read_only).await.expect("opendir with read permission");
         v.releasedir(&bob(), fh).await.expect("releasedir");
-        assert_errno!(v.readdir(&root, fh, 0).await, libc::EBADF);
+        assert_errno!(v.readdir(&root, read_only, fh, 0).await, libc::EBADF);
         // A file handle is not a directory handle.
         let file_fh = v.open(&root, f.ino, libc::O_RDONLY).await.expect("open");
-        assert_errno!(v.readdir(&root, file_fh, 0).await, libc::ENOTDIR);
+        assert_errno!(v.readdir(&root, f.ino, file_fh, 0).await, libc::ENOTDIR);
         v.release(&root, file_fh).await.expect("release");
     }
 }

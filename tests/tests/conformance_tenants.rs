@@ -1,6 +1,7 @@
 //! Tenants: names, creation, listing, deletion, isolation, and quotas (inode and byte) as users
 //! see them: ENOSPC, usage never beyond the quota, statfs.
 
+use tarbox_fs::Filesystem as _;
 use tarbox_fs::{Caller, FileType, Ino, Quota, TenantOptions, TenantState, VolumeOptions};
 use tarbox_tests::{TestVolume, assert_errno, backend_tests, unique_tenant_name};
 

@@ -3,23 +3,22 @@
 //! handles on every path.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::io::{ErrorKind, Read};
 use std::os::unix::ffi::OsStrExt;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use std::sync::Arc;
+
 use tarbox_fs::{
-    Caller, DirEntry, Engine, FileAttr, FileHandle, FileType, FsError, FsResult, Ino, Volume,
-    VolumeOptions,
+    Caller, DirEntry, Engine, FileAttr, FileHandle, FileType, Filesystem, FsError, FsResult, Ino,
+    VolumeOptions, paths,
 };
 
 use crate::Context;
 
 /// Reads and writes move this much at a time.
 pub(crate) const CHUNK: usize = 1 << 20;
-/// Symlinks followed while resolving one path before giving up (`ELOOP`), as Linux.
-const MAX_SYMLINKS: u32 = 40;
 /// Modes of what the commands create (the engine applies no umask).
 pub(crate) const DIR_MODE: u32 = 0o755;
 pub(super) const FILE_MODE: u32 = 0o644;
@@ -29,16 +28,14 @@ pub(crate) fn lossy(path: &[u8]) -> Cow<'_, str> {
     String::from_utf8_lossy(path)
 }
 
-/// The components of a path, without empty ones and `.`.
-pub(super) fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
-    path.split(|b| *b == b'/')
-        .filter(|c| !c.is_empty() && *c != b".")
-}
+pub(super) use tarbox_fs::paths::components;
 
 /// A tenant's tree opened for file commands, as the superuser.
 pub(crate) struct Tree {
     engine: Engine,
-    pub(crate) v: Volume,
+    /// The tree, as every frontend sees one.
+    pub(crate) v: Arc<dyn Filesystem>,
+    pub(crate) tenant: String,
     pub(crate) me: Caller,
 }
 
@@ -54,7 +51,7 @@ impl Tree {
         };
         let engine = ctx.engine().await?;
         let options = VolumeOptions {
-            layer,
+            layer: layer.map(tarbox_fs::LayerRef::from),
             mount: Some(format!("{}:cli", tarbox_fs::audit::host_name())),
             ..VolumeOptions::default()
         };
@@ -64,7 +61,8 @@ impl Tree {
             .with_context(|| format!("cannot open tenant {tenant:?}"))?;
         Ok(Tree {
             engine,
-            v,
+            v: Arc::new(v),
+            tenant,
             // Administrators act as root inside the tenant; the audit trail names this process.
             me: Caller {
                 pid: std::process::id(),
@@ -75,7 +73,7 @@ impl Tree {
 
     /// Flush and end the engine session, then return the command's `result` (whose error wins).
     pub(crate) async fn close(self, result: Result<()>) -> Result<()> {
-        let flushed = self.v.flush_all().await;
+        let flushed = self.v.sync_all().await;
         let closed = self.engine.close().await;
         result?;
         flushed.context("cannot flush buffered writes")?;
@@ -83,11 +81,9 @@ impl Tree {
         Ok(())
     }
 
-    /// Resolve an absolute path from the root, one `lookup` per component. Symlinks are followed
-    /// in the middle of the path, and at its end when `follow` is set.
+    /// Resolve an absolute path from the root (see [`tarbox_fs::paths`]).
     pub(crate) async fn lookup_path(&self, path: &[u8], follow: bool) -> FsResult<FileAttr> {
-        let root = self.v.getattr(&self.me, Ino::ROOT).await?;
-        self.lookup_from(root, path, follow).await
+        paths::resolve(self.v.as_ref(), &self.me, path, follow).await
     }
 
     /// Like [`Tree::lookup_path`] from `start` (a directory) for a relative path.
@@ -97,31 +93,7 @@ impl Tree {
         path: &[u8],
         follow: bool,
     ) -> FsResult<FileAttr> {
-        let mut queue: VecDeque<Vec<u8>> = components(path).map(<[u8]>::to_vec).collect();
-        let mut cur = start;
-        let mut links = 0;
-        while let Some(name) = queue.pop_front() {
-            if cur.kind != FileType::Directory {
-                return Err(FsError::NotDir);
-            }
-            let attr = self.v.lookup(&self.me, cur.ino, &name).await?;
-            if attr.kind == FileType::Symlink && (follow || !queue.is_empty()) {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(FsError::Loop);
-                }
-                let target = self.v.readlink(&self.me, attr.ino).await?;
-                if target.starts_with(b"/") {
-                    cur = self.v.getattr(&self.me, Ino::ROOT).await?;
-                }
-                for c in components(&target).rev() {
-                    queue.push_front(c.to_vec());
-                }
-                continue;
-            }
-            cur = attr;
-        }
-        Ok(cur)
+        paths::resolve_from(self.v.as_ref(), &self.me, start, path, follow).await
     }
 
     /// [`Tree::lookup_path`] for a path given on the command line; errors name it.
@@ -136,50 +108,18 @@ impl Tree {
     pub(crate) async fn parent(&self, path: &OsStr) -> Result<(FileAttr, Vec<u8>)> {
         let bytes = absolute(path)?;
         let shown = path.to_string_lossy();
-        let Some(name) = components(bytes).next_back() else {
+        if paths::split_last(bytes).is_none() {
             bail!("{shown}: not allowed on the root directory");
-        };
-        let dir_part = &bytes[..bytes.len() - trailing_len(bytes, name)];
-        let dir = self
-            .lookup_path(dir_part, true)
+        }
+        let (dir, name) = paths::resolve_parent(self.v.as_ref(), &self.me, bytes)
             .await
             .map_err(|e| anyhow!("{shown}: {e}"))?;
-        if dir.kind != FileType::Directory {
-            bail!("{shown}: {}", FsError::NotDir);
-        }
         Ok((dir, name.to_vec()))
     }
 
     /// Every entry of directory `dir` except `.` and `..`, sorted by name, with attributes.
-    /// The directory handle is released on every path.
     pub(crate) async fn list(&self, dir: Ino) -> FsResult<Vec<(DirEntry, FileAttr)>> {
-        let fh = self.v.opendir(&self.me, dir).await?;
-        let listed = self.list_open(fh).await;
-        let released = self.v.releasedir(&self.me, fh).await;
-        let mut entries = listed?;
-        released?;
-        entries.retain(|(e, _)| e.name != b"." && e.name != b"..");
-        entries.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-        Ok(entries)
-    }
-
-    async fn list_open(&self, fh: FileHandle) -> FsResult<Vec<(DirEntry, FileAttr)>> {
-        let mut out = Vec::new();
-        let mut offset = 0;
-        loop {
-            let page = self.v.readdirplus(&self.me, fh, offset).await?;
-            let next = match page.last() {
-                Some((e, _)) => e.next_offset,
-                // readdirplus leaves out entries removed while it ran: only an empty readdir is
-                // the end of the directory.
-                None => match self.v.readdir(&self.me, fh, offset).await?.last() {
-                    Some(e) => e.next_offset,
-                    None => return Ok(out),
-                },
-            };
-            out.extend(page);
-            offset = next;
-        }
+        paths::list_dir(self.v.as_ref(), &self.me, dir).await
     }
 
     /// Read regular file `ino` from its start in [`CHUNK`]s, handing each to `sink`, up to
@@ -305,23 +245,6 @@ pub(crate) fn absolute(path: &OsStr) -> Result<&[u8]> {
     Ok(bytes)
 }
 
-/// How many bytes at the end of `path` are its last component `name` and any `/` or `.` after it.
-fn trailing_len(path: &[u8], name: &[u8]) -> usize {
-    let mut end = path.len();
-    // Skip trailing slashes and `.` components after the name.
-    loop {
-        let rest = &path[..end];
-        if rest.ends_with(b"/") {
-            end -= 1;
-        } else if rest.ends_with(b"/.") {
-            end -= 2;
-        } else {
-            break;
-        }
-    }
-    path.len() - end + name.len()
-}
-
 /// Read from `input` until `buf` is full or the input ends.
 pub(crate) fn fill(input: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -376,9 +299,6 @@ mod tests {
     fn paths_split_into_components() {
         let c: Vec<&[u8]> = components(b"/a//b/./c/").collect();
         assert_eq!(c, [&b"a"[..], b"b", b"c"]);
-        assert_eq!(trailing_len(b"/a/b", b"b"), 1);
-        assert_eq!(trailing_len(b"/a/b/", b"b"), 2);
-        assert_eq!(trailing_len(b"/a/b/./", b"b"), 4);
         assert!(absolute(OsStr::new("relative")).is_err());
     }
 }

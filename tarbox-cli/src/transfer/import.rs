@@ -130,7 +130,7 @@ async fn import_into(tree: &Tree, source: Source, into: &OsStr) -> Result<()> {
     eprintln!(
         "imported {entries} entries ({}) from {from} into tenant {:?} at {}",
         HumanBytes(bytes),
-        tree.v.tenant_name(),
+        tree.tenant.as_str(),
         into.to_string_lossy()
     );
     Ok(())

@@ -18,6 +18,7 @@ mod event;
 mod filter;
 mod pipeline;
 mod sink;
+mod store;
 
 use std::fmt;
 use std::str::FromStr;
@@ -33,6 +34,7 @@ pub use filter::{
 };
 pub use pipeline::{AuditCounters, Auditor};
 pub use sink::{AuditSink, JsonLinesSink, SinkError, StoreSink, TracingSink};
+pub use store::{AUDIT_PARTITION_NS, AuditPartition, AuditStore, ExpiryReport, partition_start};
 
 /// How much of a tenant's activity is recorded.
 #[derive(

@@ -7,13 +7,30 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::AuditEvent;
-use crate::backend::Backend;
+use super::store::AuditStore;
 
 /// Why a sink could not take a batch. The batch is then counted as dropped for that sink.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("audit sink {sink}: {message}")]
-    Failed { sink: &'static str, message: String },
+    #[error("audit sink {sink} failed")]
+    Failed {
+        sink: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl SinkError {
+    /// A failure of `sink`, keeping its cause.
+    pub fn failed(
+        sink: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> SinkError {
+        SinkError::Failed {
+            sink,
+            source: source.into(),
+        }
+    }
 }
 
 /// A destination of audit events. Called by the auditor's background task only, one batch at a
@@ -31,12 +48,12 @@ pub trait AuditSink: Send + Sync + 'static {
 /// already wrote in their own transaction (strict mode).
 #[derive(Debug)]
 pub struct StoreSink {
-    backend: Arc<dyn Backend>,
+    store: Arc<dyn AuditStore>,
 }
 
 impl StoreSink {
-    pub fn new(backend: Arc<dyn Backend>) -> StoreSink {
-        StoreSink { backend }
+    pub fn new(store: Arc<dyn AuditStore>) -> StoreSink {
+        StoreSink { store }
     }
 }
 
@@ -58,13 +75,10 @@ impl AuditSink for StoreSink {
         if events.is_empty() {
             return Ok(());
         }
-        self.backend
+        self.store
             .insert_audit(events)
             .await
-            .map_err(|e| SinkError::Failed {
-                sink: "store",
-                message: e.to_string(),
-            })
+            .map_err(|e| SinkError::failed("store", e))
     }
 }
 
@@ -108,13 +122,10 @@ impl AuditSink for JsonLinesSink {
     }
 
     async fn write(&self, events: &[AuditEvent]) -> Result<(), SinkError> {
-        let fail = |message: String| SinkError::Failed {
-            sink: "json_lines",
-            message,
-        };
+        let fail = |e: Box<dyn std::error::Error + Send + Sync>| SinkError::failed("json_lines", e);
         let mut buf = Vec::with_capacity(events.len() * 256);
         for e in events {
-            serde_json::to_writer(&mut buf, e).map_err(|e| fail(e.to_string()))?;
+            serde_json::to_writer(&mut buf, e).map_err(|e| fail(e.into()))?;
             buf.push(b'\n');
         }
         let out = self.out.clone();
@@ -125,8 +136,8 @@ impl AuditSink for JsonLinesSink {
             out.flush()
         })
         .await
-        .map_err(|e| fail(e.to_string()))?
-        .map_err(|e| fail(e.to_string()))
+        .map_err(|e| fail(e.into()))?
+        .map_err(|e| fail(e.into()))
     }
 }
 

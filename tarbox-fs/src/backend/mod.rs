@@ -27,11 +27,8 @@
 //! zero it is deleted in the same transaction. Inserting a block that already exists (even one
 //! inserted concurrently by another engine) only increments its count and never fails.
 
-mod audit;
 pub mod memory;
 pub mod postgres;
-
-pub use audit::{AUDIT_PARTITION_NS, AuditPartition, AuditStore, ExpiryReport, partition_start};
 
 use std::fmt;
 use std::ops::Range;
@@ -41,6 +38,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditStore;
 use crate::error::{BackendError, BackendResult, QuotaKind};
 use crate::types::{FileType, Ino, Inode, LayerId, Quota, TenantId, Timestamp, Usage};
 
@@ -155,6 +153,15 @@ pub struct LayerRecord {
     pub frozen_at: Option<Timestamp>,
     /// The tenant's usage when the layer was frozen: a switch back to it restores this.
     pub usage: Option<Usage>,
+}
+
+/// What a switch does besides moving the head, as the engine decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerSwitch {
+    /// The tenant's usage after the switch (what the target recorded when it was frozen).
+    pub usage: Option<Usage>,
+    /// Delete the layer left if it holds no rows.
+    pub discard_head: bool,
 }
 
 /// Keys written in a set of layers: what can differ between two views whose chains differ by
@@ -317,9 +324,10 @@ pub trait StoreTxn: StoreRead {
     async fn set_xattr(&mut self, ino: Ino, name: &[u8], value: Option<&[u8]>)
     -> BackendResult<()>;
 
-    /// Add `delta` to the tenant's usage. Positive deltas are refused with `Ok(Err(kind))` when they
-    /// would take usage beyond the quota (checked against the latest committed usage, so
-    /// concurrent transactions can never overshoot together). Negative deltas always apply and
+    /// Compare and charge: add the deltas to the tenant's usage unless
+    /// [`Quota::exceeded_by`] refuses them against the tenant's quota and the latest committed
+    /// usage (so concurrent transactions can never overshoot together), in which case nothing
+    /// changes and the limit is returned as `Ok(Err(kind))`. Negative deltas always apply and
     /// saturate at zero.
     async fn charge(&mut self, bytes: i64, inodes: i64) -> BackendResult<Result<(), QuotaKind>>;
 
@@ -403,15 +411,17 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
         now: Timestamp,
     ) -> BackendResult<LayerRecord>;
 
-    /// Switch (rollback or roll forward): make a new empty layer on top of `target` the head and
-    /// set the tenant's usage to the usage recorded on `target`. The old head is frozen (with
-    /// `now` and the usage) and stays, unless it is an unnamed layer holding no rows, which is
-    /// deleted (it adds nothing to its parent). Returns the new head.
+    /// Switch (rollback or roll forward): freeze the head (with `now` and the usage), make a new
+    /// empty layer on top of `target` the head, and set the tenant's usage to `usage` when given.
+    /// With `discard_head`, the old head's record is deleted afterwards if it holds no rows
+    /// (checked here, under the serialization above, so a concurrent write is never lost); the
+    /// engine decides when to ask (see `Layers::switch_to`). Returns the new head.
     async fn switch_layer(
         &self,
         tenant: TenantId,
         head: LayerId,
         target: LayerId,
+        switch: LayerSwitch,
         now: Timestamp,
     ) -> BackendResult<LayerRecord>;
 

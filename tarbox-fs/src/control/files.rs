@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::ControlFs;
 use super::nodes::Node;
 use crate::audit::AuditEvent;
-use crate::engine::LayerTree;
+use crate::engine::{LayerRef, LayerTree};
 use crate::error::{FsError, FsResult};
 use crate::types::{Caller, Quota, Usage};
 
@@ -122,21 +122,19 @@ impl ControlFs {
     /// The content of a control file, as a read sees it.
     pub(super) async fn content(&self, node: Node) -> FsResult<Vec<u8>> {
         let volume = &self.volume;
+        let layers = volume.layers();
         match node {
             Node::LayersCurrent => {
-                let tree = volume.layers().await?;
-                let current = tree
-                    .get(volume.layer_id())
-                    .ok_or(FsError::NotFound)?
-                    .clone();
+                let tree = layers.tree().await?;
+                let current = tree.get(layers.current()).ok_or(FsError::NotFound)?.clone();
                 json(&tree.summary(&current))
             }
-            Node::LayersList => json(&volume.layers().await?.summaries()),
-            Node::LayersTree => Ok(volume.layers().await?.render().into_bytes()),
-            Node::LayersDiff => Ok(volume.diff_current().await?.render().into_bytes()),
+            Node::LayersList => json(&layers.tree().await?.summaries()),
+            Node::LayersTree => Ok(layers.tree().await?.render().into_bytes()),
+            Node::LayersDiff => Ok(layers.diff_current().await?.render().into_bytes()),
             Node::StatsUsage => {
                 let (usage, quota) = volume.usage().await?;
-                let tree = volume.layers().await?;
+                let tree = layers.tree().await?;
                 json(&usage_report(usage, quota, &tree))
             }
             Node::LastError => Ok(self.last_error().into_bytes()),
@@ -170,7 +168,7 @@ impl ControlFs {
 
     async fn run_command(&self, caller: &Caller, node: Node, data: &[u8]) -> FsResult<()> {
         let text = command_text(data)?;
-        let volume = &self.volume;
+        let layers = self.layers(caller);
         match node {
             Node::LayersNew => {
                 let cmd = if text.starts_with('{') {
@@ -181,9 +179,7 @@ impl ControlFs {
                         description: String::new(),
                     }
                 };
-                volume
-                    .checkpoint_by(caller, &cmd.name, &cmd.description)
-                    .await?;
+                layers.checkpoint(&cmd.name, &cmd.description).await?;
             }
             Node::LayersSwitch => {
                 let name = if text.starts_with('{') {
@@ -191,7 +187,7 @@ impl ControlFs {
                 } else {
                     text.to_owned()
                 };
-                volume.switch_layer_by(caller, &name).await?;
+                layers.switch_to(&LayerRef::from(name)).await?;
                 self.layers_changed();
             }
             Node::LayersDrop => {
@@ -203,7 +199,9 @@ impl ControlFs {
                         force: false,
                     }
                 };
-                volume.drop_layer_by(caller, &cmd.name, cmd.force).await?;
+                layers
+                    .drop_layer(&LayerRef::from(cmd.name), cmd.force)
+                    .await?;
                 self.layers_changed();
             }
             _ => return Err(FsError::PermissionDenied),

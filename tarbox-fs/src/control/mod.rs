@@ -11,12 +11,14 @@
 //!   last_error       why the last rejected command failed
 //! ```
 //!
-//! [`ControlFs`] has the same operations as [`Volume`] and routes each by inode number (see
-//! `nodes`): the tree's own inodes go to the volume unchanged, the control nodes are answered
-//! here, and snapshot inodes go to a read-only volume pinned to the checkpoint. Nothing of
+//! [`ControlFs`] is a [`Filesystem`] wrapping an inner one and routes each request by inode number
+//! (see `nodes`): the tree's own inodes go to the inner filesystem unchanged, the control nodes
+//! are answered here from the volume's [`Layers`] and audit trail, and snapshot inodes go to a
+//! read-only volume pinned to the checkpoint. Nothing of
 //! `/.tarbox` is stored, counted in quota or captured by a checkpoint, and the engine refuses to
 //! create a real `/.tarbox` (`EPERM`), so the virtual directory never hides data.
 
+mod entries;
 mod files;
 mod nodes;
 
@@ -24,14 +26,17 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use bytes::Bytes;
 
+use self::entries::as_inode;
 use self::nodes::{MAX_SLOTS, Node, Target, decode, snapshot_ino};
-use crate::engine::{CONTROL_DIR, Volume, perm_allows};
+use crate::engine::{CONTROL_DIR, LayerRef, Layers, Volume, perm_allows};
 use crate::error::{FsError, FsResult};
+use crate::filesystem::Filesystem;
 use crate::types::{
-    Caller, DirEntry, FallocateMode, FileAttr, FileHandle, FileType, Ino, Inode, LayerId,
-    RenameFlags, SetAttr, StatFs, Timestamp, XattrMode,
+    Caller, DirEntry, FallocateMode, FileAttr, FileHandle, FileType, Ino, LayerId, RenameFlags,
+    SetAttr, StatFs, Whence, XattrMode,
 };
 
 /// Handles of control files and snapshot trees carry this bit; the volume's own handles never do.
@@ -60,9 +65,13 @@ struct State {
     last_error: String,
 }
 
-/// A [`Volume`] with the `/.tarbox` control directory at its root. Cheap to clone.
+/// A filesystem with the `/.tarbox` control directory of a [`Volume`] at its root. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct ControlFs {
+    /// Where requests for the tree go.
+    inner: Arc<dyn Filesystem>,
+    /// The volume whose history and audit trail the control files show and change.
     volume: Volume,
     state: Arc<Mutex<State>>,
     /// Bumped whenever a command changed which tree the mount shows.
@@ -88,7 +97,13 @@ impl ControlFs {
     /// The volume with (`enabled`) or without its control directory; without it, every request
     /// goes straight to the volume.
     pub fn with_control_dir(volume: Volume, enabled: bool) -> ControlFs {
+        ControlFs::wrapping(Arc::new(volume.clone()), volume, enabled)
+    }
+
+    /// `inner` (the tree of `volume`, possibly behind guards) with `volume`'s control directory.
+    pub fn wrapping(inner: Arc<dyn Filesystem>, volume: Volume, enabled: bool) -> ControlFs {
         ControlFs {
+            inner,
             volume,
             state: Arc::new(Mutex::new(State::default())),
             generation: Arc::new(AtomicU64::new(0)),
@@ -104,21 +119,9 @@ impl ControlFs {
         }
     }
 
-    /// The tenant's tree, without the control directory.
-    pub fn volume(&self) -> &Volume {
-        &self.volume
-    }
-
-    /// Changes whenever a control command (a switch or a drop) replaced the tree under the mount:
-    /// a frontend that lets the kernel cache entries and attributes must drop those caches then.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Whether `fh` is a control file, whose content is generated: frontends should bypass the
-    /// page cache for it (direct I/O), since its size changes without writes.
-    pub fn is_generated(&self, fh: FileHandle) -> bool {
-        matches!(self.handle(fh), Ok(ControlHandle::File { .. }))
+    /// The history the control files administer, acting for `caller`.
+    fn layers(&self, caller: &Caller) -> Layers {
+        self.volume.layers().acting_as(caller.clone())
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -180,7 +183,7 @@ impl ControlFs {
         if let Some(slot) = self.state().by_layer.get(&layer) {
             return Ok(*slot);
         }
-        let volume = self.volume.pinned(layer).await?;
+        let volume = self.volume.layers().view(&LayerRef::Id(layer)).await?;
         let mut st = self.state();
         if let Some(slot) = st.by_layer.get(&layer) {
             return Ok(*slot);
@@ -194,53 +197,24 @@ impl ControlFs {
         Ok(slot)
     }
 
-    /// Attributes of a fixed control node: owned by the root directory's owner; command files are
-    /// writable by whoever may write the root (and not at all on a read-only volume).
-    async fn control_attr(&self, caller: &Caller, node: Node) -> FsResult<FileAttr> {
-        let root = self.volume.getattr(caller, Ino::ROOT).await?;
-        let now = Timestamp::from_system(std::time::SystemTime::now());
-        let (kind, perm, size, nlink) = if node.is_dir() {
-            let subdirs = node.children().filter(|n| n.is_dir()).count() as u32;
-            (FileType::Directory, 0o555, 0, 2 + subdirs)
-        } else {
-            // Command files read as their usage help.
-            let size = self.content(node).await?.len() as u64;
-            let writable = node.is_command() && !self.volume.is_read_only();
-            let perm = if writable {
-                root.perm & 0o666 | 0o600
-            } else {
-                0o444
-            };
-            (FileType::Regular, perm, size, 1)
-        };
-        Ok(FileAttr {
-            ino: node.ino(),
-            kind,
-            perm,
-            nlink,
-            uid: root.uid,
-            gid: root.gid,
-            size,
-            blocks: size.div_ceil(512),
-            blksize: 4096,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            btime: root.btime,
-            rdev: 0,
-        })
+    /// Where a name operation on `(parent, name)` goes: the tree (`Some(parent)`), or an error for
+    /// `/.tarbox` itself and everything inside the control directory.
+    fn tree_parent(&self, parent: Ino, name: &[u8], exists: FsError) -> FsResult<Ino> {
+        match self.decode(parent)? {
+            Target::Tree(Ino::ROOT) if name == CONTROL_DIR && self.enabled => Err(exists),
+            Target::Tree(p) => Ok(p),
+            Target::Control(_) => Err(FsError::NotPermitted),
+            Target::Snapshot { .. } => Err(FsError::ReadOnly),
+        }
     }
+}
 
-    /// Attributes of a snapshot's inode, numbered for this mount.
-    fn snapshot_attr(slot: u32, mut attr: FileAttr) -> FsResult<FileAttr> {
-        attr.ino = snapshot_ino(slot, attr.ino)?;
-        Ok(attr)
-    }
-
+#[async_trait]
+impl Filesystem for ControlFs {
     /// The attributes of what `ino` refers to.
-    pub async fn getattr(&self, caller: &Caller, ino: Ino) -> FsResult<FileAttr> {
+    async fn getattr(&self, caller: &Caller, ino: Ino) -> FsResult<FileAttr> {
         match self.decode(ino)? {
-            Target::Tree(ino) => self.volume.getattr(caller, ino).await,
+            Target::Tree(ino) => self.inner.getattr(caller, ino).await,
             Target::Control(node) => self.control_attr(caller, node).await,
             Target::Snapshot { slot, ino } => {
                 let attr = self.slot_volume(slot)?.getattr(caller, ino).await?;
@@ -249,16 +223,18 @@ impl ControlFs {
         }
     }
 
-    pub async fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<FileAttr> {
+    async fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<FileAttr> {
         match self.decode(parent)? {
             Target::Tree(Ino::ROOT) if name == CONTROL_DIR && self.enabled => {
                 self.control_attr(caller, Node::Root).await
             }
-            Target::Tree(p) => self.volume.lookup(caller, p, name).await,
+            Target::Tree(p) => self.inner.lookup(caller, p, name).await,
             Target::Control(Node::Snapshots) => {
-                let tree = self.volume.layers().await?;
+                let tree = self.volume.layers().tree().await?;
                 let text = std::str::from_utf8(name).map_err(|_| FsError::NotFound)?;
-                let layer = tree.find(text).ok_or(FsError::NotFound)?;
+                let layer = tree
+                    .find(&LayerRef::Name(text.to_owned()))
+                    .ok_or(FsError::NotFound)?;
                 let slot = self.slot_of(layer.id).await?;
                 let attr = self.slot_volume(slot)?.getattr(caller, Ino::ROOT).await?;
                 Self::snapshot_attr(slot, attr)
@@ -275,18 +251,7 @@ impl ControlFs {
         }
     }
 
-    /// Where a name operation on `(parent, name)` goes: the tree (`Some(parent)`), or an error for
-    /// `/.tarbox` itself and everything inside the control directory.
-    fn tree_parent(&self, parent: Ino, name: &[u8], exists: FsError) -> FsResult<Ino> {
-        match self.decode(parent)? {
-            Target::Tree(Ino::ROOT) if name == CONTROL_DIR && self.enabled => Err(exists),
-            Target::Tree(p) => Ok(p),
-            Target::Control(_) => Err(FsError::NotPermitted),
-            Target::Snapshot { .. } => Err(FsError::ReadOnly),
-        }
-    }
-
-    pub async fn mknod(
+    async fn mknod(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -295,10 +260,10 @@ impl ControlFs {
         rdev: u32,
     ) -> FsResult<FileAttr> {
         let p = self.tree_parent(parent, name, FsError::Exists)?;
-        self.volume.mknod(caller, p, name, mode, rdev).await
+        self.inner.mknod(caller, p, name, mode, rdev).await
     }
 
-    pub async fn mkdir(
+    async fn mkdir(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -306,10 +271,10 @@ impl ControlFs {
         mode: u32,
     ) -> FsResult<FileAttr> {
         let p = self.tree_parent(parent, name, FsError::Exists)?;
-        self.volume.mkdir(caller, p, name, mode).await
+        self.inner.mkdir(caller, p, name, mode).await
     }
 
-    pub async fn symlink(
+    async fn symlink(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -317,28 +282,28 @@ impl ControlFs {
         target: &[u8],
     ) -> FsResult<FileAttr> {
         let p = self.tree_parent(parent, name, FsError::Exists)?;
-        self.volume.symlink(caller, p, name, target).await
+        self.inner.symlink(caller, p, name, target).await
     }
 
-    pub async fn readlink(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
+    async fn readlink(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
         match self.decode(ino)? {
-            Target::Tree(ino) => self.volume.readlink(caller, ino).await,
+            Target::Tree(ino) => self.inner.readlink(caller, ino).await,
             Target::Control(_) => Err(FsError::Invalid("not a symlink")),
             Target::Snapshot { slot, ino } => self.slot_volume(slot)?.readlink(caller, ino).await,
         }
     }
 
-    pub async fn unlink(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
+    async fn unlink(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
         let p = self.tree_parent(parent, name, FsError::IsDir)?;
-        self.volume.unlink(caller, p, name).await
+        self.inner.unlink(caller, p, name).await
     }
 
-    pub async fn rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
+    async fn rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
         let p = self.tree_parent(parent, name, FsError::Busy("the control directory"))?;
-        self.volume.rmdir(caller, p, name).await
+        self.inner.rmdir(caller, p, name).await
     }
 
-    pub async fn link(
+    async fn link(
         &self,
         caller: &Caller,
         ino: Ino,
@@ -349,10 +314,10 @@ impl ControlFs {
             return Err(FsError::CrossDevice);
         };
         let p = self.tree_parent(newparent, newname, FsError::Exists)?;
-        self.volume.link(caller, ino, p, newname).await
+        self.inner.link(caller, ino, p, newname).await
     }
 
-    pub async fn rename(
+    async fn rename(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -377,9 +342,9 @@ impl ControlFs {
         }
     }
 
-    pub async fn setattr(&self, caller: &Caller, ino: Ino, set: &SetAttr) -> FsResult<FileAttr> {
+    async fn setattr(&self, caller: &Caller, ino: Ino, set: &SetAttr) -> FsResult<FileAttr> {
         match self.decode(ino)? {
-            Target::Tree(ino) => self.volume.setattr(caller, ino, set).await,
+            Target::Tree(ino) => self.inner.setattr(caller, ino, set).await,
             Target::Control(node) => {
                 // `echo x > file` truncates before writing: accept that for command files.
                 let only_size = set.mode.is_none()
@@ -401,9 +366,9 @@ impl ControlFs {
         }
     }
 
-    pub async fn access(&self, caller: &Caller, ino: Ino, mask: u32) -> FsResult<()> {
+    async fn access(&self, caller: &Caller, ino: Ino, mask: u32) -> FsResult<()> {
         match self.decode(ino)? {
-            Target::Tree(ino) => self.volume.access(caller, ino, mask).await,
+            Target::Tree(ino) => self.inner.access(caller, ino, mask).await,
             Target::Control(node) => {
                 let attr = self.control_attr(caller, node).await?;
                 if perm_allows(caller, &as_inode(&attr), (mask & 7) as u16) {
@@ -418,13 +383,13 @@ impl ControlFs {
         }
     }
 
-    pub async fn statfs(&self, caller: &Caller) -> FsResult<StatFs> {
-        self.volume.statfs(caller).await
+    async fn statfs(&self, caller: &Caller) -> FsResult<StatFs> {
+        self.inner.statfs(caller).await
     }
 
-    pub async fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<FileHandle> {
+    async fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<FileHandle> {
         match self.decode(ino)? {
-            Target::Tree(ino) => self.volume.open(caller, ino, flags).await,
+            Target::Tree(ino) => self.inner.open(caller, ino, flags).await,
             Target::Control(node) if node.is_dir() => Err(FsError::IsDir),
             Target::Control(node) => {
                 let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
@@ -432,7 +397,7 @@ impl ControlFs {
                     if !node.is_command() {
                         return Err(FsError::PermissionDenied);
                     }
-                    if self.volume.is_read_only() {
+                    if self.inner.is_read_only() {
                         return Err(FsError::ReadOnly);
                     }
                 }
@@ -451,7 +416,7 @@ impl ControlFs {
         }
     }
 
-    pub async fn create(
+    async fn create(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -461,7 +426,7 @@ impl ControlFs {
     ) -> FsResult<(FileAttr, FileHandle)> {
         match self.decode(parent)? {
             Target::Tree(Ino::ROOT) if name == CONTROL_DIR && self.enabled => Err(FsError::IsDir),
-            Target::Tree(p) => self.volume.create(caller, p, name, mode, flags).await,
+            Target::Tree(p) => self.inner.create(caller, p, name, mode, flags).await,
             Target::Control(dir) => match dir.child(name) {
                 // `echo x > /.tarbox/layers/new` may arrive as a create of the existing file.
                 Some(node) if flags & libc::O_EXCL == 0 => {
@@ -475,7 +440,7 @@ impl ControlFs {
         }
     }
 
-    pub async fn read(
+    async fn read(
         &self,
         caller: &Caller,
         fh: FileHandle,
@@ -483,7 +448,7 @@ impl ControlFs {
         size: u32,
     ) -> FsResult<Bytes> {
         if !Self::is_control_fh(fh) {
-            return self.volume.read(caller, fh, offset, size).await;
+            return self.inner.read(caller, fh, offset, size).await;
         }
         match self.handle(fh)? {
             ControlHandle::File { content, .. } => {
@@ -502,7 +467,7 @@ impl ControlFs {
 
     /// A write to a command file runs the command it holds; a rejected command fails the write
     /// with its errno and leaves the reason in `/.tarbox/last_error`.
-    pub async fn write(
+    async fn write(
         &self,
         caller: &Caller,
         fh: FileHandle,
@@ -510,7 +475,7 @@ impl ControlFs {
         data: &[u8],
     ) -> FsResult<u32> {
         if !Self::is_control_fh(fh) {
-            return self.volume.write(caller, fh, offset, data).await;
+            return self.inner.write(caller, fh, offset, data).await;
         }
         match self.handle(fh)? {
             ControlHandle::File { node, .. } if node.is_command() => {
@@ -522,9 +487,9 @@ impl ControlFs {
         }
     }
 
-    pub async fn flush(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
+    async fn flush(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
         if !Self::is_control_fh(fh) {
-            return self.volume.flush(caller, fh).await;
+            return self.inner.flush(caller, fh).await;
         }
         match self.handle(fh)? {
             ControlHandle::Snapshot { slot, fh } => self.slot_volume(slot)?.flush(caller, fh).await,
@@ -532,16 +497,16 @@ impl ControlFs {
         }
     }
 
-    pub async fn fsync(&self, caller: &Caller, fh: FileHandle, datasync: bool) -> FsResult<()> {
+    async fn fsync(&self, caller: &Caller, fh: FileHandle, datasync: bool) -> FsResult<()> {
         if !Self::is_control_fh(fh) {
-            return self.volume.fsync(caller, fh, datasync).await;
+            return self.inner.fsync(caller, fh, datasync).await;
         }
         self.handle(fh).map(|_| ())
     }
 
-    pub async fn release(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
+    async fn release(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
         if !Self::is_control_fh(fh) {
-            return self.volume.release(caller, fh).await;
+            return self.inner.release(caller, fh).await;
         }
         match self.take_handle(fh)? {
             ControlHandle::Snapshot { slot, fh } => {
@@ -551,7 +516,7 @@ impl ControlFs {
         }
     }
 
-    pub async fn fallocate(
+    async fn fallocate(
         &self,
         caller: &Caller,
         fh: FileHandle,
@@ -571,9 +536,38 @@ impl ControlFs {
         }
     }
 
-    pub async fn opendir(&self, caller: &Caller, ino: Ino) -> FsResult<FileHandle> {
+    async fn lseek(
+        &self,
+        caller: &Caller,
+        fh: FileHandle,
+        offset: u64,
+        whence: Whence,
+    ) -> FsResult<u64> {
+        if !Self::is_control_fh(fh) {
+            return self.inner.lseek(caller, fh, offset, whence).await;
+        }
+        match self.handle(fh)? {
+            // Generated content has no holes.
+            ControlHandle::File { content, .. } => {
+                let len = content.len() as u64;
+                match whence {
+                    _ if offset >= len => Err(FsError::PastEnd),
+                    Whence::Data => Ok(offset),
+                    Whence::Hole => Ok(len),
+                }
+            }
+            ControlHandle::Dir => Err(FsError::IsDir),
+            ControlHandle::Snapshot { slot, fh } => {
+                self.slot_volume(slot)?
+                    .lseek(caller, fh, offset, whence)
+                    .await
+            }
+        }
+    }
+
+    async fn opendir(&self, caller: &Caller, ino: Ino) -> FsResult<FileHandle> {
         match self.decode(ino)? {
-            Target::Tree(ino) => self.volume.opendir(caller, ino).await,
+            Target::Tree(ino) => self.inner.opendir(caller, ino).await,
             Target::Control(node) if node.is_dir() => Ok(self.new_handle(ControlHandle::Dir)),
             Target::Control(_) => Err(FsError::NotDir),
             Target::Snapshot { slot, ino } => {
@@ -585,7 +579,7 @@ impl ControlFs {
 
     /// The next entries after `offset` of the directory open as `fh` (`ino` is its inode, which
     /// tells the control directories apart).
-    pub async fn readdir(
+    async fn readdir(
         &self,
         caller: &Caller,
         ino: Ino,
@@ -596,7 +590,7 @@ impl ControlFs {
             if offset >= CONTROL_ENTRY_OFFSET {
                 return Ok(Vec::new());
             }
-            let mut entries = self.volume.readdir(caller, fh, offset).await?;
+            let mut entries = self.inner.readdir(caller, ino, fh, offset).await?;
             if entries.is_empty() && ino == Ino::ROOT && self.enabled {
                 entries.push(DirEntry {
                     name: CONTROL_DIR.to_vec(),
@@ -615,7 +609,14 @@ impl ControlFs {
                 self.control_entries(node, offset).await
             }
             ControlHandle::Snapshot { slot, fh } => {
-                let mut entries = self.slot_volume(slot)?.readdir(caller, fh, offset).await?;
+                let inner_ino = match self.decode(ino)? {
+                    Target::Snapshot { ino, .. } => ino,
+                    _ => return Err(FsError::BadHandle),
+                };
+                let mut entries = self
+                    .slot_volume(slot)?
+                    .readdir(caller, inner_ino, fh, offset)
+                    .await?;
                 for e in &mut entries {
                     e.ino = snapshot_ino(slot, e.ino)?;
                 }
@@ -625,51 +626,8 @@ impl ControlFs {
         }
     }
 
-    /// Entries of a control directory after `offset`: `.`, `..`, then the children (for
-    /// `snapshots`, one per checkpoint, by name).
-    async fn control_entries(&self, node: Node, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let parent = node.parent().map_or(Ino::ROOT, Node::ino);
-        let mut all = vec![
-            (b".".to_vec(), node.ino(), FileType::Directory),
-            (b"..".to_vec(), parent, FileType::Directory),
-        ];
-        if node == Node::Snapshots {
-            let tree = self.volume.layers().await?;
-            for layer in &tree.layers {
-                if let Some(name) = &layer.name {
-                    let slot = self.slot_of(layer.id).await?;
-                    all.push((
-                        name.as_bytes().to_vec(),
-                        snapshot_ino(slot, Ino::ROOT)?,
-                        FileType::Directory,
-                    ));
-                }
-            }
-        } else {
-            for child in node.children() {
-                let kind = if child.is_dir() {
-                    FileType::Directory
-                } else {
-                    FileType::Regular
-                };
-                all.push((child.name().to_vec(), child.ino(), kind));
-            }
-        }
-        Ok(all
-            .into_iter()
-            .enumerate()
-            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-            .map(|(i, (name, ino, kind))| DirEntry {
-                name,
-                ino,
-                kind,
-                next_offset: i as u64 + 1,
-            })
-            .collect())
-    }
-
-    /// [`ControlFs::readdir`] with each entry's attributes.
-    pub async fn readdirplus(
+    /// [`Filesystem::readdir`] with each entry's attributes.
+    async fn readdirplus(
         &self,
         caller: &Caller,
         ino: Ino,
@@ -677,7 +635,7 @@ impl ControlFs {
         offset: u64,
     ) -> FsResult<Vec<(DirEntry, FileAttr)>> {
         if !Self::is_control_fh(fh) && offset < CONTROL_ENTRY_OFFSET {
-            let mut entries = self.volume.readdirplus(caller, fh, offset).await?;
+            let mut entries = self.inner.readdirplus(caller, ino, fh, offset).await?;
             if entries.is_empty() && ino == Ino::ROOT && self.enabled {
                 let attr = self.control_attr(caller, Node::Root).await?;
                 entries.push((
@@ -710,9 +668,9 @@ impl ControlFs {
         Ok(out)
     }
 
-    pub async fn releasedir(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
+    async fn releasedir(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
         if !Self::is_control_fh(fh) {
-            return self.volume.releasedir(caller, fh).await;
+            return self.inner.releasedir(caller, fh).await;
         }
         match self.take_handle(fh)? {
             ControlHandle::Snapshot { slot, fh } => {
@@ -722,9 +680,9 @@ impl ControlFs {
         }
     }
 
-    pub async fn getxattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+    async fn getxattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
         match self.decode(ino)? {
-            Target::Tree(ino) => self.volume.getxattr(caller, ino, name).await,
+            Target::Tree(ino) => self.inner.getxattr(caller, ino, name).await,
             Target::Control(_) => Err(FsError::NoData),
             Target::Snapshot { slot, ino } => {
                 self.slot_volume(slot)?.getxattr(caller, ino, name).await
@@ -732,15 +690,15 @@ impl ControlFs {
         }
     }
 
-    pub async fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+    async fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
         match self.decode(ino)? {
-            Target::Tree(ino) => self.volume.listxattr(caller, ino).await,
+            Target::Tree(ino) => self.inner.listxattr(caller, ino).await,
             Target::Control(_) => Ok(Vec::new()),
             Target::Snapshot { slot, ino } => self.slot_volume(slot)?.listxattr(caller, ino).await,
         }
     }
 
-    pub async fn setxattr(
+    async fn setxattr(
         &self,
         caller: &Caller,
         ino: Ino,
@@ -749,42 +707,36 @@ impl ControlFs {
         mode: XattrMode,
     ) -> FsResult<()> {
         match self.decode(ino)? {
-            Target::Tree(ino) => self.volume.setxattr(caller, ino, name, value, mode).await,
+            Target::Tree(ino) => self.inner.setxattr(caller, ino, name, value, mode).await,
             Target::Control(_) => Err(FsError::NotPermitted),
             Target::Snapshot { .. } => Err(FsError::ReadOnly),
         }
     }
 
-    pub async fn removexattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<()> {
+    async fn removexattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<()> {
         match self.decode(ino)? {
-            Target::Tree(ino) => self.volume.removexattr(caller, ino, name).await,
+            Target::Tree(ino) => self.inner.removexattr(caller, ino, name).await,
             Target::Control(_) => Err(FsError::NotPermitted),
             Target::Snapshot { .. } => Err(FsError::ReadOnly),
         }
     }
 
-    /// Flush the buffered writes of every open file of the tree.
-    pub async fn flush_all(&self) -> FsResult<()> {
-        self.volume.flush_all().await
+    async fn sync_all(&self) -> FsResult<()> {
+        self.inner.sync_all().await
     }
-}
 
-/// The permission-relevant part of synthesized attributes.
-fn as_inode(attr: &FileAttr) -> Inode {
-    Inode {
-        ino: attr.ino,
-        kind: attr.kind,
-        perm: attr.perm,
-        uid: attr.uid,
-        gid: attr.gid,
-        nlink: attr.nlink,
-        size: attr.size,
-        atime: attr.atime,
-        mtime: attr.mtime,
-        ctime: attr.ctime,
-        btime: attr.btime,
-        rdev: attr.rdev,
-        parent: Ino::ROOT,
-        target: Vec::new(),
+    fn is_read_only(&self) -> bool {
+        self.inner.is_read_only()
+    }
+
+    /// Control files are generated: frontends should bypass the page cache for them (direct
+    /// I/O), since their size changes without writes.
+    fn is_generated(&self, fh: FileHandle) -> bool {
+        matches!(self.handle(fh), Ok(ControlHandle::File { .. }))
+    }
+
+    /// Changes whenever a control command (a switch or a drop) replaced the tree under the mount.
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }

@@ -1,23 +1,26 @@
-//! The file operations of a [`Volume`], as frontends call them.
+//! [`Filesystem`] for [`Volume`]: the file operations as frontends call them.
 //!
 //! Each method audits and measures the operation (`audit.rs`) around its implementation in the
-//! family module (`namespace`, `attr`, `io`, `dir`, `xattr`, `layers`), which holds the POSIX
+//! family module (`namespace`, `attr`, `io`, `ranges`, `dir`, `xattr`), which holds the POSIX
 //! rules. Errors are [`FsError`](crate::FsError)s; map them with `errno()`.
 
+use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::Volume;
 use super::audit::Subject;
 use crate::audit::AuditOp;
-use crate::backend::LayerRecord;
 use crate::error::FsResult;
+use crate::filesystem::Filesystem;
 use crate::types::{
-    Caller, DirEntry, FallocateMode, FileAttr, FileHandle, Ino, RenameFlags, SetAttr, XattrMode,
+    Caller, DirEntry, FallocateMode, FileAttr, FileHandle, Ino, RenameFlags, SetAttr, StatFs,
+    Whence, XattrMode,
 };
 
-impl Volume {
+#[async_trait]
+impl Filesystem for Volume {
     /// Look up `name` in directory `parent`. `ENOENT`, `ENOTDIR`, `EACCES` (search permission).
-    pub async fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<FileAttr> {
+    async fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<FileAttr> {
         let attr = self
             .audited(
                 caller,
@@ -31,7 +34,7 @@ impl Volume {
     }
 
     /// Create a regular file, fifo, socket or device node (`mknod`).
-    pub async fn mknod(
+    async fn mknod(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -52,7 +55,7 @@ impl Volume {
     }
 
     /// Create a directory.
-    pub async fn mkdir(
+    async fn mkdir(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -72,7 +75,7 @@ impl Volume {
     }
 
     /// Create a symbolic link `name` in `parent` pointing to `target`.
-    pub async fn symlink(
+    async fn symlink(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -92,7 +95,7 @@ impl Volume {
     }
 
     /// The target of a symlink. `EINVAL` for other kinds.
-    pub async fn readlink(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
+    async fn readlink(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
         self.audited(
             caller,
             AuditOp::Readlink,
@@ -103,7 +106,7 @@ impl Volume {
     }
 
     /// Remove a non-directory name. An open file lives on until its last handle closes.
-    pub async fn unlink(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
+    async fn unlink(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
         let removed = self
             .audited(
                 caller,
@@ -117,7 +120,7 @@ impl Volume {
     }
 
     /// Remove an empty directory. `ENOTEMPTY`, `ENOTDIR`, `EBUSY` for the root.
-    pub async fn rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
+    async fn rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
         let removed = self
             .audited(
                 caller,
@@ -131,7 +134,7 @@ impl Volume {
     }
 
     /// Make `newname` in `newparent` another name of `ino`. `EPERM` for directories.
-    pub async fn link(
+    async fn link(
         &self,
         caller: &Caller,
         ino: Ino,
@@ -151,7 +154,7 @@ impl Volume {
     }
 
     /// Rename, with `RENAME_NOREPLACE` and `RENAME_EXCHANGE` semantics from `flags`.
-    pub async fn rename(
+    async fn rename(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -177,7 +180,7 @@ impl Volume {
     }
 
     /// Attributes of an inode (`stat`).
-    pub async fn getattr(&self, caller: &Caller, ino: Ino) -> FsResult<FileAttr> {
+    async fn getattr(&self, caller: &Caller, ino: Ino) -> FsResult<FileAttr> {
         self.audited(
             caller,
             AuditOp::Getattr,
@@ -188,7 +191,7 @@ impl Volume {
     }
 
     /// Change attributes: mode, owner, size, times (`chmod`, `chown`, `truncate`, `utimens`).
-    pub async fn setattr(&self, caller: &Caller, ino: Ino, set: &SetAttr) -> FsResult<FileAttr> {
+    async fn setattr(&self, caller: &Caller, ino: Ino, set: &SetAttr) -> FsResult<FileAttr> {
         let only_size = set.size.is_some()
             && set.mode.is_none()
             && set.uid.is_none()
@@ -217,7 +220,7 @@ impl Volume {
     }
 
     /// Check access like `access(2)` (`mask` of `R_OK`, `W_OK`, `X_OK`).
-    pub async fn access(&self, caller: &Caller, ino: Ino, mask: u32) -> FsResult<()> {
+    async fn access(&self, caller: &Caller, ino: Ino, mask: u32) -> FsResult<()> {
         self.audited(
             caller,
             AuditOp::Access,
@@ -228,7 +231,7 @@ impl Volume {
     }
 
     /// Open an existing inode with `open(2)` flags (`O_TRUNC` is recorded as a truncate).
-    pub async fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<FileHandle> {
+    async fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<FileHandle> {
         let kind = if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             AuditOp::Truncate
         } else {
@@ -247,7 +250,7 @@ impl Volume {
     }
 
     /// Create and open a regular file (`open` with `O_CREAT`; `O_EXCL` honoured).
-    pub async fn create(
+    async fn create(
         &self,
         caller: &Caller,
         parent: Ino,
@@ -269,7 +272,7 @@ impl Volume {
     }
 
     /// Read up to `size` bytes at `offset`. Short only at end of file; holes read as zeros.
-    pub async fn read(
+    async fn read(
         &self,
         caller: &Caller,
         fh: FileHandle,
@@ -290,7 +293,7 @@ impl Volume {
 
     /// Write `data` at `offset` (at end of file for `O_APPEND` handles). Returns the bytes
     /// written. `EBADF` if not open for writing, `EFBIG`, `ENOSPC` over quota.
-    pub async fn write(
+    async fn write(
         &self,
         caller: &Caller,
         fh: FileHandle,
@@ -310,7 +313,7 @@ impl Volume {
     }
 
     /// Make the file's data and attributes durable.
-    pub async fn fsync(&self, caller: &Caller, fh: FileHandle, datasync: bool) -> FsResult<()> {
+    async fn fsync(&self, caller: &Caller, fh: FileHandle, datasync: bool) -> FsResult<()> {
         self.audited(
             caller,
             AuditOp::Fsync,
@@ -322,7 +325,7 @@ impl Volume {
 
     /// Close a handle: flush, and delete the file if this was the last handle of an unlinked
     /// file. At the `standard` level and above, records the handle's read and write totals.
-    pub async fn release(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
+    async fn release(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
         if self.handle_is_dir(fh) {
             return self.do_release(caller, fh).await;
         }
@@ -336,7 +339,7 @@ impl Volume {
     }
 
     /// Allocate, punch or zero a byte range (`fallocate(2)`).
-    pub async fn fallocate(
+    async fn fallocate(
         &self,
         caller: &Caller,
         fh: FileHandle,
@@ -357,9 +360,10 @@ impl Volume {
     }
 
     /// Entries of an open directory from `offset` (0 for the start), `.` and `..` first.
-    pub async fn readdir(
+    async fn readdir(
         &self,
         caller: &Caller,
+        _ino: Ino,
         fh: FileHandle,
         offset: u64,
     ) -> FsResult<Vec<DirEntry>> {
@@ -374,9 +378,10 @@ impl Volume {
 
     /// Entries with their attributes (`READDIRPLUS`): the kernel learns each entry without a
     /// lookup, and so does the audit name cache.
-    pub async fn readdirplus(
+    async fn readdirplus(
         &self,
         caller: &Caller,
+        _ino: Ino,
         fh: FileHandle,
         offset: u64,
     ) -> FsResult<Vec<(DirEntry, FileAttr)>> {
@@ -399,7 +404,7 @@ impl Volume {
     }
 
     /// Value of an extended attribute. `ENODATA` if absent.
-    pub async fn getxattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+    async fn getxattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
         self.audited(
             caller,
             AuditOp::Getxattr,
@@ -410,7 +415,7 @@ impl Volume {
     }
 
     /// Names of the extended attributes of `ino`.
-    pub async fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+    async fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
         self.audited(
             caller,
             AuditOp::Listxattr,
@@ -421,7 +426,7 @@ impl Volume {
     }
 
     /// Set an extended attribute (`XATTR_CREATE`/`XATTR_REPLACE` from `mode`).
-    pub async fn setxattr(
+    async fn setxattr(
         &self,
         caller: &Caller,
         ino: Ino,
@@ -442,7 +447,7 @@ impl Volume {
     }
 
     /// Remove an extended attribute. `ENODATA` if absent.
-    pub async fn removexattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<()> {
+    async fn removexattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<()> {
         let detail = crate::audit::path_display(name);
         self.audited_with_detail(
             caller,
@@ -455,59 +460,39 @@ impl Volume {
         .await
     }
 
-    /// Checkpoint the tenant as `name`, on behalf of this process.
-    pub async fn checkpoint(&self, name: &str, description: &str) -> FsResult<LayerRecord> {
-        self.checkpoint_by(&Caller::this_process(), name, description)
-            .await
+    async fn flush(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
+        self.do_flush(caller, fh).await
     }
 
-    /// Checkpoint the tenant as `name` on behalf of `caller`. The new head is returned.
-    pub async fn checkpoint_by(
+    /// Where the next data or hole is (`SEEK_DATA`/`SEEK_HOLE`), at block granularity.
+    async fn lseek(
         &self,
         caller: &Caller,
-        name: &str,
-        description: &str,
-    ) -> FsResult<LayerRecord> {
-        self.audited(
-            caller,
-            AuditOp::Checkpoint,
-            Subject::Layer(name),
-            self.do_checkpoint(name, description),
-        )
-        .await
+        fh: FileHandle,
+        offset: u64,
+        whence: Whence,
+    ) -> FsResult<u64> {
+        self.do_lseek(caller, fh, offset, whence).await
     }
 
-    /// Switch the tenant to checkpoint `target` (rollback), on behalf of this process.
-    pub async fn switch_layer(&self, target: &str) -> FsResult<LayerRecord> {
-        self.switch_layer_by(&Caller::this_process(), target).await
+    async fn opendir(&self, caller: &Caller, ino: Ino) -> FsResult<FileHandle> {
+        self.do_opendir(caller, ino).await
     }
 
-    /// Switch the tenant to checkpoint `target` on behalf of `caller`.
-    pub async fn switch_layer_by(&self, caller: &Caller, target: &str) -> FsResult<LayerRecord> {
-        self.audited(
-            caller,
-            AuditOp::SwitchLayer,
-            Subject::Layer(target),
-            self.do_switch_layer(target),
-        )
-        .await
+    async fn releasedir(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
+        self.do_releasedir(caller, fh).await
     }
 
-    /// Drop a layer, on behalf of this process.
-    pub async fn drop_layer(&self, target: &str, force: bool) -> FsResult<()> {
-        self.drop_layer_by(&Caller::this_process(), target, force)
-            .await
+    async fn statfs(&self, caller: &Caller) -> FsResult<StatFs> {
+        self.do_statfs(caller).await
     }
 
-    /// Drop a layer on behalf of `caller` (see the layer guide for `force`).
-    pub async fn drop_layer_by(&self, caller: &Caller, target: &str, force: bool) -> FsResult<()> {
-        self.audited(
-            caller,
-            AuditOp::DropLayer,
-            Subject::Layer(target),
-            self.do_drop_layer(target, force),
-        )
-        .await
+    async fn sync_all(&self) -> FsResult<()> {
+        self.flush_all().await
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.inner.read_only
     }
 }
 

@@ -183,7 +183,7 @@ impl Volume {
 
     /// `statfs`: the quota as the volume size (or a large nominal size without one), usage as
     /// used space, so `df` shows what the tenant may still write.
-    pub async fn statfs(&self, _caller: &Caller) -> FsResult<StatFs> {
+    pub(crate) async fn do_statfs(&self, _caller: &Caller) -> FsResult<StatFs> {
         let tenant = self.inner.tenant.id;
         let usage = self.backend().usage(tenant).await?;
         let quota = self

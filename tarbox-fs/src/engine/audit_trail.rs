@@ -6,10 +6,11 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::{Engine, TenantInfo, Volume};
+use crate::audit::{AUDIT_PARTITION_NS, AuditPartition, ExpiryReport};
 use crate::audit::{
-    AuditCounters, AuditEvent, AuditFilter, AuditLevel, AuditOrder, SeriesPoint, StatsKey, StatsRow,
+    AuditCounters, AuditEvent, AuditFilter, AuditOrder, SeriesPoint, StatsKey, StatsRow,
 };
-use crate::backend::{AUDIT_PARTITION_NS, AuditPartition, ExpiryReport, TenantAudit};
+use crate::backend::TenantAudit;
 use crate::error::{FsError, FsResult};
 use crate::types::{TenantId, Timestamp};
 
@@ -141,9 +142,10 @@ impl Engine {
     }
 }
 
+/// What the control directory shows of a volume's audit trail (`/.tarbox/audit/recent`).
 impl Volume {
     /// The tenant's `limit` most recent audit events, newest first.
-    pub async fn recent_audit(&self, limit: usize) -> FsResult<Vec<AuditEvent>> {
+    pub(crate) async fn recent_audit(&self, limit: usize) -> FsResult<Vec<AuditEvent>> {
         let filter = AuditFilter {
             tenant: Some(self.tenant_name().to_string()),
             limit,
@@ -154,12 +156,7 @@ impl Volume {
     }
 
     /// Wait until every event recorded so far has been offered to every sink.
-    pub async fn flush_audit(&self) {
+    pub(crate) async fn flush_audit(&self) {
         self.shared().auditor.flush().await;
-    }
-
-    /// Whether this volume records anything.
-    pub fn audits(&self) -> bool {
-        self.audit_level() != AuditLevel::Off
     }
 }

@@ -14,7 +14,7 @@ use serde::Serialize;
 use similar::{ChangeTag, TextDiff};
 
 use super::Volume;
-use super::layers::LayerTree;
+use super::layers::{LayerRef, LayerTree};
 use crate::backend::{Backend, LayerView, StoreRead};
 use crate::error::{BackendError, FsError, FsResult};
 use crate::types::{FileType, Ino, Inode, LayerId};
@@ -221,9 +221,9 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 impl Volume {
-    /// The changes from layer `from` to layer `to` (checkpoint names or layer ids).
-    pub async fn diff(&self, from: &str, to: &str) -> FsResult<LayerDiff> {
-        let tree = self.layers().await?;
+    /// The changes from layer `from` to layer `to`.
+    pub(crate) async fn do_diff(&self, from: &LayerRef, to: &LayerRef) -> FsResult<LayerDiff> {
+        let tree = self.layer_tree().await?;
         let a = tree.resolve(from)?.clone();
         let b = tree.resolve(to)?.clone();
         self.diff_layers(&tree, a.id, b.id).await
@@ -231,8 +231,8 @@ impl Volume {
 
     /// The changes of the current layer against its parent: what happened since the last
     /// checkpoint or switch.
-    pub async fn diff_current(&self) -> FsResult<LayerDiff> {
-        let tree = self.layers().await?;
+    pub(crate) async fn do_diff_current(&self) -> FsResult<LayerDiff> {
+        let tree = self.layer_tree().await?;
         let head = self.view().head();
         let parent = tree.get(head).and_then(|l| l.parent).unwrap_or(head);
         self.diff_layers(&tree, parent, head).await

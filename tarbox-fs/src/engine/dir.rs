@@ -67,7 +67,7 @@ impl Listing {
 
 impl Volume {
     /// Open a directory for listing. `ENOTDIR`, `EACCES` without read permission.
-    pub async fn opendir(&self, caller: &Caller, ino: Ino) -> FsResult<FileHandle> {
+    pub(crate) async fn do_opendir(&self, caller: &Caller, ino: Ino) -> FsResult<FileHandle> {
         let inode = self.reader().inode(ino).await?.ok_or(FsError::NotFound)?;
         if inode.kind != FileType::Directory {
             return Err(FsError::NotDir);
@@ -194,7 +194,7 @@ impl Volume {
     }
 
     /// Close a directory handle.
-    pub async fn releasedir(&self, _caller: &Caller, fh: FileHandle) -> FsResult<()> {
+    pub(crate) async fn do_releasedir(&self, _caller: &Caller, fh: FileHandle) -> FsResult<()> {
         self.take_handle(fh).map(|_| ())
     }
 }

@@ -25,11 +25,11 @@ use super::namespace::NodeSpec;
 use super::{Handle, Volume, align4k, blocks, lock, perm};
 use crate::backend::{BlockHash, BlockWrite, StoreRead, StoredBlock};
 use crate::error::{BackendError, FsError, FsResult};
-use crate::types::{Caller, FallocateMode, FileAttr, FileHandle, FileType, Ino, Inode, Timestamp};
+use crate::types::{Caller, FileAttr, FileHandle, FileType, Ino, Inode, Timestamp};
 
 /// The shared state of an inode with open handles in this volume.
 pub(crate) struct OpenFile {
-    ino: Ino,
+    pub(super) ino: Ino,
     /// Handles open on it; changed only under the volume's `open_files` lock.
     opens: AtomicU32,
     /// Set when its last name was removed while open: the last release deletes it.
@@ -40,18 +40,18 @@ pub(crate) struct OpenFile {
     state: AsyncMutex<FileState>,
 }
 
-struct FileState {
+pub(super) struct FileState {
     /// Size including buffered writes.
-    size: u64,
+    pub(super) size: u64,
     /// Size as stored.
-    stored_size: u64,
+    pub(super) stored_size: u64,
     /// Bytes charged to the tenant for this file (more than `align4k(stored_size)` while growth
     /// is reserved ahead of a flush under a byte quota).
-    charged: u64,
+    pub(super) charged: u64,
     /// Permission bits, to know whether a write must clear setuid/setgid.
     perm: u16,
     /// Whole blocks written since the last flush, by index.
-    dirty: BTreeMap<u64, BytesMut>,
+    pub(super) dirty: BTreeMap<u64, BytesMut>,
     /// The byte ranges of each dirty block this volume wrote (sorted, disjoint). A flush applies
     /// only these onto the block as currently stored, so writes of other engines to the rest of
     /// a shared block are not overwritten with stale bytes.
@@ -62,7 +62,7 @@ struct FileState {
     /// Modification time of the buffered writes.
     mtime: Option<Timestamp>,
     /// Stored mappings seen so far (`None`: a hole).
-    map: HashMap<u64, Option<BlockHash>>,
+    pub(super) map: HashMap<u64, Option<BlockHash>>,
 }
 
 impl OpenFile {
@@ -87,7 +87,7 @@ impl OpenFile {
     }
 
     /// Lock the state, first dropping block mappings cached from a tree the volume has left.
-    async fn lock_state(&self) -> tokio::sync::MutexGuard<'_, FileState> {
+    pub(super) async fn lock_state(&self) -> tokio::sync::MutexGuard<'_, FileState> {
         let mut st = self.state.lock().await;
         if self.stale.swap(false, Ordering::AcqRel) {
             st.map.clear();
@@ -224,7 +224,7 @@ impl Volume {
     }
 
     /// Flush the buffered writes of every open file (before an unmount). Handles stay open.
-    pub async fn flush_all(&self) -> FsResult<()> {
+    pub(crate) async fn flush_all(&self) -> FsResult<()> {
         let files: Vec<Arc<OpenFile>> = lock(&self.inner.open_files).values().cloned().collect();
         let mut first_error = None;
         for file in files {
@@ -300,7 +300,10 @@ impl Volume {
         }
     }
 
-    fn file_handle(&self, fh: FileHandle) -> FsResult<(Arc<OpenFile>, bool, bool, bool)> {
+    pub(super) fn file_handle(
+        &self,
+        fh: FileHandle,
+    ) -> FsResult<(Arc<OpenFile>, bool, bool, bool)> {
         match self.handle(fh)? {
             Handle::File {
                 file,
@@ -509,7 +512,7 @@ impl Volume {
     }
 
     /// Flush buffered writes of `fh`'s file (called at every `close`).
-    pub async fn flush(&self, _caller: &Caller, fh: FileHandle) -> FsResult<()> {
+    pub(crate) async fn do_flush(&self, _caller: &Caller, fh: FileHandle) -> FsResult<()> {
         let (file, ..) = self.file_handle(fh)?;
         let mut st = file.lock_state().await;
         self.flush_file(file.ino, &mut st).await
@@ -523,7 +526,7 @@ impl Volume {
         _datasync: bool,
     ) -> FsResult<()> {
         match self.handle(fh)? {
-            Handle::File { .. } => self.flush(caller, fh).await,
+            Handle::File { .. } => self.do_flush(caller, fh).await,
             // Directory changes are committed when each operation returns.
             Handle::Dir { .. } => Ok(()),
         }
@@ -555,7 +558,7 @@ impl Volume {
     }
 
     /// Write the buffered blocks and size of a file in one transaction.
-    async fn flush_file(&self, ino: Ino, st: &mut FileState) -> FsResult<()> {
+    pub(super) async fn flush_file(&self, ino: Ino, st: &mut FileState) -> FsResult<()> {
         if st.dirty.is_empty() && st.mtime.is_none() && st.charged == align4k(st.stored_size) {
             return Ok(());
         }
@@ -742,170 +745,6 @@ impl Volume {
             out.insert(*idx, content);
         }
         Ok(out)
-    }
-
-    /// Change the size of `ino` (truncate up or down). `writable_handle` is whether the caller
-    /// holds a handle open for writing, which makes write permission unnecessary.
-    pub(crate) async fn truncate(
-        &self,
-        caller: &Caller,
-        ino: Ino,
-        size: u64,
-        writable_handle: bool,
-    ) -> FsResult<()> {
-        self.ensure_writable()?;
-        let inode = self.reader().inode(ino).await?.ok_or(FsError::NotFound)?;
-        match inode.kind {
-            FileType::Regular => {}
-            FileType::Directory => return Err(FsError::IsDir),
-            _ => return Err(FsError::Invalid("truncate of a special file")),
-        }
-        if !writable_handle {
-            perm::check(caller, &inode, perm::W)?;
-        }
-        self.truncate_open(caller, ino, size, false).await
-    }
-
-    /// Truncate after permission checks, keeping an open file's buffer in step. `always_touch`
-    /// updates mtime/ctime even when the size does not change (`O_TRUNC`).
-    async fn truncate_open(
-        &self,
-        caller: &Caller,
-        ino: Ino,
-        size: u64,
-        always_touch: bool,
-    ) -> FsResult<()> {
-        let bs = self.block_size();
-        match self.open_file(ino) {
-            Some(file) => {
-                let mut st = file.lock_state().await;
-                self.flush_file(ino, &mut st).await?;
-                self.truncate_stored(caller, ino, size, always_touch)
-                    .await?;
-                st.size = size;
-                st.stored_size = size;
-                st.charged = align4k(size);
-                let keep = size.div_ceil(bs);
-                st.map.retain(|idx, _| *idx < keep);
-                if size % bs != 0 {
-                    // The cut block was rewritten.
-                    st.map.remove(&(size / bs));
-                }
-                Ok(())
-            }
-            None => self.truncate_stored(caller, ino, size, always_touch).await,
-        }
-    }
-
-    async fn truncate_stored(
-        &self,
-        caller: &Caller,
-        ino: Ino,
-        size: u64,
-        always_touch: bool,
-    ) -> FsResult<()> {
-        let bs = self.block_size();
-        let compression = self.inner.tenant.compression;
-        self.retrying(|| async {
-            let mut txn = self.begin(&[ino]).await?;
-            let mut inode = Volume::inode_in(txn.as_mut(), ino).await?;
-            let old = inode.size;
-            if size == old && !always_touch {
-                return Ok(());
-            }
-            if size < old {
-                txn.truncate_blocks(ino, size.div_ceil(bs)).await?;
-                if size % bs != 0 {
-                    // Zero the cut block's tail so a later extension reads zeros.
-                    let idx = size / bs;
-                    let map = txn.block_map(ino, idx..idx + 1).await?;
-                    if let Some((_, hash)) = map.first() {
-                        let content = self.fetch_blocks(txn.as_mut(), &[(idx, *hash)]).await?;
-                        let keep = (size % bs) as usize;
-                        let old_block = content.get(&idx).cloned().unwrap_or_default();
-                        let cut = &old_block[..keep.min(old_block.len())];
-                        let stored = blocks::encode(cut, compression);
-                        let write = BlockWrite {
-                            index: idx,
-                            block: stored.as_ref().map(|b| b.hash),
-                        };
-                        let new_blocks: Vec<StoredBlock> = stored.into_iter().collect();
-                        txn.write_blocks(ino, &[write], &new_blocks).await?;
-                    }
-                }
-            }
-            let delta = align4k(size) as i64 - align4k(old) as i64;
-            if let Err(kind) = txn.charge(delta, 0).await? {
-                return Err(FsError::QuotaExceeded(kind));
-            }
-            let now = self.now();
-            inode.size = size;
-            inode.mtime = now;
-            inode.ctime = now;
-            if !caller.is_root() {
-                kill_priv(&mut inode);
-            }
-            txn.put_inode(&inode).await?;
-            self.commit(txn).await?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// `fallocate`: the default mode and `KEEP_SIZE` make the range part of the file (extending it
-    /// unless `KEEP_SIZE`); `PUNCH_HOLE` (with `KEEP_SIZE`) and `ZERO_RANGE` make it read as zeros.
-    /// `EINVAL` for a zero length, `EBADF` without a writable handle, `EOPNOTSUPP` for other modes.
-    pub(crate) async fn do_fallocate(
-        &self,
-        caller: &Caller,
-        fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: FallocateMode,
-    ) -> FsResult<()> {
-        let (file, _, write, _) = self.file_handle(fh)?;
-        if !write {
-            return Err(FsError::BadHandle);
-        }
-        if length == 0 {
-            return Err(FsError::Invalid("fallocate length is zero"));
-        }
-        if mode.punch_hole && !mode.keep_size {
-            return Err(FsError::NotSupported("PUNCH_HOLE requires KEEP_SIZE"));
-        }
-        let end = offset
-            .checked_add(length)
-            .filter(|e| *e <= MAX_FILE_SIZE)
-            .ok_or(FsError::FileTooBig)?;
-        self.ensure_writable()?;
-        let size = file.lock_state().await.size;
-        if mode.punch_hole || mode.zero_range {
-            let zero_end = if mode.keep_size { end.min(size) } else { end };
-            self.write_zeros(caller, fh, offset, zero_end).await?;
-        } else if !mode.keep_size && end > size {
-            self.truncate_open(caller, file.ino, end, false).await?;
-        }
-        Ok(())
-    }
-
-    /// Overwrite `[offset, end)` with zeros through the write path; whole zero blocks become holes
-    /// when flushed.
-    async fn write_zeros(
-        &self,
-        caller: &Caller,
-        fh: FileHandle,
-        offset: u64,
-        end: u64,
-    ) -> FsResult<()> {
-        let chunk = self.block_size().max(1 << 20);
-        let zeros = vec![0u8; chunk as usize];
-        let mut pos = offset;
-        while pos < end {
-            let n = (end - pos).min(chunk);
-            self.do_write(caller, fh, pos, &zeros[..n as usize]).await?;
-            pos += n;
-        }
-        Ok(())
     }
 }
 

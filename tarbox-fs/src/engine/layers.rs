@@ -4,23 +4,67 @@
 //! freezes it under a name and continues in a new empty layer on top; a switch continues in a new
 //! empty layer on top of any other layer, leaving the old head in the tree. Neither copies
 //! anything, and neither ever deletes a layer that holds data, so no history is lost by moving
-//! around in it. Only [`Volume::drop_layer`] deletes, and only what the user names.
+//! around in it. Only [`Layers::drop`] deletes, and only what the user names.
+//!
+//! [`Layers`] is the administration of one volume's history, apart from its POSIX operations: a
+//! layer is named by a [`LayerRef`], parsed once where the user typed it.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Serialize;
 use tracing::{info, warn};
 
+use super::audit::Subject;
+use super::diff::LayerDiff;
 use super::{Engine, Volume};
-use crate::backend::LayerRecord;
+use crate::audit::AuditOp;
+use crate::backend::{LayerRecord, LayerSwitch};
 use crate::error::{BackendError, FsError, FsResult};
-use crate::types::{LayerId, Timestamp, Usage};
+use crate::types::{Caller, LayerId, Timestamp, Usage};
 
 /// Longest checkpoint name: it must fit a directory entry under `/.tarbox/snapshots/`.
 const MAX_LAYER_NAME: usize = 255;
 /// How often the automatic checkpointer looks at the clock and the tenant's setting at most.
 const AUTO_CHECKPOINT_POLL: Duration = Duration::from_secs(30);
+
+/// A layer as a user names it: by checkpoint name, or by id (`12` or `#12`; checkpoint names are
+/// never all digits, so the two cannot be confused).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LayerRef {
+    Id(LayerId),
+    Name(String),
+}
+
+impl<S: AsRef<str>> From<S> for LayerRef {
+    fn from(text: S) -> LayerRef {
+        let text = text.as_ref();
+        let digits = text.strip_prefix('#').unwrap_or(text);
+        match digits.parse::<i64>() {
+            Ok(id) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                LayerRef::Id(LayerId(id))
+            }
+            _ => LayerRef::Name(text.to_owned()),
+        }
+    }
+}
+
+impl FromStr for LayerRef {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<LayerRef, Self::Err> {
+        Ok(LayerRef::from(s))
+    }
+}
+
+impl fmt::Display for LayerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LayerRef::Id(id) => write!(f, "#{id}"),
+            LayerRef::Name(name) => f.write_str(name),
+        }
+    }
+}
 
 /// Every layer of a tenant and which one is the head.
 #[derive(Debug, Clone)]
@@ -52,27 +96,21 @@ impl LayerTree {
         self.layers.iter().find(|l| l.id == id)
     }
 
-    /// The layer called `name_or_id`: a checkpoint name, else a layer id (`12` or `#12`).
-    pub fn find(&self, name_or_id: &str) -> Option<&LayerRecord> {
-        if let Some(l) = self
-            .layers
-            .iter()
-            .find(|l| l.name.as_deref() == Some(name_or_id))
-        {
-            return Some(l);
+    /// The layer `layer` names.
+    pub fn find(&self, layer: &LayerRef) -> Option<&LayerRecord> {
+        match layer {
+            LayerRef::Id(id) => self.get(*id),
+            LayerRef::Name(name) => self
+                .layers
+                .iter()
+                .find(|l| l.name.as_deref() == Some(name.as_str())),
         }
-        let id: i64 = name_or_id
-            .strip_prefix('#')
-            .unwrap_or(name_or_id)
-            .parse()
-            .ok()?;
-        self.get(LayerId(id))
     }
 
     /// Like [`LayerTree::find`], with a typed error naming the layer.
-    pub fn resolve(&self, name_or_id: &str) -> FsResult<&LayerRecord> {
-        self.find(name_or_id)
-            .ok_or_else(|| FsError::LayerNotFound(name_or_id.to_owned()))
+    pub fn resolve(&self, layer: &LayerRef) -> FsResult<&LayerRecord> {
+        self.find(layer)
+            .ok_or_else(|| FsError::LayerNotFound(layer.to_string()))
     }
 
     pub fn children(&self, id: LayerId) -> Vec<LayerId> {
@@ -232,8 +270,16 @@ impl Engine {
 }
 
 impl Volume {
+    /// The administration of this volume's history, acting as this process.
+    pub fn layers(&self) -> Layers {
+        Layers {
+            volume: self.clone(),
+            caller: Caller::this_process(),
+        }
+    }
+
     /// The tenant's layer tree, read fresh.
-    pub async fn layers(&self) -> FsResult<LayerTree> {
+    pub(crate) async fn layer_tree(&self) -> FsResult<LayerTree> {
         let tenant = self.inner.tenant.id;
         let record = self
             .backend()
@@ -245,11 +291,6 @@ impl Volume {
             head: record.head_layer,
             layers,
         })
-    }
-
-    /// The layer this volume reads: the head, or the checkpoint of a time-travel view.
-    pub fn layer_id(&self) -> LayerId {
-        self.view().head()
     }
 
     fn ensure_head_volume(&self) -> FsResult<()> {
@@ -288,7 +329,7 @@ impl Volume {
                 other => other,
             })?;
         info!(tenant = %self.tenant_name(), checkpoint = name, layer = %frozen, "checkpoint");
-        let tree = self.layers().await?;
+        let tree = self.layer_tree().await?;
         tree.get(frozen).cloned().ok_or_else(|| {
             BackendError::Corrupt(format!("checkpoint layer {frozen} vanished")).into()
         })
@@ -299,26 +340,36 @@ impl Volume {
     /// (unless it holds nothing), so a later switch can come back to it. Buffered writes are
     /// flushed first (into the layer being left); open handles then see the new tree. Returns the
     /// new head's record.
-    pub(crate) async fn do_switch_layer(&self, target: &str) -> FsResult<LayerRecord> {
+    pub(crate) async fn do_switch_layer(&self, target: &LayerRef) -> FsResult<LayerRecord> {
         self.ensure_head_volume()?;
         self.flush_all().await?;
         let tenant = self.inner.tenant.id;
         let head = self
             .layer_change(|head| async move {
-                let tree = self.layers().await?;
-                let to = tree.resolve(target)?.id;
-                if to == head {
+                let tree = self.layer_tree().await?;
+                let to = tree.resolve(target)?;
+                if to.id == head {
                     return Ok(head);
                 }
+                // The rule of a switch: the tree becomes what the target held, so its usage is
+                // what the target recorded when frozen; the layer left stays in the history
+                // unless it is an unnamed leaf holding nothing (it adds nothing to its parent,
+                // and repeated rollbacks would otherwise litter the tree).
+                let left = tree.get(head);
+                let switch = LayerSwitch {
+                    usage: to.usage,
+                    discard_head: left.is_some_and(|l| l.name.is_none())
+                        && tree.children(head).is_empty(),
+                };
                 let record = self
                     .backend()
-                    .switch_layer(tenant, head, to, self.now())
+                    .switch_layer(tenant, head, to.id, switch, self.now())
                     .await?;
                 Ok(record.id)
             })
             .await?;
-        info!(tenant = %self.tenant_name(), target, layer = %head, "switched layer");
-        let tree = self.layers().await?;
+        info!(tenant = %self.tenant_name(), %target, layer = %head, "switched layer");
+        let tree = self.layer_tree().await?;
         tree.get(head)
             .cloned()
             .ok_or_else(|| BackendError::Corrupt(format!("new head layer {head} vanished")).into())
@@ -327,11 +378,11 @@ impl Volume {
     /// Delete layer `target` and reclaim what only it referenced. The current layer cannot be
     /// dropped (`EBUSY`). A layer others are built on is refused (`EBUSY`) unless `force`, which
     /// folds its contents into each of them first, so no other layer changes what it shows.
-    pub(crate) async fn do_drop_layer(&self, target: &str, force: bool) -> FsResult<()> {
+    pub(crate) async fn do_drop_layer(&self, target: &LayerRef, force: bool) -> FsResult<()> {
         self.ensure_head_volume()?;
         let tenant = self.inner.tenant.id;
         self.layer_change(|head| async move {
-            let tree = self.layers().await?;
+            let tree = self.layer_tree().await?;
             let layer = tree.resolve(target)?;
             if layer.id == head {
                 return Err(FsError::LayerBusy(format!(
@@ -353,7 +404,7 @@ impl Volume {
             Ok(head)
         })
         .await?;
-        info!(tenant = %self.tenant_name(), layer = target, force, "dropped layer");
+        info!(tenant = %self.tenant_name(), layer = %target, force, "dropped layer");
         Ok(())
     }
 
@@ -369,26 +420,113 @@ impl Volume {
         self.refresh_view().await?;
         result
     }
+}
+
+/// The history of one volume's tenant, apart from its POSIX operations: the layer tree,
+/// checkpoints, switches (rollback), drops, diffs and time-travel views. Changes go through the
+/// volume, so its open files follow them at once; other engines follow within their head poll.
+/// Every change is audited as the caller it acts for (this process unless [`Layers::acting_as`]).
+#[derive(Debug, Clone)]
+pub struct Layers {
+    volume: Volume,
+    caller: Caller,
+}
+
+impl Layers {
+    /// The same history, acting for `caller` (whose identity the audit trail records).
+    pub fn acting_as(mut self, caller: Caller) -> Layers {
+        self.caller = caller;
+        self
+    }
+
+    /// The tenant's layer tree, read fresh.
+    pub async fn tree(&self) -> FsResult<LayerTree> {
+        self.volume.layer_tree().await
+    }
+
+    /// The layer the volume reads: the head, or the checkpoint of a time-travel view.
+    pub fn current(&self) -> LayerId {
+        self.volume.view().head()
+    }
+
+    /// Freeze the tree as checkpoint `name` and continue writing in a new layer on top. Buffered
+    /// writes are part of the checkpoint. `EEXIST` if the name is taken, `EINVAL` for a bad name.
+    pub async fn checkpoint(&self, name: &str, description: &str) -> FsResult<LayerRecord> {
+        self.volume
+            .audited(
+                &self.caller,
+                AuditOp::Checkpoint,
+                Subject::Layer(name),
+                self.volume.do_checkpoint(name, description),
+            )
+            .await
+    }
+
+    /// Make the tree what `target` holds (rollback or roll-forward), keeping the layer left.
+    /// Returns the new head.
+    pub async fn switch_to(&self, target: &LayerRef) -> FsResult<LayerRecord> {
+        let label = target.to_string();
+        self.volume
+            .audited(
+                &self.caller,
+                AuditOp::SwitchLayer,
+                Subject::Layer(&label),
+                self.volume.do_switch_layer(target),
+            )
+            .await
+    }
+
+    /// Delete layer `target` (never the current one); `force` folds it into the layers built on
+    /// it first, so none of them changes what it shows.
+    pub async fn drop_layer(&self, target: &LayerRef, force: bool) -> FsResult<()> {
+        let label = target.to_string();
+        self.volume
+            .audited(
+                &self.caller,
+                AuditOp::DropLayer,
+                Subject::Layer(&label),
+                self.volume.do_drop_layer(target, force),
+            )
+            .await
+    }
+
+    /// The changes from layer `from` to layer `to`.
+    pub async fn diff(&self, from: &LayerRef, to: &LayerRef) -> FsResult<LayerDiff> {
+        self.volume.do_diff(from, to).await
+    }
+
+    /// What changed since the last checkpoint or switch (the head against its parent).
+    pub async fn diff_current(&self) -> FsResult<LayerDiff> {
+        self.volume.do_diff_current().await
+    }
+
+    /// A read-only view of the tree as it was at `layer`, sharing the volume's engine and
+    /// caches (time travel).
+    pub async fn view(&self, layer: &LayerRef) -> FsResult<Volume> {
+        let id = self.tree().await?.resolve(layer)?.id;
+        self.volume.pinned(id).await
+    }
 
     /// Take an automatic checkpoint if the tenant has them on, the interval has passed since the
     /// current layer began, and it holds changes. Names are `auto-YYYYMMDDTHHMMSSZ` (UTC), so they
     /// sort by time. Returns the checkpoint taken, if any.
     pub async fn auto_checkpoint(&self) -> FsResult<Option<LayerRecord>> {
-        if self.inner.read_only || self.inner.pinned {
+        let v = &self.volume;
+        if v.inner.read_only || v.inner.pinned {
             return Ok(None);
         }
-        let tenant = self.inner.tenant.id;
-        let Some(record) = self.backend().tenant_by_id(tenant).await? else {
+        let tenant = v.inner.tenant.id;
+        let Some(record) = v.backend().tenant_by_id(tenant).await? else {
             return Err(BackendError::TenantGone.into());
         };
         let Some(secs) = record.auto_checkpoint_secs else {
             return Ok(None);
         };
-        let tree = self.layers().await?;
+        let tree = v.layer_tree().await?;
         let Some(head) = tree.current() else {
             return Ok(None);
         };
-        let now = self.now();
+        let now = v.now();
         let age = now.0.saturating_sub(head.created_at.0);
         let interval = i64::try_from(secs)
             .unwrap_or(i64::MAX)
@@ -397,8 +535,8 @@ impl Volume {
             return Ok(None);
         }
         // Buffered writes count as changes: flush them so the checkpoint holds them.
-        self.flush_all().await?;
-        if self.backend().layer_is_empty(tenant, head.id).await? {
+        v.flush_all().await?;
+        if v.backend().layer_is_empty(tenant, head.id).await? {
             return Ok(None);
         }
         let name = match jiff::Timestamp::from_nanosecond(i128::from(now.0)) {
@@ -413,15 +551,15 @@ impl Volume {
         }
     }
 
-    /// Run [`Volume::auto_checkpoint`] in the background for as long as the volume lives.
+    /// Run [`Layers::auto_checkpoint`] in the background for as long as the volume lives.
     pub fn spawn_auto_checkpoints(&self) -> tokio::task::JoinHandle<()> {
-        let weak = std::sync::Arc::downgrade(&self.inner);
+        let weak = std::sync::Arc::downgrade(&self.volume.inner);
         tokio::spawn(async move {
             loop {
                 let poll = {
                     let Some(inner) = weak.upgrade() else { return };
                     let volume = Volume { inner };
-                    if let Err(e) = volume.auto_checkpoint().await {
+                    if let Err(e) = volume.layers().auto_checkpoint().await {
                         warn!(tenant = %volume.tenant_name(), error = %e, "automatic checkpoint failed");
                     }
                     let tenant = volume.inner.tenant.id;
@@ -484,10 +622,20 @@ mod tests {
             tree.chain(LayerId(4)),
             vec![LayerId(4), LayerId(2), LayerId(1)]
         );
-        assert_eq!(tree.resolve("3").map(|l| l.id).ok(), Some(LayerId(3)));
-        assert_eq!(tree.resolve("#2").map(|l| l.id).ok(), Some(LayerId(2)));
+        assert_eq!(
+            tree.resolve(&"3".into()).map(|l| l.id).ok(),
+            Some(LayerId(3))
+        );
+        assert_eq!(
+            tree.resolve(&"#2".into()).map(|l| l.id).ok(),
+            Some(LayerId(2))
+        );
+        assert_eq!(
+            tree.resolve(&"experiment".into()).map(|l| l.id).ok(),
+            Some(LayerId(3))
+        );
         assert!(matches!(
-            tree.resolve("nope"),
+            tree.resolve(&"nope".into()),
             Err(FsError::LayerNotFound(_))
         ));
     }

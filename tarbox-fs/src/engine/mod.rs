@@ -26,6 +26,7 @@ mod layers;
 mod names;
 mod namespace;
 mod perm;
+mod ranges;
 mod tenants;
 mod xattr;
 
@@ -43,7 +44,7 @@ pub(crate) use perm::allowed as perm_allows;
 
 pub use diff::{Change, ChangeKind, ContentDiff, LayerDiff, TEXT_DIFF_LIMIT};
 pub use fsck::{FsckProblem, FsckReport};
-pub use layers::{LayerSummary, LayerTree, validate_layer_name};
+pub use layers::{LayerRef, LayerSummary, LayerTree, Layers, validate_layer_name};
 pub use tenants::{TenantInfo, TenantOptions};
 
 use crate::audit::{AuditConfig, AuditLevel, AuditSink, Auditor, StoreSink};
@@ -110,7 +111,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn now(&self) -> Timestamp {
+    pub(crate) fn now(&self) -> Timestamp {
         self.config.clock.now()
     }
 
@@ -206,12 +207,12 @@ impl Engine {
         let read_only = options.read_only || options.layer.is_some();
         let view = match &options.layer {
             None => build_view(self.shared.backend.as_ref(), record.id, record.head_layer).await?,
-            Some(name) => {
+            Some(layer) => {
                 let tree = LayerTree {
                     head: record.head_layer,
                     layers: self.shared.backend.layers(record.id).await?,
                 };
-                let layer = tree.resolve(name)?;
+                let layer = tree.resolve(layer)?;
                 build_view(self.shared.backend.as_ref(), record.id, layer.id).await?
             }
         };
@@ -300,8 +301,8 @@ async fn build_view(backend: &dyn Backend, tenant: TenantId, head: LayerId) -> F
 pub struct VolumeOptions {
     /// Refuse every change with `EROFS`.
     pub read_only: bool,
-    /// Show the tree as it was at this checkpoint (by name or id); implies read-only.
-    pub layer: Option<String>,
+    /// Show the tree as it was at this layer (time travel); implies read-only.
+    pub layer: Option<LayerRef>,
     /// Audit at this level whatever the tenant's setting says.
     pub audit_level: Option<AuditLevel>,
     /// This mount's name in audit events (default: `pid/n`).
@@ -388,11 +389,6 @@ impl Volume {
         &self.inner.tenant.name
     }
 
-    /// Whether every change is refused.
-    pub fn is_read_only(&self) -> bool {
-        self.inner.read_only
-    }
-
     /// Whether this is a time-travel view of a checkpoint (which never follows the head).
     pub fn is_pinned(&self) -> bool {
         self.inner.pinned
@@ -411,7 +407,7 @@ impl Volume {
     }
 
     /// A read-only view of `layer` of the same tenant, sharing this volume's engine and caches.
-    pub async fn pinned(&self, layer: LayerId) -> FsResult<Volume> {
+    pub(crate) async fn pinned(&self, layer: LayerId) -> FsResult<Volume> {
         let view = build_view(self.backend(), self.inner.tenant.id, layer).await?;
         let audit = VolumeAudit::new(
             self.audit_level(),
@@ -464,7 +460,7 @@ impl Volume {
         self.inner.shared.backend.as_ref()
     }
 
-    fn now(&self) -> Timestamp {
+    pub(crate) fn now(&self) -> Timestamp {
         self.inner.shared.now()
     }
 

@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use tarbox_fs::Filesystem as _;
+use tarbox_fs::LayerRef;
 use tarbox_fs::{Caller, Engine, FileAttr, FileType, FsError, Ino, LayerId, Volume, VolumeOptions};
 
 use crate::ops::*;
@@ -163,7 +165,7 @@ pub(crate) async fn readdir_all(
     let mut out: Vec<tarbox_fs::DirEntry> = Vec::new();
     let mut offset = 0;
     loop {
-        let page = vol.readdir(&root, fh, offset).await?;
+        let page = vol.readdir(&root, ino, fh, offset).await?;
         let Some(last) = page.last() else { break };
         offset = last.next_offset;
         out.extend(page);
@@ -181,7 +183,7 @@ pub(crate) async fn readdirplus_all(
     let mut out: Vec<(tarbox_fs::DirEntry, FileAttr)> = Vec::new();
     let mut offset = 0;
     loop {
-        let page = vol.readdirplus(&root, fh, offset).await?;
+        let page = vol.readdirplus(&root, ino, fh, offset).await?;
         let Some((last, _)) = page.last() else { break };
         offset = last.next_offset;
         out.extend(page);
@@ -233,11 +235,15 @@ pub(crate) async fn check_layers(
     vol: &Volume,
     model: &Model,
 ) -> Result<(), String> {
-    let tree = vol.layers().await.map_err(|e| format!("layers: {e}"))?;
+    let tree = vol
+        .layers()
+        .tree()
+        .await
+        .map_err(|e| format!("layers: {e}"))?;
     let history = &model.history;
     let id_of = |i: usize| -> Result<LayerId, String> {
         let name = &history.layers[i].name;
-        tree.find(name)
+        tree.find(&LayerRef::from(name))
             .map(|l| l.id)
             .ok_or_else(|| format!("layer {name} is missing:\n{}", tree.render()))
     };
@@ -263,7 +269,7 @@ pub(crate) async fn check_layers(
     }
     for (i, layer) in history.layers.iter().enumerate() {
         if !layer.alive {
-            if tree.find(&layer.name).is_some() {
+            if tree.find(&LayerRef::from(&layer.name)).is_some() {
                 return Err(format!("dropped layer {} is still listed", layer.name));
             }
             continue;
@@ -288,7 +294,7 @@ pub(crate) async fn check_layers(
             ));
         }
         let options = VolumeOptions {
-            layer: Some(layer.name.clone()),
+            layer: Some(LayerRef::from(&layer.name)),
             ..VolumeOptions::default()
         };
         let view = engine

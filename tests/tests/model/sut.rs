@@ -1,5 +1,7 @@
 //! The engine side: every operation applied to a [`Volume`].
 
+use tarbox_fs::Filesystem as _;
+use tarbox_fs::LayerRef;
 use tarbox_fs::{Caller, FileHandle, FileType, Ino, LayerId, SetAttr, Volume};
 
 use crate::history::LayerAction;
@@ -60,23 +62,29 @@ impl Sut {
                 for slot in close {
                     self.close_slot(*slot).await?;
                 }
-                self.vol.checkpoint(name, "").await?;
+                self.vol.layers().checkpoint(name, "").await?;
             }
             LayerAction::Switch { target, close } => {
                 for slot in close {
                     self.close_slot(*slot).await?;
                 }
-                let left = self.vol.layer_id();
-                self.vol.switch_layer(target).await?;
-                let kept = self.vol.layers().await?.get(left).is_some();
+                let left = self.vol.layers().current();
+                self.vol
+                    .layers()
+                    .switch_to(&LayerRef::from(&target))
+                    .await?;
+                let kept = self.vol.layers().tree().await?.get(left).is_some();
                 self.left = Some(kept.then_some(left));
             }
             LayerAction::Drop { target, force } => {
                 let target = match target {
                     Some(t) => t.clone(),
-                    None => format!("#{}", self.vol.layer_id()),
+                    None => format!("#{}", self.vol.layers().current()),
                 };
-                self.vol.drop_layer(&target, *force).await?;
+                self.vol
+                    .layers()
+                    .drop_layer(&LayerRef::from(&target), *force)
+                    .await?;
             }
         }
         Ok(Out::Unit)

@@ -6,11 +6,9 @@ use std::collections::{BTreeMap, VecDeque};
 use async_trait::async_trait;
 
 use super::MemoryBackend;
+use crate::audit::{AUDIT_PARTITION_NS, AuditPartition, AuditStore, ExpiryReport, partition_start};
 use crate::audit::{
     AuditEvent, AuditFilter, AuditOrder, SeriesPoint, StatsKey, StatsRow, aggregate, series,
-};
-use crate::backend::{
-    AUDIT_PARTITION_NS, AuditPartition, AuditStore, ExpiryReport, partition_start,
 };
 use crate::error::BackendResult;
 use crate::types::{TenantId, Timestamp};

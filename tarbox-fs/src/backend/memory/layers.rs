@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Store, TenantData};
-use crate::backend::{LayerChanges, LayerRecord, TenantState};
+use crate::backend::{LayerChanges, LayerRecord, LayerSwitch, TenantState};
 use crate::error::{BackendError, BackendResult};
 use crate::types::{LayerId, TenantId, Timestamp};
 
@@ -94,29 +94,23 @@ pub(super) fn switch(
     tenant: TenantId,
     head: LayerId,
     target: LayerId,
+    switch: LayerSwitch,
     now: Timestamp,
 ) -> BackendResult<LayerRecord> {
     check_head(store, tenant, head)?;
-    let target_usage = store
-        .layers
-        .get(&(tenant, target))
-        .ok_or_else(|| BackendError::Corrupt(format!("tenant {} has no layer {target}", tenant.0)))?
-        .usage;
-    let head_record = layer_mut(store, tenant, head)?.clone();
-    let has_children = store
-        .layers
-        .values()
-        .any(|l| l.tenant == tenant && l.parent == Some(head));
-    let discard = head_record.name.is_none()
-        && !has_children
-        && head != target
-        && is_empty(store.tenant_data(tenant)?, head);
+    if !store.layers.contains_key(&(tenant, target)) {
+        return Err(BackendError::Corrupt(format!(
+            "tenant {} has no layer {target}",
+            tenant.0
+        )));
+    }
+    let discard = switch.discard_head && is_empty(store.tenant_data(tenant)?, head);
     freeze(store, tenant, head, now)?;
     let record = push_head(store, tenant, target, now)?;
     if discard {
         store.layers.remove(&(tenant, head));
     }
-    if let Some(usage) = target_usage {
+    if let Some(usage) = switch.usage {
         store.tenant_data(tenant)?.usage = usage;
     }
     Ok(record)

@@ -10,12 +10,10 @@ use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
 use super::PostgresBackend;
 use super::convert::{map_err, to_i64, to_u32, to_u64};
+use crate::audit::{AUDIT_PARTITION_NS, AuditPartition, AuditStore, ExpiryReport, partition_start};
 use crate::audit::{
     AuditEvent, AuditFilter, AuditOp, AuditOrder, HandleCounters, OpClass, PathMatch, ResultFilter,
     SeriesPoint, StatsKey, StatsRow, sort_rows,
-};
-use crate::backend::{
-    AUDIT_PARTITION_NS, AuditPartition, AuditStore, ExpiryReport, partition_start,
 };
 use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId, PodIdentity, TenantId, Timestamp};

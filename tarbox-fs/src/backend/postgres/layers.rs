@@ -9,8 +9,8 @@
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Transaction};
 
-use super::convert::{STATE_ACTIVE, col, map_err, to_u64};
-use crate::backend::{LayerChanges, LayerRecord};
+use super::convert::{STATE_ACTIVE, col, map_err, to_i64, to_u64};
+use crate::backend::{LayerChanges, LayerRecord, LayerSwitch};
 use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId, TenantId, Timestamp, Usage};
 
@@ -171,34 +171,11 @@ pub(super) async fn switch(
     tenant: TenantId,
     head: LayerId,
     target: LayerId,
+    switch: LayerSwitch,
     now: Timestamp,
 ) -> BackendResult<LayerRecord> {
     let mut tx = lock_tenant(pool, tenant, head).await?;
-    let target_usage: Option<(Option<i64>, Option<i64>)> = sqlx::query_as(
-        "SELECT usage_bytes, usage_inodes FROM layers WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant.0)
-    .bind(target.0)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(map_err)?;
-    let Some(target_usage) = target_usage else {
-        return Err(BackendError::Corrupt(format!(
-            "tenant {} has no layer {target}",
-            tenant.0
-        )));
-    };
-    let (unnamed, childless): (bool, bool) = sqlx::query_as(
-        "SELECT name IS NULL, NOT EXISTS (SELECT 1 FROM layers c \
-                                          WHERE c.tenant_id = $1 AND c.parent = $2) \
-         FROM layers WHERE tenant_id = $1 AND id = $2",
-    )
-    .bind(tenant.0)
-    .bind(head.0)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(map_err)?;
-    let discard = unnamed && childless && head != target && {
+    let discard = switch.discard_head && {
         sqlx::query_scalar::<_, bool>(IS_EMPTY)
             .bind(tenant.0)
             .bind(head.0)
@@ -216,11 +193,11 @@ pub(super) async fn switch(
             .await
             .map_err(map_err)?;
     }
-    if let (Some(bytes), Some(inodes)) = target_usage {
+    if let Some(usage) = switch.usage {
         sqlx::query("UPDATE tenant_usage SET bytes = $2, inodes = $3 WHERE tenant_id = $1")
             .bind(tenant.0)
-            .bind(bytes)
-            .bind(inodes)
+            .bind(to_i64("usage", usage.bytes)?)
+            .bind(to_i64("usage", usage.inodes)?)
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;

@@ -53,8 +53,8 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::backend::{
-    Backend, LayerChanges, LayerRecord, LayerView, NewTenant, Orphan, StoreRead, StoreTxn,
-    TenantAudit, TenantRecord,
+    Backend, LayerChanges, LayerRecord, LayerSwitch, LayerView, NewTenant, Orphan, StoreRead,
+    StoreTxn, TenantAudit, TenantRecord,
 };
 use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId, Quota, TenantId, Timestamp, Usage};
@@ -191,9 +191,10 @@ impl Backend for PostgresBackend {
         tenant: TenantId,
         head: LayerId,
         target: LayerId,
+        switch: LayerSwitch,
         now: Timestamp,
     ) -> BackendResult<LayerRecord> {
-        layers::switch(&self.pool, tenant, head, target, now).await
+        layers::switch(&self.pool, tenant, head, target, switch, now).await
     }
 
     async fn drop_layer(

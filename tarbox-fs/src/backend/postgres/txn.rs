@@ -38,7 +38,7 @@ use super::read::{Scope, impl_store_read};
 use crate::audit::AuditEvent;
 use crate::backend::{BlockHash, BlockWrite, DentryRecord, StoreRead, StoreTxn, StoredBlock};
 use crate::error::{BackendError, BackendResult, QuotaKind};
-use crate::types::{FileType, Ino, Inode};
+use crate::types::{FileType, Ino, Inode, Quota, Usage};
 
 /// An open transaction writing through the head of its scope.
 #[derive(Debug)]
@@ -483,14 +483,16 @@ impl StoreTxn for PgTxn {
             let Some((used_bytes, used_inodes, quota_bytes, quota_inodes)) = row else {
                 return Err(BackendError::TenantGone);
             };
-            let exceeds = |delta: i64, used: i64, quota: Option<i64>| {
-                delta > 0 && quota.is_some_and(|q| used.saturating_add(delta) > q)
+            let quota = Quota {
+                bytes: quota_bytes.map(|q| q.max(0) as u64),
+                inodes: quota_inodes.map(|q| q.max(0) as u64),
             };
-            if exceeds(bytes, used_bytes, quota_bytes) {
-                return Ok(Err(QuotaKind::Bytes));
-            }
-            if exceeds(inodes, used_inodes, quota_inodes) {
-                return Ok(Err(QuotaKind::Inodes));
+            let usage = Usage {
+                bytes: used_bytes.max(0) as u64,
+                inodes: used_inodes.max(0) as u64,
+            };
+            if let Some(kind) = quota.exceeded_by(usage, bytes, inodes) {
+                return Ok(Err(kind));
             }
             // Usage dropped (or the quota grew) in between: charge again.
         }

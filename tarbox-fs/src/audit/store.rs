@@ -1,4 +1,5 @@
-//! The audit part of the backend contract: an append-only, time-partitioned event table.
+//! Where the audit trail is kept and queried: an append-only, time-partitioned event table. Every
+//! storage backend implements [`AuditStore`]; the audit pipeline only knows this trait.
 
 use async_trait::async_trait;
 
@@ -31,7 +32,7 @@ pub struct ExpiryReport {
 /// Audit storage. Events are partitioned by time ([`AUDIT_PARTITION_NS`]); an insert never fails
 /// for lack of a partition (the store creates it), and expiry drops whole partitions.
 #[async_trait]
-pub trait AuditStore: Send + Sync {
+pub trait AuditStore: Send + Sync + std::fmt::Debug {
     /// Append events (each gets the next sequence number).
     async fn insert_audit(&self, events: &[AuditEvent]) -> BackendResult<()>;
 
