@@ -61,6 +61,8 @@ enum Store {
 
 struct Mount {
     dir: tempfile::TempDir,
+    /// What the mount process writes to stderr (its log).
+    log: tempfile::NamedTempFile,
     child: Option<Child>,
     args: Vec<String>,
     tenant: String,
@@ -103,6 +105,7 @@ impl Mount {
         let dir = tempfile::tempdir().expect("mount dir");
         let mut m = Mount {
             dir,
+            log: tempfile::NamedTempFile::new().expect("log file"),
             child: None,
             args,
             tenant,
@@ -116,7 +119,7 @@ impl Mount {
             .args(&self.args)
             .arg(self.dir.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(self.log.reopen().expect("log file"))
             .spawn()
             .expect("spawn tarbox mount");
         self.child = Some(child);
@@ -129,6 +132,11 @@ impl Mount {
 
     fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// The mount's log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// Kill the mount process without letting it flush or unmount (a crash).
@@ -208,8 +216,53 @@ e2e!(
     git_workflow,
     concurrent_writers,
     control_files_checkpoint_and_rollback,
-    audit_trail_names_processes
+    audit_trail_names_processes,
+    ioctl_and_seek_are_answered_quietly
 );
+
+/// Requests the engine serves without a file operation of its own are answered on purpose:
+/// `isatty` and terminal ioctls see `ENOTTY`, `SEEK_DATA`/`SEEK_HOLE` find the data of a sparse
+/// file, and none of it writes a line to the mount's log.
+fn ioctl_and_seek_are_answered_quietly(m: Mount) {
+    let script = r#"
+import errno, fcntl, os, sys, termios
+p = sys.argv[1]
+fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+for _ in range(200):
+    assert not os.isatty(fd)
+try:
+    fcntl.ioctl(fd, termios.TIOCGWINSZ, bytes(8))
+    raise SystemExit("ioctl succeeded")
+except OSError as e:
+    assert e.errno == errno.ENOTTY, e
+os.pwrite(fd, b"a", 0)
+os.pwrite(fd, b"b", 4 << 20)
+size = (4 << 20) + 1
+assert os.lseek(fd, 0, os.SEEK_DATA) == 0
+hole = os.lseek(fd, 0, os.SEEK_HOLE)
+assert 0 < hole < (4 << 20), hole
+data = os.lseek(fd, hole, os.SEEK_DATA)
+assert hole < data <= (4 << 20), (hole, data)
+assert os.lseek(fd, 4 << 20, os.SEEK_HOLE) == size
+try:
+    os.lseek(fd, size + 10, os.SEEK_DATA)
+    raise SystemExit("SEEK_DATA past the end succeeded")
+except OSError as e:
+    assert e.errno == errno.ENXIO, e
+os.close(fd)
+print("ok")
+"#;
+    let out = run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(m.path("sparse")));
+    assert_eq!(out.trim(), "ok");
+    let log = m.log();
+    assert!(
+        !log.contains("Not Implemented") && !log.contains("ioctl"),
+        "the mount logged unserved requests:\n{log}"
+    );
+}
 
 /// The default audit level records changes and closes, with the process that made them.
 fn audit_trail_names_processes(m: Mount) {

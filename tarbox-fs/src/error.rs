@@ -6,6 +6,9 @@
 
 use std::fmt;
 
+/// Any error, as the cause of another.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors of storage backends.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -27,17 +30,34 @@ pub enum BackendError {
     #[error("layer name already exists")]
     LayerExists,
     /// The store could not be reached or refused the connection. Retrying later may help.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
+    #[error("storage unavailable")]
+    Unavailable(#[source] BoxError),
     /// The stored data violates an invariant (a bug or manual tampering). Not retryable.
     #[error("storage corrupt: {0}")]
     Corrupt(String),
-    /// The storage URL or backend configuration is invalid.
-    #[error("invalid storage configuration: {0}")]
-    Config(String),
+    /// A stored value could not be decoded (a column of the wrong type, a bad encoding).
+    #[error("storage corrupt: a stored value cannot be decoded")]
+    Decode(#[source] BoxError),
+    /// The storage URL or backend configuration is invalid: what, and the cause if there is one.
+    #[error("invalid storage configuration: {what}")]
+    Config {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Any other storage failure, with its source.
-    #[error("storage error: {0}")]
-    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("storage error")]
+    Other(#[source] BoxError),
+}
+
+impl BackendError {
+    /// An invalid configuration `what`, without a further cause.
+    pub fn config(what: impl Into<String>) -> BackendError {
+        BackendError::Config {
+            what: what.into(),
+            source: None,
+        }
+    }
 }
 
 /// Which limit a quota denial hit.

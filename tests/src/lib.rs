@@ -22,9 +22,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tarbox_fs::Filesystem as _;
+use tarbox_fs::backend::faulty::{Faults, FaultyBackend};
 use tarbox_fs::{
     Caller, DirEntry, Engine, EngineConfig, FileAttr, FileHandle, FsError, FsResult, Ino, SetAttr,
-    TenantOptions, Timestamp, Usage, Volume,
+    TenantOptions, Timestamp, Usage, Volume, VolumeOptions,
 };
 use tokio::sync::OnceCell;
 
@@ -272,6 +273,30 @@ impl TestVolume {
             .volume(&self.tenant)
             .await
             .unwrap_or_else(|e| panic!("cannot reopen tenant {}: {e}", self.tenant))
+    }
+
+    /// A second engine on the same store whose storage fails when `faults` says so, with a
+    /// volume of this tenant on it whose audit events name the mount `faulty`; `config` tunes
+    /// it (e.g. strict audit).
+    pub async fn faulty(&self, faults: Arc<Faults>, config: EngineConfig) -> (Engine, Volume) {
+        let backend = Arc::new(FaultyBackend::new(self.engine.backend().clone(), faults));
+        let engine = Engine::with_backend(backend, config)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open a faulty engine: {e}"));
+        let options = VolumeOptions {
+            mount: Some("faulty".into()),
+            ..VolumeOptions::default()
+        };
+        let volume = engine
+            .volume_with(&self.tenant, options)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot open tenant {} on the faulty engine: {e}",
+                    self.tenant
+                )
+            });
+        (engine, volume)
     }
 
     /// What [`TestVolume::cleanup`] needs, taken before the test consumes the volume.

@@ -27,6 +27,7 @@
 //! zero it is deleted in the same transaction. Inserting a block that already exists (even one
 //! inserted concurrently by another engine) only increments its count and never fails.
 
+pub mod faulty;
 pub mod memory;
 pub mod postgres;
 
@@ -483,7 +484,9 @@ pub async fn open(url: &str) -> BackendResult<Arc<dyn Backend>> {
         let backend = postgres::PostgresBackend::connect(url).await?;
         return Ok(Arc::new(backend));
     }
-    Err(BackendError::Config(format!(
-        "unsupported storage URL {url:?}: expected memory:// or postgres://…"
+    // Only the scheme is shown: the rest of a URL may carry a password.
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    Err(BackendError::config(format!(
+        "unsupported storage URL scheme {scheme:?}: expected memory:// or postgres://…"
     )))
 }

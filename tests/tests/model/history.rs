@@ -5,7 +5,7 @@
 //! Two rules keep the model simple, and both sides follow them:
 //! - Before a checkpoint or a switch, handle slots holding a file with no names left are closed
 //!   (a checkpoint taken while such a file is open keeps charging it after a switch back: a known
-//!   engine bug, see `conformance_layers.rs`).
+//!   engine bug, see `conformance_layers_handles.rs`).
 //! - Before a switch, slots whose file does not exist in the target's tree are closed too; the
 //!   others stay open and see the target's version of their file.
 //!

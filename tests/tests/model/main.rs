@@ -21,8 +21,9 @@
 //! model kept is checked: its place in the layer tree, the usage it recorded, and its whole tree
 //! through a time-travel view.
 //!
-//! Files: `ops` (operations, generators, results), `posix` (the model of the tree), `history`
-//! (the model of the layers), `sut` (the engine side), `check` (whole-tree checks).
+//! Files: `ops` (operations, generators, results), `posix` (the model of the tree), `posix_apply`
+//! (operations applied to the model), `history` (the model of the layers), `sut` (the engine
+//! side), `check` (whole-tree checks).
 //!
 //! The same code runs on the memory backend (`memory::model_sequences`, 64 cases by default) and on
 //! PostgreSQL (`postgres::model_sequences`, 16 cases); `PROPTEST_CASES` overrides both. A failure
@@ -41,6 +42,7 @@ mod check;
 mod history;
 mod ops;
 mod posix;
+mod posix_apply;
 mod sut;
 
 use check::{check_layers, check_tree, check_usage};

@@ -202,8 +202,8 @@ impl Backend for MemoryBackend {
         match store.tenants.get(&tenant) {
             Some(t) if t.state == TenantState::Deleted => {}
             Some(_) => {
-                return Err(BackendError::Config(
-                    "refusing to purge a tenant that is not marked deleted".into(),
+                return Err(BackendError::config(
+                    "refusing to purge a tenant that is not marked deleted",
                 ));
             }
             None => return Ok(()),

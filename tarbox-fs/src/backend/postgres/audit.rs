@@ -9,7 +9,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 
 use super::PostgresBackend;
-use super::convert::{map_err, to_i64, to_u32, to_u64};
+use super::convert::{is_no_partition, map_err, to_i64, to_u32, to_u64};
 use crate::audit::{AUDIT_PARTITION_NS, AuditPartition, AuditStore, ExpiryReport, partition_start};
 use crate::audit::{
     AuditEvent, AuditFilter, AuditOp, AuditOrder, HandleCounters, OpClass, PathMatch, ResultFilter,
@@ -418,7 +418,7 @@ impl AuditStore for PostgresBackend {
         match insert(&mut conn, events).await {
             // A partition was dropped behind our back (expiry of a clock-skewed event): make it
             // again and retry once.
-            Err(BackendError::Other(e)) if e.to_string().contains("no partition") => {
+            Err(e) if is_no_partition(&e) => {
                 self.partitions.forget();
                 self.partitions.ensure_for(events).await?;
                 insert(&mut conn, events).await

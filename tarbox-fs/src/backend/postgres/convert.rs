@@ -40,7 +40,7 @@ pub(super) fn map_err(e: sqlx::Error) -> BackendError {
                     if c.starts_with("08")
                         || matches!(c, "57P01" | "57P02" | "57P03" | "53300") =>
                 {
-                    BackendError::Unavailable(db.message().to_owned())
+                    BackendError::Unavailable(Box::new(e))
                 }
                 _ => BackendError::Other(Box::new(e)),
             }
@@ -49,13 +49,27 @@ pub(super) fn map_err(e: sqlx::Error) -> BackendError {
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => BackendError::Unavailable(e.to_string()),
+        | sqlx::Error::WorkerCrashed => BackendError::Unavailable(Box::new(e)),
         sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
         | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnIndexOutOfBounds { .. } => BackendError::Corrupt(e.to_string()),
+        | sqlx::Error::ColumnIndexOutOfBounds { .. } => BackendError::Decode(Box::new(e)),
         _ => BackendError::Other(Box::new(e)),
     }
+}
+
+/// Whether `e` is PostgreSQL's refusal of a row no partition of a partitioned table accepts
+/// (SQLSTATE 23514, `check_violation`, raised by partition routing).
+pub(super) fn is_no_partition(e: &BackendError) -> bool {
+    let BackendError::Other(source) = e else {
+        return false;
+    };
+    source
+        .downcast_ref::<sqlx::Error>()
+        .and_then(|e| e.as_database_error())
+        .and_then(|db| db.code())
+        .as_deref()
+        == Some("23514")
 }
 
 /// An error for a value the engine passed that PostgreSQL cannot store (beyond `i64::MAX`).

@@ -54,7 +54,10 @@ pub(super) async fn set_auto_checkpoint(
     secs: Option<u64>,
 ) -> BackendResult<()> {
     let secs = secs
-        .map(|s| i64::try_from(s).map_err(|_| BackendError::Config(format!("interval {s}s"))))
+        .map(|s| {
+            i64::try_from(s)
+                .map_err(|_| BackendError::config(format!("auto-checkpoint interval {s}s")))
+        })
         .transpose()?;
     let done = sqlx::query("UPDATE tenants SET auto_checkpoint_secs = $2 WHERE id = $1")
         .bind(tenant.0)

@@ -82,7 +82,10 @@ impl PostgresBackend {
     /// Connect to `url` (`postgres://user@host:port/database`) and bring the schema up to date.
     pub async fn connect(url: &str) -> BackendResult<PostgresBackend> {
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| BackendError::Config(format!("invalid PostgreSQL URL: {e}")))?
+            .map_err(|e| BackendError::Config {
+                what: "the PostgreSQL URL".into(),
+                source: Some(Box::new(e)),
+            })?
             .application_name("tarbox")
             // The begin() protocol relies on the session default isolation, whatever the
             // server's configured default is.

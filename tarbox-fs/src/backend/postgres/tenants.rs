@@ -64,7 +64,7 @@ pub(super) async fn create_tenant(pool: &PgPool, new: &NewTenant) -> BackendResu
     let (id, head): (i64, i64) = sqlx::query_as(CREATE_TENANT)
         .bind(&new.name)
         .bind(i32::try_from(new.block_size).map_err(|_| {
-            BackendError::Config(format!("block size {} is too large", new.block_size))
+            BackendError::config(format!("block size {} is too large", new.block_size))
         })?)
         .bind(new.compression.code())
         .bind(limit_to_sql(new.quota.bytes))
