@@ -21,6 +21,7 @@ pub async fn backends() -> Vec<(&'static str, Engine)> {
 }
 
 /// A new tenant with a unique name and the given block size.
+#[allow(clippy::disallowed_methods)] // unique tenant names across runs
 pub async fn fresh_volume(engine: &Engine, block_size: u32) -> Volume {
     static N: AtomicU64 = AtomicU64::new(0);
     let name = format!(

@@ -128,7 +128,7 @@ fn parse_result(s: &str) -> Result<ResultFilter, String> {
 /// A time given as a duration ago or an RFC 3339 timestamp.
 fn parse_when(flag: &str, text: &str) -> Result<Timestamp> {
     if let Ok(ago) = humantime::parse_duration(text) {
-        let now = Timestamp::from_system(std::time::SystemTime::now());
+        let now = tarbox_fs::Clock::now(&tarbox_fs::SystemClock);
         let ago = i64::try_from(ago.as_nanos()).unwrap_or(i64::MAX);
         return Ok(Timestamp(now.0.saturating_sub(ago)));
     }

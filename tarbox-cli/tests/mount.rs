@@ -180,6 +180,7 @@ impl Drop for Mount {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // unique tenant names across runs
 fn nanos() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

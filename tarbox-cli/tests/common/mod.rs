@@ -27,6 +27,7 @@ pub(crate) fn database() -> Option<String> {
     .clone()
 }
 
+#[allow(clippy::disallowed_methods)] // unique tenant names across runs
 pub(crate) fn nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -123,7 +123,16 @@ impl Auditor {
     }
 
     fn warn_drop(&self) {
-        let now = jiff::Timestamp::now().as_second();
+        // Seconds on the monotonic clock: this only spaces out log lines.
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = i64::try_from(
+            START
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_secs(),
+        )
+        .unwrap_or(i64::MAX)
+            + 1;
         let last = self.counters.last_drop_warning.load(Ordering::Relaxed);
         if now > last
             && self

@@ -76,6 +76,8 @@ async fn backend() -> PostgresBackend {
         .expect("connect to the test database")
 }
 
+// Names unique across runs: the wall clock is what makes them so.
+#[allow(clippy::disallowed_methods)]
 fn unique_name(test: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
