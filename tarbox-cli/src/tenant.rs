@@ -168,7 +168,11 @@ fn print_one(t: &TenantInfo, output: Output) -> Result<()> {
         Output::Json => println!("{}", serde_json::to_string_pretty(t)?),
         Output::Table => {
             println!("name:        {}", t.name);
+            println!("id:          {}", t.id.0);
             println!("state:       {}", state(t));
+            if let Some(owner) = &t.owner {
+                println!("owner:       {owner}");
+            }
             println!("block size:  {}", human(u64::from(t.block_size)));
             println!("compression: {:?}", t.compression);
             println!(

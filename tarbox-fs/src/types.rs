@@ -27,7 +27,8 @@ impl fmt::Display for Ino {
     }
 }
 
-/// A tenant's database identifier. Frontends address tenants by name; ids stay internal.
+/// A tenant's number, fixed for its life and never reused. Frontends address tenants by name;
+/// a CSI volume id is this number, since DeleteVolume carries nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TenantId(pub i64);
 

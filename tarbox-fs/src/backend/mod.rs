@@ -117,6 +117,9 @@ pub struct TenantRecord {
     pub auto_checkpoint_secs: Option<u64>,
     /// Audit settings; `None` uses the engine's defaults.
     pub audit: TenantAudit,
+    /// What the tenant belongs to outside Tarbox (e.g. `pvc:<namespace>/<name>` for a Kubernetes
+    /// volume), fixed at creation; `None` for tenants made by hand.
+    pub owner: Option<String>,
 }
 
 /// A tenant's audit settings.
@@ -136,6 +139,8 @@ pub struct NewTenant {
     /// The root directory, stored as inode [`Ino::ROOT`] in the base layer.
     pub root: Inode,
     pub created_at: Timestamp,
+    /// See [`TenantRecord::owner`].
+    pub owner: Option<String>,
 }
 
 /// A layer as stored.

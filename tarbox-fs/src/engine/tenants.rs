@@ -11,7 +11,7 @@ use super::Engine;
 use crate::audit::AuditLevel;
 use crate::backend::{Compression, NewTenant, TenantAudit, TenantRecord, TenantState};
 use crate::error::{BackendError, FsError, FsResult};
-use crate::types::{FileType, Ino, Inode, Quota, Timestamp, Usage};
+use crate::types::{FileType, Ino, Inode, Quota, TenantId, Timestamp, Usage};
 
 /// Default block size: large enough that a PostgreSQL row per block keeps up with sequential I/O,
 /// small enough that a random 4 KiB write does not rewrite much (see docs/design.md).
@@ -28,6 +28,8 @@ pub struct TenantOptions {
     pub root_uid: u32,
     pub root_gid: u32,
     pub root_mode: u16,
+    /// What the tenant belongs to outside Tarbox (see [`TenantRecord::owner`]).
+    pub owner: Option<String>,
 }
 
 impl Default for TenantOptions {
@@ -39,6 +41,7 @@ impl Default for TenantOptions {
             root_uid: 0,
             root_gid: 0,
             root_mode: 0o755,
+            owner: None,
         }
     }
 }
@@ -46,6 +49,8 @@ impl Default for TenantOptions {
 /// A tenant as administrators see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantInfo {
+    /// The tenant's number, fixed for its life and never reused.
+    pub id: TenantId,
     pub name: String,
     pub state: TenantState,
     pub block_size: u32,
@@ -58,6 +63,8 @@ pub struct TenantInfo {
     pub audit_retention_days: u32,
     /// Whether the level and retention are the tenant's own or the engine's defaults.
     pub audit: TenantAudit,
+    /// What the tenant belongs to outside Tarbox, if anything.
+    pub owner: Option<String>,
 }
 
 /// Check a tenant name (RFC 1123 subdomain, at most 253 characters), naming what is wrong.
@@ -127,6 +134,7 @@ impl Engine {
             quota: options.quota,
             root,
             created_at: now,
+            owner: options.owner.clone(),
         };
         let record = self
             .shared
@@ -205,6 +213,14 @@ impl Engine {
         })
     }
 
+    /// The tenant with number `id`, active or deleted; `None` if there is none (any more).
+    pub async fn tenant_info_by_id(&self, id: TenantId) -> FsResult<Option<TenantInfo>> {
+        match self.shared.backend.tenant_by_id(id).await? {
+            Some(record) => Ok(Some(self.info_of(record).await?)),
+            None => Ok(None),
+        }
+    }
+
     async fn tenant_record(&self, name: &str) -> FsResult<TenantRecord> {
         self.shared
             .backend
@@ -225,6 +241,8 @@ impl Engine {
     async fn info_of(&self, record: TenantRecord) -> FsResult<TenantInfo> {
         let usage = self.shared.backend.usage(record.id).await?;
         Ok(TenantInfo {
+            owner: record.owner.clone(),
+            id: record.id,
             name: record.name,
             state: record.state,
             block_size: record.block_size,

@@ -120,6 +120,7 @@ impl Backend for MemoryBackend {
             created_at: new.created_at,
             auto_checkpoint_secs: None,
             audit: TenantAudit::default(),
+            owner: new.owner.clone(),
         };
         store.layers.insert(
             (id, layer),

@@ -149,7 +149,7 @@ macro_rules! select_tenants {
         concat!(
             "SELECT id, name, state, head_layer, block_size, compression, quota_bytes, \
              quota_inodes, created_at, auto_checkpoint_secs, audit_level, \
-             audit_retention_days FROM tenants ",
+             audit_retention_days, owner FROM tenants ",
             $rest
         )
     };
@@ -193,6 +193,7 @@ pub(super) fn tenant_from_row(row: &PgRow) -> Result<TenantRecord, BackendError>
                 .map(|d| to_u32("audit retention", i64::from(d)))
                 .transpose()?,
         },
+        owner: col(row, "owner")?,
     })
 }
 

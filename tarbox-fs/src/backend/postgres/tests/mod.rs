@@ -113,6 +113,8 @@ async fn create_tenant(b: &PostgresBackend, test: &str, quota: Quota) -> TenantR
         quota,
         root: inode(1, FileType::Directory, 1),
         created_at: Timestamp(42),
+        // Read back with every record below: the owner survives the round trip.
+        owner: Some(format!("test:{test}")),
     })
     .await
     .expect("create tenant")
@@ -216,6 +218,7 @@ async fn tenant_lifecycle_and_root_inode() {
             quota: Quota::default(),
             root: inode(1, FileType::Directory, 1),
             created_at: Timestamp(0),
+            owner: None,
         })
         .await;
     assert!(

@@ -1,0 +1,496 @@
+//! The Controller service: a volume is a tenant. Creating one creates the tenant (named after
+//! its PVC, see `naming`) with a byte quota from the requested capacity; expanding raises the
+//! quota online; deleting marks the tenant deleted, and the controller purges it in the
+//! background. The volume id is the tenant's number, so every call finds the tenant from it alone.
+//!
+//! Every request is checked before anything happens; the RPCs of capabilities not advertised
+//! (publish, capacity, snapshots, modification) answer `UNIMPLEMENTED`, as the spec asks.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tarbox_fs::{FsError, Quota, TenantAudit, TenantId, TenantInfo, TenantOptions};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::CONTEXT_TENANT;
+use crate::csi::controller_server::Controller;
+use crate::csi::controller_service_capability::{Rpc, rpc};
+use crate::csi::validate_volume_capabilities_response::Confirmed;
+use crate::csi::volume_capability::AccessType;
+use crate::csi::volume_capability::access_mode::Mode as AccessMode;
+use crate::csi::*;
+use crate::naming;
+use crate::params::{self, VolumeParams};
+use crate::server::Driver;
+
+/// Root directory of a new volume: writable by every pod's user (the sticky bit keeps them from
+/// removing each other's files), as an `emptyDir` is.
+const ROOT_MODE: u16 = 0o1777;
+
+fn invalid(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message)
+}
+
+/// An engine error as the gRPC status the spec names for it.
+pub(crate) fn status(e: FsError) -> Status {
+    match e {
+        FsError::TenantNotFound(_) | FsError::NotFound => Status::not_found(e.to_string()),
+        FsError::BadInput(_) | FsError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        FsError::QuotaExceeded(_) => Status::resource_exhausted(e.to_string()),
+        FsError::Backend(_) => Status::unavailable(format!("{e}: {}", source_chain(&e))),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut out = Vec::new();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push(s.to_string());
+        cur = s.source();
+    }
+    out.join(": ")
+}
+
+/// Check volume capabilities: mount access with a known mode, any access mode (the filesystem is
+/// shared by design). Block access is refused.
+pub(crate) fn check_capabilities(caps: &[VolumeCapability]) -> Result<(), String> {
+    if caps.is_empty() {
+        return Err("volume capabilities are missing".into());
+    }
+    for cap in caps {
+        match &cap.access_type {
+            Some(AccessType::Mount(m)) => {
+                if !m.fs_type.is_empty() && m.fs_type != "tarbox" && m.fs_type != "fuse" {
+                    return Err(format!(
+                        "fs_type {:?} is not offered: a Tarbox volume is a tarbox filesystem",
+                        m.fs_type
+                    ));
+                }
+            }
+            Some(AccessType::Block(_)) => {
+                return Err("block access is not offered: Tarbox volumes are filesystems".into());
+            }
+            None => return Err("a volume capability has no access type".into()),
+        }
+        let mode = cap
+            .access_mode
+            .as_ref()
+            .map(|m| AccessMode::try_from(m.mode).unwrap_or(AccessMode::Unknown))
+            .unwrap_or(AccessMode::Unknown);
+        if mode == AccessMode::Unknown {
+            return Err("a volume capability has no access mode".into());
+        }
+    }
+    Ok(())
+}
+
+/// The byte quota for a capacity range: the required bytes (at least one 4 KiB block), else the
+/// limit, else none. `OUT_OF_RANGE` for a range the engine cannot give.
+fn quota_bytes(range: Option<&CapacityRange>) -> Result<Option<u64>, Status> {
+    let Some(range) = range else { return Ok(None) };
+    let (required, limit) = (range.required_bytes, range.limit_bytes);
+    if required < 0 || limit < 0 {
+        return Err(Status::out_of_range("a capacity cannot be negative"));
+    }
+    if limit > 0 && required > limit {
+        return Err(Status::out_of_range(format!(
+            "required capacity {required} is above the limit {limit}"
+        )));
+    }
+    let bytes = if required > 0 { required } else { limit };
+    if bytes == 0 {
+        return Ok(None);
+    }
+    let rounded = (bytes as u64).div_ceil(4096) * 4096;
+    if limit > 0 && rounded > limit as u64 {
+        return Err(Status::out_of_range(format!(
+            "capacity is counted in 4 KiB units: {bytes} rounds up to {rounded}, above the limit {limit}"
+        )));
+    }
+    Ok(Some(rounded))
+}
+
+fn volume_of(info: &TenantInfo) -> Volume {
+    Volume {
+        capacity_bytes: info
+            .quota
+            .bytes
+            .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
+        volume_id: info.id.0.to_string(),
+        volume_context: HashMap::from([(CONTEXT_TENANT.to_string(), info.name.clone())]),
+        content_source: None,
+        accessible_topology: Vec::new(),
+    }
+}
+
+impl Driver {
+    /// The live tenant a volume id names; `None` for ids that name nothing (any more).
+    pub(crate) async fn volume(&self, volume_id: &str) -> Result<Option<TenantInfo>, Status> {
+        let Ok(id) = volume_id.parse::<i64>() else {
+            return Ok(None);
+        };
+        let info = self
+            .engine()
+            .tenant_info_by_id(TenantId(id))
+            .await
+            .map_err(status)?;
+        Ok(info.filter(|i| {
+            i.state == tarbox_fs::TenantState::Active
+                && i.owner.as_deref().and_then(naming::owner_request).is_some()
+        }))
+    }
+
+    /// Create the tenant for `name`, or find the one a previous call (or a racing controller)
+    /// created for it.
+    async fn create_or_find(
+        &self,
+        name: &str,
+        params: &VolumeParams,
+        quota: Quota,
+    ) -> Result<TenantInfo, Status> {
+        let owner = naming::owner(name, params.pvc());
+        for candidate in naming::candidates(name, params.pvc()) {
+            let options = TenantOptions {
+                block_size: params
+                    .block_size
+                    .unwrap_or(TenantOptions::default().block_size),
+                compression: params.compression.unwrap_or_default(),
+                quota,
+                root_mode: ROOT_MODE,
+                owner: Some(owner.clone()),
+                ..TenantOptions::default()
+            };
+            match self.engine().create_tenant(&candidate, options).await {
+                Ok(info) => {
+                    self.configure(&info.name, params).await?;
+                    info!(volume = info.id.0, tenant = %info.name, request = name, "volume created");
+                    return Ok(info);
+                }
+                Err(FsError::TenantExists(_)) => {
+                    let existing = match self.engine().tenant_info(&candidate).await {
+                        Ok(info) => info,
+                        // Deleted and purged in between: try the same name again next time.
+                        Err(FsError::TenantNotFound(_)) => {
+                            return Err(Status::aborted("the volume name is being reused; retry"));
+                        }
+                        Err(e) => return Err(status(e)),
+                    };
+                    let ours =
+                        existing.owner.as_deref().and_then(naming::owner_request) == Some(name);
+                    if !ours {
+                        continue;
+                    }
+                    if existing.state != tarbox_fs::TenantState::Active {
+                        return Err(Status::aborted(
+                            "a volume of this name is being deleted; retry later",
+                        ));
+                    }
+                    if existing.quota != quota {
+                        return Err(Status::already_exists(format!(
+                            "volume {name:?} exists with another capacity"
+                        )));
+                    }
+                    return Ok(existing);
+                }
+                Err(e) => return Err(status(e)),
+            }
+        }
+        Err(Status::already_exists(format!(
+            "every tenant name for volume {name:?} is taken by other volumes"
+        )))
+    }
+
+    /// Apply the StorageClass's audit and checkpoint settings to a new tenant.
+    async fn configure(&self, tenant: &str, params: &VolumeParams) -> Result<(), Status> {
+        if params.audit_level.is_some() || params.audit_retention_days.is_some() {
+            let audit = TenantAudit {
+                level: params.audit_level,
+                retention_days: params.audit_retention_days,
+            };
+            self.engine()
+                .set_audit(tenant, audit)
+                .await
+                .map_err(status)?;
+        }
+        if let Some(interval) = params.checkpoint_interval {
+            self.engine()
+                .set_auto_checkpoint(tenant, Some(interval.max(Duration::from_secs(1))))
+                .await
+                .map_err(status)?;
+        }
+        Ok(())
+    }
+}
+
+fn capability(rpc: rpc::Type) -> ControllerServiceCapability {
+    ControllerServiceCapability {
+        r#type: Some(controller_service_capability::Type::Rpc(Rpc {
+            r#type: rpc as i32,
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for Driver {
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.name.is_empty() {
+            return Err(invalid("the volume name is missing"));
+        }
+        check_capabilities(&req.volume_capabilities).map_err(invalid)?;
+        if req.volume_content_source.is_some() {
+            return Err(invalid(
+                "creating a volume from a snapshot or a volume is not offered by this driver",
+            ));
+        }
+        let params = params::parse(&req.parameters).map_err(invalid)?;
+        let quota = Quota {
+            bytes: quota_bytes(req.capacity_range.as_ref())?,
+            inodes: params.inode_quota,
+        };
+        let info = self.create_or_find(&req.name, &params, quota).await?;
+        Ok(Response::new(CreateVolumeResponse {
+            volume: Some(volume_of(&info)),
+        }))
+    }
+
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(invalid("the volume id is missing"));
+        }
+        if let Some(info) = self.volume(&req.volume_id).await? {
+            match self.engine().delete_tenant(&info.name).await {
+                Ok(()) | Err(FsError::TenantNotFound(_)) => {
+                    info!(volume = req.volume_id, tenant = %info.name, "volume deleted");
+                }
+                Err(e) => return Err(status(e)),
+            }
+        }
+        Ok(Response::new(DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _request: Request<ControllerPublishVolumeRequest>,
+    ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "volumes need no attaching (attachRequired: false)",
+        ))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _request: Request<ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "volumes need no attaching (attachRequired: false)",
+        ))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(invalid("the volume id is missing"));
+        }
+        if req.volume_capabilities.is_empty() {
+            return Err(invalid("volume capabilities are missing"));
+        }
+        if self.volume(&req.volume_id).await?.is_none() {
+            return Err(Status::not_found(format!("no volume {:?}", req.volume_id)));
+        }
+        let response = match check_capabilities(&req.volume_capabilities) {
+            Ok(()) => ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    mutable_parameters: req.mutable_parameters,
+                }),
+                message: String::new(),
+            },
+            Err(why) => ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: why,
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    /// Volumes this driver created, in tenant-name order; the token is the index to resume at.
+    async fn list_volumes(
+        &self,
+        request: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        let req = request.into_inner();
+        if req.max_entries < 0 {
+            return Err(invalid("max_entries cannot be negative"));
+        }
+        let start: usize = if req.starting_token.is_empty() {
+            0
+        } else {
+            req.starting_token.parse().map_err(|_| {
+                Status::aborted(format!("invalid starting token {:?}", req.starting_token))
+            })?
+        };
+        let volumes: Vec<TenantInfo> = self
+            .engine()
+            .list_tenants()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .filter(|t| {
+                t.state == tarbox_fs::TenantState::Active
+                    && t.owner.as_deref().and_then(naming::owner_request).is_some()
+            })
+            .collect();
+        if start > volumes.len() {
+            return Err(Status::aborted(format!(
+                "starting token {start} is past the end"
+            )));
+        }
+        let max = if req.max_entries == 0 {
+            usize::MAX
+        } else {
+            req.max_entries as usize
+        };
+        let end = start.saturating_add(max).min(volumes.len());
+        let entries = volumes[start..end]
+            .iter()
+            .map(|info| list_volumes_response::Entry {
+                volume: Some(volume_of(info)),
+                status: None,
+            })
+            .collect();
+        let next_token = if end < volumes.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListVolumesResponse {
+            entries,
+            next_token,
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        _request: Request<GetCapacityRequest>,
+    ) -> Result<Response<GetCapacityResponse>, Status> {
+        Err(Status::unimplemented(
+            "capacity is bounded by the database, not reported",
+        ))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _request: Request<ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(ControllerGetCapabilitiesResponse {
+            capabilities: vec![
+                capability(rpc::Type::CreateDeleteVolume),
+                capability(rpc::Type::ListVolumes),
+                capability(rpc::Type::ExpandVolume),
+            ],
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _request: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not offered yet"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _request: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not offered yet"))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _request: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not offered yet"))
+    }
+
+    async fn get_snapshot(
+        &self,
+        _request: Request<GetSnapshotRequest>,
+    ) -> Result<Response<GetSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not offered yet"))
+    }
+
+    /// Raise the byte quota; takes effect for every mount at its next write. Shrinking is
+    /// refused.
+    async fn controller_expand_volume(
+        &self,
+        request: Request<ControllerExpandVolumeRequest>,
+    ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(invalid("the volume id is missing"));
+        }
+        let Some(range) = req.capacity_range.as_ref() else {
+            return Err(invalid("the capacity range is missing"));
+        };
+        if let Some(cap) = &req.volume_capability {
+            check_capabilities(std::slice::from_ref(cap)).map_err(invalid)?;
+        }
+        let Some(info) = self.volume(&req.volume_id).await? else {
+            return Err(Status::not_found(format!("no volume {:?}", req.volume_id)));
+        };
+        let Some(bytes) = quota_bytes(Some(range))? else {
+            return Err(invalid("the capacity range asks for no capacity"));
+        };
+        let current = info.quota.bytes;
+        if current.is_some_and(|c| bytes < c) {
+            return Err(Status::out_of_range(format!(
+                "volume {} has {} bytes; shrinking is not offered",
+                req.volume_id,
+                current.unwrap_or(0)
+            )));
+        }
+        let bytes = current.map_or(bytes, |c| c.max(bytes));
+        let quota = Quota {
+            bytes: Some(bytes),
+            ..info.quota
+        };
+        self.engine()
+            .set_quota(&info.name, quota)
+            .await
+            .map_err(status)?;
+        info!(volume = req.volume_id, bytes, "volume expanded");
+        Ok(Response::new(ControllerExpandVolumeResponse {
+            capacity_bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            node_expansion_required: false,
+        }))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        _request: Request<ControllerGetVolumeRequest>,
+    ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
+        Err(Status::unimplemented("GET_VOLUME is not offered"))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _request: Request<ControllerModifyVolumeRequest>,
+    ) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
+        Err(Status::unimplemented("MODIFY_VOLUME is not offered"))
+    }
+}

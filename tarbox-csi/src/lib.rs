@@ -1,0 +1,40 @@
+//! # tarbox-csi
+//!
+//! The Kubernetes CSI driver of Tarbox: a PersistentVolumeClaim is a tenant. The driver only
+//! translates CSI calls into engine calls (tenant administration on the controller, a
+//! [`tarbox_fuse::TenantMount`] on the node) and owns no filesystem rule. One file per CSI
+//! service: [`identity`], [`controller`], [`node`]; [`server`] serves them on a Unix socket.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use tarbox_csi::{Driver, Mode};
+//! use tarbox_fs::{Engine, EngineConfig};
+//!
+//! let engine = Engine::open("postgres://postgres@127.0.0.1/tarbox", EngineConfig::default()).await?;
+//! let driver = Driver::new(engine, Mode::All, "node-1", "/var/lib/tarbox-csi".into());
+//! tarbox_csi::serve(driver, "unix:///csi/csi.sock", tarbox_fuse::termination()).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod controller;
+pub mod identity;
+mod naming;
+pub mod node;
+mod params;
+pub mod server;
+
+/// The CSI specification's messages and services (package `csi.v1`), generated from
+/// `proto/csi.proto`.
+#[allow(missing_docs, clippy::all, missing_debug_implementations)]
+pub mod csi {
+    tonic::include_proto!("csi.v1");
+}
+
+pub use server::{Driver, Mode, ServeError, serve};
+
+/// The driver's name, as StorageClasses and the CSIDriver object name it.
+pub const DRIVER_NAME: &str = "tarbox.csi.io";
+
+/// The volume context key carrying the tenant's name to the node.
+pub const CONTEXT_TENANT: &str = "tarbox.csi.io/tenant";

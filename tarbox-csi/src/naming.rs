@@ -1,0 +1,110 @@
+//! Which tenant a CreateVolume request gets.
+//!
+//! With the external-provisioner's PVC metadata the tenant is named `<namespace>-<pvc>`, which
+//! administrators recognise; without it, a name derived from the request name. Such a name is
+//! ambiguous (namespace `a-b` with PVC `c` and namespace `a` with PVC `b-c` both give `a-b-c`) and
+//! may pass 253 bytes, so every tenant records its owner (the request name and the PVC), and a
+//! request whose preferred name belongs to someone else takes the same name with a hash of its
+//! own request name appended: deterministic, so racing controllers and retries agree, and never
+//! another volume's data.
+
+/// The longest tenant name (an RFC 1123 subdomain).
+const MAX_NAME: usize = 253;
+/// Hex digits of the request hash in a suffixed name.
+const HASH_LEN: usize = 12;
+
+/// The owner a tenant created for `request` records.
+pub(crate) fn owner(request: &str, pvc: Option<(&str, &str)>) -> String {
+    match pvc {
+        Some((ns, name)) => format!("csi-volume={request};pvc={ns}/{name}"),
+        None => format!("csi-volume={request}"),
+    }
+}
+
+/// The CSI request name an owner string records, if it is one of ours.
+pub(crate) fn owner_request(owner: &str) -> Option<&str> {
+    let rest = owner.strip_prefix("csi-volume=")?;
+    Some(rest.split_once(';').map_or(rest, |(r, _)| r))
+}
+
+/// The tenant names to try for `request`, best first: the readable name, then the same with a
+/// hash of the request name (for when the readable one is taken by another volume).
+pub(crate) fn candidates(request: &str, pvc: Option<(&str, &str)>) -> [String; 2] {
+    let readable = match pvc {
+        Some((ns, name)) => format!("{ns}-{name}"),
+        None => request.to_string(),
+    };
+    let clean = sanitize(&readable);
+    let hash = blake3::hash(request.as_bytes()).to_hex();
+    let suffix = &hash.as_str()[..HASH_LEN];
+    let first = if clean.len() <= MAX_NAME {
+        clean.clone()
+    } else {
+        // Too long to keep whole: shorten it and make it unique the same way.
+        with_suffix(&clean, suffix)
+    };
+    [first, with_suffix(&clean, suffix)]
+}
+
+fn with_suffix(name: &str, suffix: &str) -> String {
+    let keep = MAX_NAME - suffix.len() - 1;
+    let head = name[..name.len().min(keep)].trim_end_matches(['-', '.']);
+    format!("{head}-{suffix}")
+}
+
+/// `text` as an RFC 1123 subdomain: lowercase letters, digits, `-` and `.`, starting and ending
+/// with a letter or digit.
+fn sanitize(text: &str) -> String {
+    let mapped: String = text
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-' | '.') => c,
+            _ => '-',
+        })
+        .collect();
+    let trimmed = mapped.trim_matches(['-', '.']);
+    if trimmed.is_empty() {
+        "volume".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pvc_metadata_names_the_tenant() {
+        let [first, second] = candidates("pvc-1234", Some(("team-a", "data")));
+        assert_eq!(first, "team-a-data");
+        assert!(second.starts_with("team-a-data-") && second.len() == first.len() + 13);
+    }
+
+    #[test]
+    fn ambiguous_names_get_distinct_fallbacks() {
+        let a = candidates("pvc-1", Some(("a-b", "c")));
+        let b = candidates("pvc-2", Some(("a", "b-c")));
+        assert_eq!(a[0], b[0], "the readable names collide");
+        assert_ne!(a[1], b[1], "the fallbacks never do");
+    }
+
+    #[test]
+    fn long_and_odd_names_become_valid() {
+        let long = "x".repeat(300);
+        let [first, second] = candidates(&long, None);
+        assert!(first.len() <= MAX_NAME && second.len() <= MAX_NAME);
+        assert_eq!(candidates("PVC_Name!", None)[0], "pvc-name");
+        assert_eq!(candidates("___", None)[0], "volume");
+    }
+
+    #[test]
+    fn owners_round_trip() {
+        assert_eq!(
+            owner_request(&owner("pvc-9", Some(("ns", "p")))),
+            Some("pvc-9")
+        );
+        assert_eq!(owner_request(&owner("pvc-9", None)), Some("pvc-9"));
+        assert_eq!(owner_request("made by hand"), None);
+    }
+}

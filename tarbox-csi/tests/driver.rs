@@ -1,0 +1,481 @@
+//! The driver over its gRPC socket, as kubelet and the external sidecars drive it: a real Unix
+//! socket, real FUSE mounts and bind mounts, the in-memory store and PostgreSQL. Needs root and
+//! /dev/fuse; under `CI=true` their absence fails instead of skipping.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use tarbox_csi::csi::controller_client::ControllerClient;
+use tarbox_csi::csi::identity_client::IdentityClient;
+use tarbox_csi::csi::node_client::NodeClient;
+use tarbox_csi::csi::volume_capability::access_mode::Mode as AccessMode;
+use tarbox_csi::csi::volume_capability::{
+    AccessMode as Access, AccessType, BlockVolume, MountVolume,
+};
+use tarbox_csi::csi::*;
+use tarbox_csi::{CONTEXT_TENANT, Driver, Mode};
+use tarbox_fs::{Engine, EngineConfig};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const MIB: i64 = 1 << 20;
+
+fn fuse_available() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    let ok = root && Path::new("/dev/fuse").exists();
+    if !ok {
+        let strict = std::env::var("CI").as_deref() == Ok("true")
+            || std::env::var("TARBOX_REQUIRE_POSTGRES").as_deref() == Ok("1");
+        assert!(!strict, "the CSI driver tests need root and /dev/fuse");
+        eprintln!("SKIPPED: the CSI driver tests need root and /dev/fuse");
+    }
+    ok
+}
+
+/// A driver serving every service on a socket in a temporary directory, and clients of it.
+struct Harness {
+    dir: tempfile::TempDir,
+    identity: IdentityClient<Channel>,
+    controller: ControllerClient<Channel>,
+    node: NodeClient<Channel>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    async fn start(url: &str) -> Harness {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let socket = dir.path().join("csi.sock");
+        let engine = Engine::open(url, EngineConfig::default())
+            .await
+            .expect("engine");
+        let driver = Driver::new(engine, Mode::All, "node-1", dir.path().join("state"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let endpoint = format!("unix://{}", socket.display());
+        let served = tokio::spawn(async move {
+            tarbox_csi::serve(driver, &endpoint, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("serve");
+        });
+        for _ in 0..100 {
+            if socket.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let channel = Endpoint::try_from("http://[::]:50051")
+            .expect("endpoint")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await
+            .expect("connect to the driver's socket");
+        Harness {
+            dir,
+            identity: IdentityClient::new(channel.clone()),
+            controller: ControllerClient::new(channel.clone()),
+            node: NodeClient::new(channel),
+            stop: Some(stop),
+            served,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.served).await.expect("server task");
+    }
+}
+
+fn mount_cap(mode: AccessMode) -> VolumeCapability {
+    VolumeCapability {
+        access_mode: Some(Access { mode: mode as i32 }),
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+    }
+}
+
+fn create_request(name: &str, bytes: i64, params: &[(&str, &str)]) -> CreateVolumeRequest {
+    CreateVolumeRequest {
+        name: name.to_string(),
+        capacity_range: Some(CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![mount_cap(AccessMode::MultiNodeMultiWriter)],
+        parameters: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+        ..CreateVolumeRequest::default()
+    }
+}
+
+fn pvc<'a>(ns: &'a str, name: &'a str) -> [(&'a str, &'a str); 2] {
+    [
+        ("csi.storage.k8s.io/pvc/namespace", ns),
+        ("csi.storage.k8s.io/pvc/name", name),
+    ]
+}
+
+/// Assert that `result` failed with `code`, and return its message.
+#[track_caller]
+fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code) -> String {
+    match result {
+        Ok(v) => panic!("expected {code:?}, got {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "{}", s.message());
+            s.message().to_string()
+        }
+    }
+}
+
+/// Write `data` to `path` from a blocking thread, as a pod's process would.
+async fn write(path: PathBuf, data: Vec<u8>) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&data)?;
+        f.sync_all()
+    })
+    .await
+    .expect("join")
+}
+
+async fn lifecycle(url: &str) {
+    let mut h = Harness::start(url).await;
+    // Unique per run (the temporary directory's random name), as names stay taken until purged.
+    let tag: String = h
+        .dir
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+
+    // Identity.
+    let info = h
+        .identity
+        .get_plugin_info(GetPluginInfoRequest {})
+        .await
+        .expect("info");
+    assert_eq!(info.get_ref().name, "tarbox.csi.io");
+    let probe = h.identity.probe(ProbeRequest {}).await.expect("probe");
+    assert_eq!(probe.get_ref().ready, Some(true));
+
+    // Create with PVC metadata; again with the same capacity is the same volume.
+    let team = format!("team-{tag}");
+    let params = pvc(&team, "data");
+    let name = format!("pvc-{tag}-1");
+    let created = h
+        .controller
+        .create_volume(create_request(&name, MIB, &params))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_eq!(created.capacity_bytes, MIB);
+    assert_eq!(
+        created
+            .volume_context
+            .get(CONTEXT_TENANT)
+            .map(String::as_str),
+        Some(format!("team-{tag}-data").as_str())
+    );
+    let again = h
+        .controller
+        .create_volume(create_request(&name, MIB, &params))
+        .await
+        .expect("create again")
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_eq!(again.volume_id, created.volume_id);
+    code(
+        h.controller
+            .create_volume(create_request(&name, 2 * MIB, &params))
+            .await,
+        Code::AlreadyExists,
+    );
+
+    // Two PVCs whose readable names collide get two tenants.
+    let a = h
+        .controller
+        .create_volume(create_request(
+            &format!("pvc-{tag}-a"),
+            MIB,
+            &pvc(&format!("x{tag}-b"), "c"),
+        ))
+        .await
+        .expect("create a")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let b = h
+        .controller
+        .create_volume(create_request(
+            &format!("pvc-{tag}-b"),
+            MIB,
+            &pvc(&format!("x{tag}"), "b-c"),
+        ))
+        .await
+        .expect("create b")
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_ne!(a.volume_id, b.volume_id);
+    assert_ne!(
+        a.volume_context[CONTEXT_TENANT],
+        b.volume_context[CONTEXT_TENANT]
+    );
+
+    // Bad requests are refused with the code the spec names, creating nothing.
+    let msg = code(
+        h.controller
+            .create_volume(create_request(
+                &format!("pvc-{tag}-bad"),
+                MIB,
+                &[("blockSize", "3000")],
+            ))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("blockSize"), "{msg}");
+    code(
+        h.controller
+            .create_volume(create_request("", MIB, &[]))
+            .await,
+        Code::InvalidArgument,
+    );
+    let mut block = create_request(&format!("pvc-{tag}-block"), MIB, &[]);
+    block.volume_capabilities = vec![VolumeCapability {
+        access_mode: Some(Access {
+            mode: AccessMode::SingleNodeWriter as i32,
+        }),
+        access_type: Some(AccessType::Block(BlockVolume {})),
+    }];
+    code(
+        h.controller.create_volume(block).await,
+        Code::InvalidArgument,
+    );
+    code(
+        h.controller
+            .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
+                volume_id: "999999999".into(),
+                volume_capabilities: vec![mount_cap(AccessMode::SingleNodeWriter)],
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+    );
+    let confirmed = h
+        .controller
+        .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
+            volume_id: created.volume_id.clone(),
+            volume_capabilities: vec![mount_cap(AccessMode::MultiNodeMultiWriter)],
+            ..Default::default()
+        })
+        .await
+        .expect("validate");
+    assert!(confirmed.get_ref().confirmed.is_some());
+
+    // Stage once, publish to two pods (the second read-only).
+    let cap = mount_cap(AccessMode::MultiNodeMultiWriter);
+    let staging = h.path("staging");
+    let (t1, t2) = (h.path("pod1"), h.path("pod2"));
+    let stage = NodeStageVolumeRequest {
+        volume_id: created.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(cap.clone()),
+        volume_context: created.volume_context.clone(),
+        ..Default::default()
+    };
+    h.node
+        .node_stage_volume(stage.clone())
+        .await
+        .expect("stage");
+    h.node.node_stage_volume(stage).await.expect("stage again");
+    for (target, readonly) in [(&t1, false), (&t2, true)] {
+        let publish = NodePublishVolumeRequest {
+            volume_id: created.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+            target_path: target.display().to_string(),
+            volume_capability: Some(cap.clone()),
+            readonly,
+            volume_context: created.volume_context.clone(),
+            ..Default::default()
+        };
+        h.node
+            .node_publish_volume(publish.clone())
+            .await
+            .expect("publish");
+        h.node
+            .node_publish_volume(publish)
+            .await
+            .expect("publish again");
+    }
+    write(t1.join("model.bin"), vec![7u8; 100_000])
+        .await
+        .expect("write through pod 1");
+    assert_eq!(
+        std::fs::read(t2.join("model.bin")).expect("read through pod 2"),
+        vec![7u8; 100_000]
+    );
+    let refused = write(t2.join("x"), b"no".to_vec())
+        .await
+        .expect_err("read-only target");
+    assert_eq!(refused.raw_os_error(), Some(libc::EROFS), "{refused}");
+
+    // The quota is the capacity; expansion raises it online; shrinking is refused.
+    let full = write(t1.join("big"), vec![1u8; 2 * MIB as usize])
+        .await
+        .expect_err("over quota");
+    assert_eq!(full.kind(), ErrorKind::StorageFull, "{full}");
+    let expanded = h
+        .controller
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: created.volume_id.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 4 * MIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("expand");
+    assert_eq!(expanded.get_ref().capacity_bytes, 4 * MIB);
+    write(t1.join("big"), vec![1u8; 2 * MIB as usize])
+        .await
+        .expect("write after expanding");
+    code(
+        h.controller
+            .controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: created.volume_id.clone(),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: MIB,
+                    limit_bytes: 0,
+                }),
+                ..Default::default()
+            })
+            .await,
+        Code::OutOfRange,
+    );
+
+    // Stats count what the pods wrote against the quota.
+    let stats = h
+        .node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: created.volume_id.clone(),
+            volume_path: t1.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let bytes = &stats.usage[0];
+    assert_eq!(bytes.total, 4 * MIB);
+    assert!(bytes.used >= 2 * MIB + 100_000, "{bytes:?}");
+    assert_eq!(bytes.available, bytes.total - bytes.used);
+
+    // Listing pages through the driver's volumes.
+    let page = h
+        .controller
+        .list_volumes(ListVolumesRequest {
+            max_entries: 1,
+            starting_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(page.entries.len(), 1);
+    assert!(!page.next_token.is_empty());
+    code(
+        h.controller
+            .list_volumes(ListVolumesRequest {
+                max_entries: 1,
+                starting_token: "x".into(),
+            })
+            .await,
+        Code::Aborted,
+    );
+
+    // Undo everything, twice: each call is idempotent and leaves no mount behind.
+    for _ in 0..2 {
+        for target in [&t1, &t2] {
+            h.node
+                .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                    volume_id: created.volume_id.clone(),
+                    target_path: target.display().to_string(),
+                })
+                .await
+                .expect("unpublish");
+        }
+        h.node
+            .node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: created.volume_id.clone(),
+                staging_target_path: staging.display().to_string(),
+            })
+            .await
+            .expect("unstage");
+    }
+    assert!(!t1.exists() && !t2.exists());
+    assert!(!tarbox_fuse::is_mount_point(&staging));
+    for v in [&created, &a, &b] {
+        for _ in 0..2 {
+            h.controller
+                .delete_volume(DeleteVolumeRequest {
+                    volume_id: v.volume_id.clone(),
+                    secrets: HashMap::new(),
+                })
+                .await
+                .expect("delete");
+        }
+    }
+    code(
+        h.controller
+            .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
+                volume_id: created.volume_id.clone(),
+                volume_capabilities: vec![cap],
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_lifecycle_on_memory() {
+    if fuse_available() {
+        lifecycle("memory://").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volume_lifecycle_on_postgres() {
+    if !fuse_available() {
+        return;
+    }
+    let url = std::env::var("TARBOX_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tarbox_test".into());
+    lifecycle(&url).await;
+}
