@@ -3,8 +3,9 @@
 //! quota online; deleting marks the tenant deleted, and the controller purges it in the
 //! background. The volume id is the tenant's number, so every call finds the tenant from it alone.
 //!
-//! Every request is checked before anything happens; the RPCs of capabilities not advertised
-//! (publish, capacity, snapshots, modification) answer `UNIMPLEMENTED`, as the spec asks.
+//! Snapshots are checkpoints (`snapshots.rs`). Every request is checked before anything
+//! happens; the RPCs of capabilities not advertised (publish, capacity, get-volume, get-snapshot,
+//! modification) answer `UNIMPLEMENTED`, as the spec asks.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -140,6 +141,21 @@ impl Driver {
             i.state == tarbox_fs::TenantState::Active
                 && i.owner.as_deref().and_then(naming::owner_request).is_some()
         }))
+    }
+
+    /// The live volumes this driver created, in tenant-name order.
+    pub(crate) async fn driver_volumes(&self) -> Result<Vec<TenantInfo>, Status> {
+        Ok(self
+            .engine()
+            .list_tenants()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .filter(|t| {
+                t.state == tarbox_fs::TenantState::Active
+                    && t.owner.as_deref().and_then(naming::owner_request).is_some()
+            })
+            .collect())
     }
 
     /// Create the tenant for `name`, or find the one a previous call (or a racing controller)
@@ -344,17 +360,7 @@ impl Controller for Driver {
                 Status::aborted(format!("invalid starting token {:?}", req.starting_token))
             })?
         };
-        let volumes: Vec<TenantInfo> = self
-            .engine()
-            .list_tenants()
-            .await
-            .map_err(status)?
-            .into_iter()
-            .filter(|t| {
-                t.state == tarbox_fs::TenantState::Active
-                    && t.owner.as_deref().and_then(naming::owner_request).is_some()
-            })
-            .collect();
+        let volumes = self.driver_volumes().await?;
         if start > volumes.len() {
             return Err(Status::aborted(format!(
                 "starting token {start} is past the end"
@@ -402,36 +408,45 @@ impl Controller for Driver {
                 capability(rpc::Type::CreateDeleteVolume),
                 capability(rpc::Type::ListVolumes),
                 capability(rpc::Type::ExpandVolume),
+                capability(rpc::Type::CreateDeleteSnapshot),
+                capability(rpc::Type::ListSnapshots),
             ],
         }))
     }
 
+    /// A checkpoint of the source volume (see `snapshots`).
     async fn create_snapshot(
         &self,
-        _request: Request<CreateSnapshotRequest>,
+        request: Request<CreateSnapshotRequest>,
     ) -> Result<Response<CreateSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not offered yet"))
+        let snapshot = Driver::create_snapshot(self, request.into_inner()).await?;
+        Ok(Response::new(CreateSnapshotResponse {
+            snapshot: Some(snapshot),
+        }))
     }
 
     async fn delete_snapshot(
         &self,
-        _request: Request<DeleteSnapshotRequest>,
+        request: Request<DeleteSnapshotRequest>,
     ) -> Result<Response<DeleteSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not offered yet"))
+        Driver::delete_snapshot(self, request.into_inner()).await?;
+        Ok(Response::new(DeleteSnapshotResponse {}))
     }
 
     async fn list_snapshots(
         &self,
-        _request: Request<ListSnapshotsRequest>,
+        request: Request<ListSnapshotsRequest>,
     ) -> Result<Response<ListSnapshotsResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not offered yet"))
+        Ok(Response::new(
+            Driver::list_snapshots(self, request.into_inner()).await?,
+        ))
     }
 
     async fn get_snapshot(
         &self,
         _request: Request<GetSnapshotRequest>,
     ) -> Result<Response<GetSnapshotResponse>, Status> {
-        Err(Status::unimplemented("snapshots are not offered yet"))
+        Err(Status::unimplemented("GET_SNAPSHOT is not offered"))
     }
 
     /// Raise the byte quota; takes effect for every mount at its next write. Shrinking is

@@ -23,6 +23,7 @@ mod naming;
 pub mod node;
 mod params;
 pub mod server;
+mod snapshots;
 
 /// The CSI specification's messages and services (package `csi.v1`), generated from
 /// `proto/csi.proto`.

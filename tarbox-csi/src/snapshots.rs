@@ -1,0 +1,232 @@
+//! Snapshots are checkpoints. CreateSnapshot checkpoints the source volume's tenant under the
+//! snapshot's name (copying nothing, so it is ready at once); its size is the tenant's usage at
+//! that moment; DeleteSnapshot drops the checkpoint, folding it into the layers built on it so no
+//! other snapshot and not the live tree changes. The snapshot id is `<volume id>-<layer id>`.
+//!
+//! A snapshot holds what the volume's mounts had written to the store when it was taken: writes a
+//! pod has not yet flushed (or closed, or fsynced) on a node are not in it, as with a crash.
+
+use tarbox_fs::{Caller, FsError, LayerRecord, LayerRef, Layers, TenantInfo, validate_layer_name};
+use tonic::Status;
+use tracing::info;
+
+use crate::controller::status;
+use crate::csi::{
+    CreateSnapshotRequest, DeleteSnapshotRequest, ListSnapshotsRequest, ListSnapshotsResponse,
+    Snapshot, list_snapshots_response,
+};
+use crate::server::Driver;
+
+/// Prefix of parameter keys the snapshotter sidecar adds: accepted as is.
+const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
+
+fn snapshot_id(volume: &TenantInfo, layer: &LayerRecord) -> String {
+    format!("{}-{}", volume.id.0, layer.id.0)
+}
+
+/// `(volume id, layer id)` of a snapshot id; `None` for ids this driver never made.
+fn parse_snapshot_id(id: &str) -> Option<(String, i64)> {
+    let (volume, layer) = id.split_once('-')?;
+    volume.parse::<i64>().ok()?;
+    Some((volume.to_string(), layer.parse().ok()?))
+}
+
+fn snapshot_of(volume: &TenantInfo, layer: &LayerRecord) -> Snapshot {
+    let at = layer.frozen_at.unwrap_or(layer.created_at);
+    let (seconds, nanos) = at.secs_nanos();
+    Snapshot {
+        size_bytes: layer
+            .usage
+            .map_or(0, |u| i64::try_from(u.bytes).unwrap_or(i64::MAX)),
+        snapshot_id: snapshot_id(volume, layer),
+        source_volume_id: volume.id.0.to_string(),
+        creation_time: Some(prost_types::Timestamp {
+            seconds,
+            nanos: i32::try_from(nanos).unwrap_or(0),
+        }),
+        ready_to_use: true,
+        group_snapshot_id: String::new(),
+    }
+}
+
+impl Driver {
+    /// The history of a volume's tenant, administered as this driver.
+    async fn layers_of(&self, volume: &TenantInfo) -> Result<Layers, Status> {
+        let v = self.engine().volume(&volume.name).await.map_err(status)?;
+        Ok(v.layers().acting_as(Caller::this_process()))
+    }
+
+    /// Every snapshot (named checkpoint) of `volume`, oldest first.
+    async fn snapshots_of(&self, volume: &TenantInfo) -> Result<Vec<Snapshot>, Status> {
+        let tree = self.layers_of(volume).await?.tree().await.map_err(status)?;
+        Ok(tree
+            .layers
+            .iter()
+            .filter(|l| l.name.is_some() && l.id != tree.head)
+            .map(|l| snapshot_of(volume, l))
+            .collect())
+    }
+
+    pub(crate) async fn create_snapshot(
+        &self,
+        req: CreateSnapshotRequest,
+    ) -> Result<Snapshot, Status> {
+        if req.name.is_empty() {
+            return Err(Status::invalid_argument("the snapshot name is missing"));
+        }
+        if req.source_volume_id.is_empty() {
+            return Err(Status::invalid_argument("the source volume id is missing"));
+        }
+        if let Some(key) = req
+            .parameters
+            .keys()
+            .find(|k| !k.starts_with(SIDECAR_PREFIX))
+        {
+            return Err(Status::invalid_argument(format!(
+                "unknown snapshot parameter {key:?} (snapshots take none)"
+            )));
+        }
+        validate_layer_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let Some(volume) = self.volume(&req.source_volume_id).await? else {
+            return Err(Status::not_found(format!(
+                "no volume {:?}",
+                req.source_volume_id
+            )));
+        };
+        let wanted = LayerRef::Name(req.name.clone());
+        let layers = self.layers_of(&volume).await?;
+        if let Some(layer) = layers.tree().await.map_err(status)?.find(&wanted) {
+            return Ok(snapshot_of(&volume, layer));
+        }
+        // Snapshot names are unique across the driver, as the spec wants them.
+        for other in self.driver_volumes().await? {
+            if other.id == volume.id {
+                continue;
+            }
+            let tree = self.layers_of(&other).await?.tree().await.map_err(status)?;
+            if tree.find(&wanted).is_some() {
+                return Err(Status::already_exists(format!(
+                    "snapshot {:?} exists for another volume ({})",
+                    req.name, other.id.0
+                )));
+            }
+        }
+        let layer = match layers.checkpoint(&req.name, "CSI snapshot").await {
+            Ok(layer) => layer,
+            // A retry racing the first call: the first one made it.
+            Err(FsError::LayerExists(_)) => layers
+                .tree()
+                .await
+                .map_err(status)?
+                .find(&wanted)
+                .cloned()
+                .ok_or_else(|| Status::aborted("the snapshot vanished while being created"))?,
+            Err(e) => return Err(status(e)),
+        };
+        info!(
+            volume = volume.id.0,
+            snapshot = req.name,
+            layer = layer.id.0,
+            "snapshot created"
+        );
+        Ok(snapshot_of(&volume, &layer))
+    }
+
+    pub(crate) async fn delete_snapshot(&self, req: DeleteSnapshotRequest) -> Result<(), Status> {
+        if req.snapshot_id.is_empty() {
+            return Err(Status::invalid_argument("the snapshot id is missing"));
+        }
+        let Some((volume_id, layer)) = parse_snapshot_id(&req.snapshot_id) else {
+            return Ok(());
+        };
+        let Some(volume) = self.volume(&volume_id).await? else {
+            return Ok(());
+        };
+        let layers = self.layers_of(&volume).await?;
+        let target = LayerRef::Id(tarbox_fs::LayerId(layer));
+        let tree = layers.tree().await.map_err(status)?;
+        match tree.find(&target) {
+            Some(l) if l.name.is_some() && l.id != tree.head => {}
+            _ => return Ok(()),
+        }
+        match layers.drop_layer(&target, true).await {
+            Ok(()) | Err(FsError::LayerNotFound(_)) => {
+                info!(snapshot = req.snapshot_id, "snapshot deleted");
+                Ok(())
+            }
+            Err(e) => Err(status(e)),
+        }
+    }
+
+    pub(crate) async fn list_snapshots(
+        &self,
+        req: ListSnapshotsRequest,
+    ) -> Result<ListSnapshotsResponse, Status> {
+        if req.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries cannot be negative"));
+        }
+        let start: usize = if req.starting_token.is_empty() {
+            0
+        } else {
+            req.starting_token.parse().map_err(|_| {
+                Status::aborted(format!("invalid starting token {:?}", req.starting_token))
+            })?
+        };
+        let volumes: Vec<TenantInfo> = if !req.snapshot_id.is_empty() {
+            match parse_snapshot_id(&req.snapshot_id) {
+                Some((v, _)) => self.volume(&v).await?.into_iter().collect(),
+                None => Vec::new(),
+            }
+        } else if !req.source_volume_id.is_empty() {
+            self.volume(&req.source_volume_id)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            self.driver_volumes().await?
+        };
+        let mut all = Vec::new();
+        for volume in &volumes {
+            all.extend(self.snapshots_of(volume).await?);
+        }
+        if !req.snapshot_id.is_empty() {
+            all.retain(|s| s.snapshot_id == req.snapshot_id);
+        }
+        if start > all.len() {
+            return Err(Status::aborted(format!(
+                "starting token {start} is past the end"
+            )));
+        }
+        let max = if req.max_entries == 0 {
+            usize::MAX
+        } else {
+            req.max_entries as usize
+        };
+        let end = start.saturating_add(max).min(all.len());
+        let next_token = if end < all.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        Ok(ListSnapshotsResponse {
+            entries: all
+                .drain(start..end)
+                .map(|s| list_snapshots_response::Entry { snapshot: Some(s) })
+                .collect(),
+            next_token,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_snapshot_id;
+
+    #[test]
+    fn snapshot_ids_name_volume_and_layer() {
+        assert_eq!(parse_snapshot_id("42-17"), Some(("42".into(), 17)));
+        assert_eq!(parse_snapshot_id("42"), None);
+        assert_eq!(parse_snapshot_id("x-1"), None);
+        assert_eq!(parse_snapshot_id("1-y"), None);
+    }
+}
