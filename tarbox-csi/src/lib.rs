@@ -22,6 +22,7 @@ pub mod identity;
 mod naming;
 pub mod node;
 mod params;
+mod pods;
 pub mod server;
 mod snapshots;
 

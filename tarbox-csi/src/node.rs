@@ -3,12 +3,16 @@
 //! each pod's target, read-only when asked; unpublish and unstage undo exactly that. Every call is
 //! idempotent: a second call for what is already done succeeds and changes nothing.
 //!
+//! Every request is audited with the pod that made it (see `pods`): the FUSE server resolves a
+//! request's pid through its cgroup to the pod that NodePublishVolume registered.
+//!
 //! The FUSE servers live in the plugin process: restarting the plugin ends them, and the next
 //! call that touches such a volume finds it unstaged. Running them apart from the plugin (so a
 //! restart loses no mount) is the next step of the driver.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use tarbox_fs::VolumeOptions;
 use tarbox_fuse::{MountOptions, MountSpec, TenantMount};
@@ -21,6 +25,7 @@ use crate::csi::node_server::Node;
 use crate::csi::node_service_capability::{Rpc, rpc};
 use crate::csi::volume_usage::Unit;
 use crate::csi::*;
+use crate::pods::CgroupPods;
 use crate::server::Driver;
 
 /// A volume staged on this node.
@@ -132,6 +137,7 @@ impl Node for Driver {
             },
             mount: MountOptions {
                 allow_other: true,
+                pods: Some(Arc::new(CgroupPods::new(self.pods().clone()))),
                 ..MountOptions::default()
             },
             control_dir: true,
@@ -218,6 +224,7 @@ impl Node for Driver {
         let target = PathBuf::from(&req.target_path);
         std::fs::create_dir_all(&target)
             .map_err(|e| Status::internal(format!("cannot create {}: {e}", target.display())))?;
+        self.pods().publish(&target, &req.volume_context);
         if is_mount_point(&target) {
             return Ok(Response::new(NodePublishVolumeResponse {}));
         }
@@ -258,6 +265,7 @@ impl Node for Driver {
         if is_mount_point(&target) {
             run("umount", &[target.as_os_str()])?;
         }
+        self.pods().unpublish(&target);
         match std::fs::remove_dir(&target) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

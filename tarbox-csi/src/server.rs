@@ -15,6 +15,7 @@ use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
 use crate::node::Staged;
+use crate::pods::PodRegistry;
 
 /// Which CSI services a process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,8 @@ struct Inner {
     state_dir: PathBuf,
     /// Volumes staged on this node, by volume id.
     staged: Mutex<HashMap<String, Staged>>,
+    /// Pods that published volumes here, for the audit trail.
+    pods: Arc<PodRegistry>,
 }
 
 impl Driver {
@@ -77,6 +80,7 @@ impl Driver {
                 node_id: node_id.to_string(),
                 state_dir,
                 staged: Mutex::new(HashMap::new()),
+                pods: Arc::default(),
             }),
         }
     }
@@ -99,6 +103,10 @@ impl Driver {
 
     pub(crate) fn staged(&self) -> &Mutex<HashMap<String, Staged>> {
         &self.inner.staged
+    }
+
+    pub(crate) fn pods(&self) -> &Arc<PodRegistry> {
+        &self.inner.pods
     }
 }
 

@@ -16,7 +16,8 @@ use tarbox_csi::csi::volume_capability::{
 };
 use tarbox_csi::csi::*;
 use tarbox_csi::{CONTEXT_TENANT, Driver, Mode};
-use tarbox_fs::{Engine, EngineConfig};
+use tarbox_fs::audit::AuditFilter;
+use tarbox_fs::{AuditOp, Engine, EngineConfig};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -40,6 +41,8 @@ fn fuse_available() -> bool {
 /// A driver serving every service on a socket in a temporary directory, and clients of it.
 struct Harness {
     dir: tempfile::TempDir,
+    /// The driver's engine, to read the audit trail.
+    engine: Engine,
     identity: IdentityClient<Channel>,
     controller: ControllerClient<Channel>,
     node: NodeClient<Channel>,
@@ -54,7 +57,12 @@ impl Harness {
         let engine = Engine::open(url, EngineConfig::default())
             .await
             .expect("engine");
-        let driver = Driver::new(engine, Mode::All, "node-1", dir.path().join("state"));
+        let driver = Driver::new(
+            engine.clone(),
+            Mode::All,
+            "node-1",
+            dir.path().join("state"),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let endpoint = format!("unix://{}", socket.display());
         let served = tokio::spawn(async move {
@@ -84,6 +92,7 @@ impl Harness {
             .expect("connect to the driver's socket");
         Harness {
             dir,
+            engine,
             identity: IdentityClient::new(channel.clone()),
             controller: ControllerClient::new(channel.clone()),
             node: NodeClient::new(channel),
@@ -564,4 +573,186 @@ async fn volume_lifecycle_on_postgres() {
     let url = std::env::var("TARBOX_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tarbox_test".into());
     lifecycle(&url).await;
+}
+
+/// A kubelet-shaped cgroup for a pod's container, removed when dropped (once empty).
+struct PodCgroup(PathBuf);
+
+impl PodCgroup {
+    /// cgroup v1 (the `pids` hierarchy): `kubepods/besteffort/pod<uid>/<container>`.
+    fn v1(uid: &str) -> PodCgroup {
+        PodCgroup::make(Path::new("/sys/fs/cgroup/pids").join(format!(
+            "kubepods/besteffort/pod{uid}/c0ffee{}",
+            std::process::id()
+        )))
+    }
+
+    /// cgroup v2 with the systemd driver: the uid's dashes become underscores.
+    fn v2(uid: &str) -> PodCgroup {
+        let u = uid.replace('-', "_");
+        PodCgroup::make(Path::new("/sys/fs/cgroup/unified").join(format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{}.scope",
+            std::process::id()
+        )))
+    }
+
+    fn make(path: PathBuf) -> PodCgroup {
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
+        PodCgroup(path)
+    }
+
+    /// Run `script` in a shell that first moves itself into this cgroup.
+    fn run(&self, script: &str) {
+        let procs = self.0.join("cgroup.procs");
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {} && {script}", procs.display()))
+            .status()
+            .expect("sh");
+        assert!(status.success(), "{script}");
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        // Innermost first; the shells have exited, so every level is empty.
+        let mut dir = Some(self.0.as_path());
+        while let Some(d) = dir {
+            if !d.to_string_lossy().contains("kubepods") || std::fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+}
+
+/// Files written by processes in two pods' cgroups (v1 and v2 naming) are audited with the pod,
+/// namespace and service account that NodePublishVolume received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_named_in_the_audit_trail() {
+    if !fuse_available() {
+        return;
+    }
+    let mut h = Harness::start("memory://").await;
+    let volume = h
+        .controller
+        .create_volume(create_request("pvc-pods", MIB, &[]))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume");
+    let cap = mount_cap(AccessMode::MultiNodeMultiWriter);
+    let staging = h.path("staging");
+    h.node
+        .node_stage_volume(NodeStageVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("stage");
+    let n = std::process::id();
+    let pods = [
+        (
+            format!("{n:08x}-0000-4000-8000-000000000001"),
+            "trainer-0",
+            "trainer",
+            h.path("pod-trainer"),
+        ),
+        (
+            format!("{n:08x}-0000-4000-8000-000000000002"),
+            "eval-0",
+            "evaluator",
+            h.path("pod-eval"),
+        ),
+    ];
+    for (uid, name, sa, target) in &pods {
+        let mut context = volume.volume_context.clone();
+        context.extend([
+            ("csi.storage.k8s.io/pod.uid".to_string(), uid.clone()),
+            ("csi.storage.k8s.io/pod.name".to_string(), name.to_string()),
+            (
+                "csi.storage.k8s.io/pod.namespace".to_string(),
+                "ml".to_string(),
+            ),
+            (
+                "csi.storage.k8s.io/serviceAccount.name".to_string(),
+                sa.to_string(),
+            ),
+        ]);
+        h.node
+            .node_publish_volume(NodePublishVolumeRequest {
+                volume_id: volume.volume_id.clone(),
+                staging_target_path: staging.display().to_string(),
+                target_path: target.display().to_string(),
+                volume_capability: Some(cap.clone()),
+                volume_context: context,
+                ..Default::default()
+            })
+            .await
+            .expect("publish");
+    }
+    let (trainer, eval) = (&pods[0], &pods[1]);
+    let (t_script, e_script) = (
+        format!("echo weights > {}/from-trainer", trainer.3.display()),
+        format!("echo scores > {}/from-eval", eval.3.display()),
+    );
+    let (t_uid, e_uid) = (trainer.0.clone(), eval.0.clone());
+    tokio::task::spawn_blocking(move || {
+        PodCgroup::v1(&t_uid).run(&t_script);
+        PodCgroup::v2(&e_uid).run(&e_script);
+    })
+    .await
+    .expect("writers");
+    // A process in no pod is in no pod's record.
+    write(trainer.3.join("from-host"), b"x".to_vec())
+        .await
+        .expect("host write");
+
+    h.engine.flush_audit().await;
+    for (path, pod, sa) in [
+        ("/from-trainer", "ml/trainer-0", "trainer"),
+        ("/from-eval", "ml/eval-0", "evaluator"),
+    ] {
+        let filter = AuditFilter {
+            pod: Some(pod.to_string()),
+            limit: 1000,
+            ..AuditFilter::default()
+        };
+        let events = h.engine.audit_query(&filter).await.expect("query");
+        let create = events
+            .iter()
+            .find(|e| e.op == AuditOp::Create)
+            .unwrap_or_else(|| panic!("no create by {pod}: {events:?}"));
+        assert_eq!(create.path.as_deref(), Some(path));
+        assert_eq!(
+            create.pod.as_ref().map(|p| p.service_account.as_str()),
+            Some(sa)
+        );
+        assert!(
+            events
+                .iter()
+                .all(|e| e.path.as_deref() != Some("/from-host"))
+        );
+    }
+    for (_, _, _, target) in &pods {
+        h.node
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: volume.volume_id.clone(),
+                target_path: target.display().to_string(),
+            })
+            .await
+            .expect("unpublish");
+    }
+    h.node
+        .node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
+    h.stop().await;
 }
