@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test of the project, on a fresh Debian machine as on a developer's:
-#   formatting and lints, the engine suites on memory and PostgreSQL, FUSE end-to-end tests,
-#   and the pjdfstest POSIX suite on a mount backed by PostgreSQL.
+#   formatting and lints, the engine suites on memory and PostgreSQL, FUSE end-to-end tests, the
+#   CSI driver over its socket, the Helm chart (lint, render, schema validation), and the
+#   pjdfstest POSIX suite on a mount backed by PostgreSQL.
 #
 # Provisions what it needs: uses the PostgreSQL named by TARBOX_TEST_DATABASE_URL, else one
 # answering on 127.0.0.1:5432 (starting the local Debian cluster if it is down), else a throwaway
@@ -73,6 +74,12 @@ provision_fuse() {
   fi
 }
 
+provision_chart_tools() {
+  python3 -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null && return
+  say "pip install helm-python-sdk kubernetes-validate pyyaml"
+  python3 -m pip install -q --disable-pip-version-check helm-python-sdk kubernetes-validate pyyaml
+}
+
 provision_conformance_tools() {
   command -v pjdfstest >/dev/null || { say "cargo install pjdfstest"; cargo install -q --locked pjdfstest; }
   command -v fsx >/dev/null || { say "cargo install fsx"; cargo install -q --locked fsx; }
@@ -88,6 +95,9 @@ say "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -q -- -D warnings
 say "cargo test (memory and PostgreSQL)"
 cargo test --workspace -q
+say "Helm chart: lint, render and validate (default values and charts/tarbox-csi/ci/*)"
+provision_chart_tools
+python3 scripts/chart-test.py
 if [[ $QUICK -eq 0 ]]; then
   provision_conformance_tools
   say "POSIX conformance on a PostgreSQL-backed mount"
