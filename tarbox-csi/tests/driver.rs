@@ -226,6 +226,23 @@ async fn lifecycle(url: &str) {
         Code::AlreadyExists,
     );
 
+    // Two controllers racing on one name create one volume.
+    let race = format!("pvc-{tag}-race");
+    let (mut c1, mut c2) = (h.controller.clone(), h.controller.clone());
+    let (r1, r2) = tokio::join!(
+        c1.create_volume(create_request(&race, MIB, &[])),
+        c2.create_volume(create_request(&race, MIB, &[]))
+    );
+    let (r1, r2) = (
+        r1.expect("racer 1").into_inner(),
+        r2.expect("racer 2").into_inner(),
+    );
+    let raced = r1.volume.expect("volume");
+    assert_eq!(
+        Some(&raced.volume_id),
+        r2.volume.as_ref().map(|v| &v.volume_id)
+    );
+
     // Two PVCs whose readable names collide get two tenants.
     let a = h
         .controller
@@ -534,7 +551,7 @@ async fn lifecycle(url: &str) {
     }
     assert!(!t1.exists() && !t2.exists());
     assert!(!tarbox_fuse::is_mount_point(&staging));
-    for v in [&created, &a, &b] {
+    for v in [&created, &a, &b, &raced] {
         for _ in 0..2 {
             h.controller
                 .delete_volume(DeleteVolumeRequest {
