@@ -44,6 +44,42 @@ pub(crate) fn status(e: FsError) -> Status {
     }
 }
 
+/// One page of `items` for a List call: the entries from `starting_token` (an index; empty for
+/// the start), at most `max_entries` of them (0: all), and the token of the next page (empty at
+/// the end). A token that is no index of `items` is `ABORTED`, as the spec asks.
+pub(crate) fn page<T>(
+    mut items: Vec<T>,
+    starting_token: &str,
+    max_entries: i32,
+) -> Result<(Vec<T>, String), Status> {
+    let max =
+        usize::try_from(max_entries).map_err(|_| invalid("max_entries cannot be negative"))?;
+    let start: usize = if starting_token.is_empty() {
+        0
+    } else {
+        starting_token
+            .parse()
+            .map_err(|_| Status::aborted(format!("invalid starting token {starting_token:?}")))?
+    };
+    if start > items.len() {
+        return Err(Status::aborted(format!(
+            "starting token {start} is past the end"
+        )));
+    }
+    let end = if max == 0 {
+        items.len()
+    } else {
+        start.saturating_add(max).min(items.len())
+    };
+    let next = if end < items.len() {
+        end.to_string()
+    } else {
+        String::new()
+    };
+    items.truncate(end);
+    Ok((items.split_off(start), next))
+}
+
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut out = Vec::new();
     let mut cur = e.source();
@@ -350,40 +386,15 @@ impl Controller for Driver {
         request: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
         let req = request.into_inner();
-        if req.max_entries < 0 {
-            return Err(invalid("max_entries cannot be negative"));
-        }
-        let start: usize = if req.starting_token.is_empty() {
-            0
-        } else {
-            req.starting_token.parse().map_err(|_| {
-                Status::aborted(format!("invalid starting token {:?}", req.starting_token))
-            })?
-        };
         let volumes = self.driver_volumes().await?;
-        if start > volumes.len() {
-            return Err(Status::aborted(format!(
-                "starting token {start} is past the end"
-            )));
-        }
-        let max = if req.max_entries == 0 {
-            usize::MAX
-        } else {
-            req.max_entries as usize
-        };
-        let end = start.saturating_add(max).min(volumes.len());
-        let entries = volumes[start..end]
+        let (volumes, next_token) = page(volumes, &req.starting_token, req.max_entries)?;
+        let entries = volumes
             .iter()
             .map(|info| list_volumes_response::Entry {
                 volume: Some(volume_of(info)),
                 status: None,
             })
             .collect();
-        let next_token = if end < volumes.len() {
-            end.to_string()
-        } else {
-            String::new()
-        };
         Ok(Response::new(ListVolumesResponse {
             entries,
             next_token,
@@ -507,5 +518,47 @@ impl Controller for Driver {
         _request: Request<ControllerModifyVolumeRequest>,
     ) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
         Err(Status::unimplemented("MODIFY_VOLUME is not offered"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page;
+
+    #[test]
+    fn pages_resume_where_the_token_says() {
+        let items: Vec<u32> = (0..5).collect();
+        assert_eq!(
+            page(items.clone(), "", 2).ok(),
+            Some((vec![0, 1], "2".into()))
+        );
+        assert_eq!(
+            page(items.clone(), "2", 2).ok(),
+            Some((vec![2, 3], "4".into()))
+        );
+        assert_eq!(
+            page(items.clone(), "4", 2).ok(),
+            Some((vec![4], String::new()))
+        );
+        assert_eq!(
+            page(items.clone(), "", 0).ok(),
+            Some((items.clone(), String::new()))
+        );
+        assert_eq!(
+            page(items.clone(), "5", 0).ok(),
+            Some((vec![], String::new()))
+        );
+        assert_eq!(
+            page(items.clone(), "6", 0).map_err(|s| s.code()).err(),
+            Some(tonic::Code::Aborted)
+        );
+        assert_eq!(
+            page(items.clone(), "x", 0).map_err(|s| s.code()).err(),
+            Some(tonic::Code::Aborted)
+        );
+        assert_eq!(
+            page(items, "", -1).map_err(|s| s.code()).err(),
+            Some(tonic::Code::InvalidArgument)
+        );
     }
 }

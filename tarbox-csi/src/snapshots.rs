@@ -10,7 +10,7 @@ use tarbox_fs::{Caller, FsError, LayerRecord, LayerRef, Layers, TenantInfo, vali
 use tonic::Status;
 use tracing::info;
 
-use crate::controller::status;
+use crate::controller::{page, status};
 use crate::csi::{
     CreateSnapshotRequest, DeleteSnapshotRequest, ListSnapshotsRequest, ListSnapshotsResponse,
     Snapshot, list_snapshots_response,
@@ -162,16 +162,6 @@ impl Driver {
         &self,
         req: ListSnapshotsRequest,
     ) -> Result<ListSnapshotsResponse, Status> {
-        if req.max_entries < 0 {
-            return Err(Status::invalid_argument("max_entries cannot be negative"));
-        }
-        let start: usize = if req.starting_token.is_empty() {
-            0
-        } else {
-            req.starting_token.parse().map_err(|_| {
-                Status::aborted(format!("invalid starting token {:?}", req.starting_token))
-            })?
-        };
         let volumes: Vec<TenantInfo> = if !req.snapshot_id.is_empty() {
             match parse_snapshot_id(&req.snapshot_id) {
                 Some((v, _)) => self.volume(&v).await?.into_iter().collect(),
@@ -192,25 +182,10 @@ impl Driver {
         if !req.snapshot_id.is_empty() {
             all.retain(|s| s.snapshot_id == req.snapshot_id);
         }
-        if start > all.len() {
-            return Err(Status::aborted(format!(
-                "starting token {start} is past the end"
-            )));
-        }
-        let max = if req.max_entries == 0 {
-            usize::MAX
-        } else {
-            req.max_entries as usize
-        };
-        let end = start.saturating_add(max).min(all.len());
-        let next_token = if end < all.len() {
-            end.to_string()
-        } else {
-            String::new()
-        };
+        let (snapshots, next_token) = page(all, &req.starting_token, req.max_entries)?;
         Ok(ListSnapshotsResponse {
-            entries: all
-                .drain(start..end)
+            entries: snapshots
+                .into_iter()
                 .map(|s| list_snapshots_response::Entry { snapshot: Some(s) })
                 .collect(),
             next_token,
