@@ -8,7 +8,6 @@
 //! modification) answer `UNIMPLEMENTED`, as the spec asks.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use tarbox_fs::{FsError, Quota, TenantAudit, TenantId, TenantInfo, TenantOptions};
 use tonic::{Request, Response, Status};
@@ -268,7 +267,7 @@ impl Driver {
         }
         if let Some(interval) = params.checkpoint_interval {
             self.engine()
-                .set_auto_checkpoint(tenant, Some(interval.max(Duration::from_secs(1))))
+                .set_auto_checkpoint(tenant, Some(interval))
                 .await
                 .map_err(status)?;
         }

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use tarbox_fs::VolumeOptions;
-use tarbox_fuse::{MountOptions, MountSpec, TenantMount};
+use tarbox_fuse::{MountOptions, MountSpec, TenantMount, is_mount_point};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
@@ -38,11 +38,6 @@ pub(crate) struct Staged {
 
 fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)
-}
-
-/// Whether `path` is a mount point, from `/proc/self/mountinfo`.
-fn is_mount_point(path: &Path) -> bool {
-    tarbox_fuse::is_mount_point(path)
 }
 
 /// Run `mount`/`umount` with `args`; its stderr becomes the error.

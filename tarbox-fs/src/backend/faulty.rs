@@ -96,36 +96,30 @@ impl Faults {
 
     fn statement(&self) -> BackendResult<()> {
         let mut plan = self.plan();
-        let fire = match plan.statement_in {
-            Some(0) => {
-                plan.statement_in = None;
-                true
-            }
-            Some(ref mut n) => {
-                *n -= 1;
-                false
-            }
-            None => false,
-        };
-        let fail = fire || plan.disconnected;
+        let fail = count_down(&mut plan.statement_in) || plan.disconnected;
         plan.fail_if(fail, "statement")
     }
 
     fn commit(&self) -> BackendResult<()> {
         let mut plan = self.plan();
-        let fire = match plan.commit_in {
-            Some(0) => {
-                plan.commit_in = None;
-                true
-            }
-            Some(ref mut n) => {
-                *n -= 1;
-                false
-            }
-            None => false,
-        };
-        let fail = fire || plan.disconnected;
+        let fail = count_down(&mut plan.commit_in) || plan.disconnected;
         plan.fail_if(fail, "commit")
+    }
+}
+
+/// One more call of a planned fault's kind: whether it is the one to fail (then the plan is
+/// spent).
+fn count_down(left: &mut Option<u64>) -> bool {
+    match left {
+        Some(0) => {
+            *left = None;
+            true
+        }
+        Some(n) => {
+            *n -= 1;
+            false
+        }
+        None => false,
     }
 }
 
