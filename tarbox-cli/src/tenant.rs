@@ -1,8 +1,8 @@
-//! `tarbox tenant …`: create, list, info, quota, delete.
+//! `tarbox tenant …`: create, clone, list, info, quota, delete.
 
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
-use tarbox_fs::{Compression, Quota, TenantInfo, TenantOptions};
+use tarbox_fs::{CloneOptions, Compression, LayerRef, Quota, TenantInfo, TenantOptions};
 
 use crate::config::parse_size;
 use crate::{Context, Output};
@@ -27,6 +27,24 @@ pub enum TenantCommand {
         /// Block compression.
         #[arg(long, value_enum, default_value = "zstd")]
         compression: CompressionArg,
+    },
+    /// Create a tenant holding exactly the tree of another one, now or at a checkpoint. The
+    /// database copies the rows itself; the clone starts without history.
+    #[command(
+        after_help = "Example:\n  tarbox tenant clone agent-1 agent-1-replay --at before-upgrade --quota-bytes 10GiB"
+    )]
+    Clone {
+        source: String,
+        name: String,
+        /// The checkpoint to clone (a name or #id); the live tree if absent.
+        #[arg(long, value_name = "LAYER")]
+        at: Option<String>,
+        /// Byte quota of the clone; the source's if absent ("none": unlimited).
+        #[arg(long, value_name = "SIZE|none")]
+        quota_bytes: Option<String>,
+        /// Inode quota of the clone; the source's if absent ("none": unlimited).
+        #[arg(long, value_name = "COUNT|none")]
+        quota_inodes: Option<String>,
     },
     /// List tenants.
     #[command(after_help = "Example:\n  tarbox tenant list --output json")]
@@ -98,6 +116,27 @@ pub async fn run(ctx: &Context, cmd: TenantCommand) -> Result<()> {
             let info = engine.create_tenant(&name, options).await?;
             print_one(&info, Output::Table)
         }
+        TenantCommand::Clone {
+            source,
+            name,
+            at,
+            quota_bytes,
+            quota_inodes,
+        } => {
+            let mut quota = engine.tenant_info(&source).await?.quota;
+            if let Some(b) = quota_bytes {
+                quota.bytes = limit("quota-bytes", &b, parse_size)?;
+            }
+            if let Some(i) = quota_inodes {
+                quota.inodes = limit("quota-inodes", &i, |t| t.parse::<u64>().map_err(Into::into))?;
+            }
+            let at = at.map(LayerRef::from);
+            let options = CloneOptions { quota, owner: None };
+            let info = engine
+                .clone_tenant(&source, at.as_ref(), &name, options)
+                .await?;
+            print_one(&info, Output::Table)
+        }
         TenantCommand::List { output } => {
             let all = engine.list_tenants().await?;
             match output {
@@ -160,6 +199,7 @@ fn state(t: &TenantInfo) -> &'static str {
     match t.state {
         tarbox_fs::TenantState::Active => "active",
         tarbox_fs::TenantState::Deleted => "deleted",
+        tarbox_fs::TenantState::Retired => "retired",
     }
 }
 

@@ -152,3 +152,46 @@ fn help_and_completions_need_no_database() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2), "a bad flag is a usage error");
 }
+
+#[test]
+fn tenant_clone_copies_a_checkpoint_or_the_live_tree() {
+    let Some(t) = Tenant::new("clone") else {
+        return;
+    };
+    t.put_bytes("/model", b"v1");
+    t.run(&["layer", "checkpoint", "-t", &t.name, "first"]);
+    t.put_bytes("/model", b"v2");
+
+    let at_first = format!("{}-first", t.name);
+    let live = format!("{}-live", t.name);
+    let shown = t.run(&[
+        "tenant",
+        "clone",
+        &t.name,
+        &at_first,
+        "--at",
+        "first",
+        "--quota-bytes",
+        "1MiB",
+    ]);
+    assert!(String::from_utf8_lossy(&shown).contains(&at_first));
+    t.run(&["tenant", "clone", &t.name, &live]);
+    for (clone, want) in [(&at_first, b"v1"), (&live, b"v2")] {
+        let got = t.run(&["fs", "cat", "-t", clone, "/model"]);
+        assert_eq!(got, want, "{clone}");
+        let info: serde_json::Value =
+            serde_json::from_slice(&t.run(&["tenant", "info", clone, "--output", "json"]))
+                .expect("json");
+        if clone == &at_first {
+            assert_eq!(info["quota"]["bytes"], 1 << 20);
+        }
+        t.run(&["tenant", "delete", clone]);
+    }
+    let out = t.output(&mut t.command(&["tenant", "clone", &t.name, "x-clone", "--at", "nope"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nope"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,19 +1,24 @@
 //! The Controller service: a volume is a tenant. Creating one creates the tenant (named after
-//! its PVC, see `naming`) with a byte quota from the requested capacity; expanding raises the
-//! quota online; deleting marks the tenant deleted, and the controller purges it in the
-//! background. The volume id is the tenant's number, so every call finds the tenant from it alone.
+//! its PVC, see `naming`) with a byte quota from the requested capacity, or clones the tenant of
+//! a snapshot or volume (`content`); expanding raises the quota online; deleting retires the
+//! tenant while snapshots of it remain and marks it deleted otherwise (the controller purges it in
+//! the background). The volume id is the tenant's number, so every call finds the tenant from it
+//! alone.
 //!
 //! Snapshots are checkpoints (`snapshots.rs`). Every request is checked before anything
-//! happens; the RPCs of capabilities not advertised (publish, capacity, get-volume, get-snapshot,
+//! happens; the RPCs of capabilities not advertised (publish, capacity, get-snapshot,
 //! modification) answer `UNIMPLEMENTED`, as the spec asks.
 
 use std::collections::HashMap;
 
-use tarbox_fs::{FsError, Quota, TenantAudit, TenantId, TenantInfo, TenantOptions};
+use tarbox_fs::{
+    CloneOptions, FsError, Quota, TenantAudit, TenantId, TenantInfo, TenantOptions, TenantState,
+};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::CONTEXT_TENANT;
+use crate::content::{self, Source};
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{Rpc, rpc};
 use crate::csi::validate_volume_capabilities_response::Confirmed;
@@ -156,14 +161,23 @@ fn volume_of(info: &TenantInfo) -> Volume {
             .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
         volume_id: info.id.0.to_string(),
         volume_context: HashMap::from([(CONTEXT_TENANT.to_string(), info.name.clone())]),
-        content_source: None,
+        content_source: info
+            .owner
+            .as_deref()
+            .and_then(|o| naming::owner_field(o, "source"))
+            .and_then(content::from_tag),
         accessible_topology: Vec::new(),
     }
 }
 
 impl Driver {
-    /// The live tenant a volume id names; `None` for ids that name nothing (any more).
-    pub(crate) async fn volume(&self, volume_id: &str) -> Result<Option<TenantInfo>, Status> {
+    /// The tenant of this driver a volume id names, in one of `states`; `None` for ids that
+    /// name nothing (any more).
+    async fn driver_tenant(
+        &self,
+        volume_id: &str,
+        states: &[TenantState],
+    ) -> Result<Option<TenantInfo>, Status> {
         let Ok(id) = volume_id.parse::<i64>() else {
             return Ok(None);
         };
@@ -172,48 +186,77 @@ impl Driver {
             .tenant_info_by_id(TenantId(id))
             .await
             .map_err(status)?;
-        Ok(info.filter(|i| {
-            i.state == tarbox_fs::TenantState::Active
-                && i.owner.as_deref().and_then(naming::owner_request).is_some()
-        }))
+        Ok(info.filter(|i| states.contains(&i.state) && is_ours(i)))
     }
 
-    /// The live volumes this driver created, in tenant-name order.
-    pub(crate) async fn driver_volumes(&self) -> Result<Vec<TenantInfo>, Status> {
+    /// The live volume a volume id names; `None` for ids that name nothing (any more).
+    pub(crate) async fn volume(&self, volume_id: &str) -> Result<Option<TenantInfo>, Status> {
+        self.driver_tenant(volume_id, &[TenantState::Active]).await
+    }
+
+    /// The tenant holding the snapshots of a volume id: the live volume or, once the volume is
+    /// deleted, its retired tenant.
+    pub(crate) async fn snapshot_holder(
+        &self,
+        volume_id: &str,
+    ) -> Result<Option<TenantInfo>, Status> {
+        self.driver_tenant(volume_id, &[TenantState::Active, TenantState::Retired])
+            .await
+    }
+
+    /// This driver's tenants in one of `states`, in tenant-name order.
+    pub(crate) async fn driver_tenants(
+        &self,
+        states: &[TenantState],
+    ) -> Result<Vec<TenantInfo>, Status> {
         Ok(self
             .engine()
             .list_tenants()
             .await
             .map_err(status)?
             .into_iter()
-            .filter(|t| {
-                t.state == tarbox_fs::TenantState::Active
-                    && t.owner.as_deref().and_then(naming::owner_request).is_some()
-            })
+            .filter(|t| states.contains(&t.state) && is_ours(t))
             .collect())
     }
 
-    /// Create the tenant for `name`, or find the one a previous call (or a racing controller)
-    /// created for it.
+    /// Create (or clone from `source`) the tenant for `name`, or find the one a previous call
+    /// (or a racing controller) created for it.
     async fn create_or_find(
         &self,
         name: &str,
         params: &VolumeParams,
         quota: Quota,
+        source: Option<&Source>,
     ) -> Result<TenantInfo, Status> {
-        let owner = naming::owner(name, params.pvc());
+        let tag = source.map(|s| s.tag.as_str());
+        let owner = naming::owner(name, params.pvc(), tag);
         for candidate in naming::candidates(name, params.pvc()) {
-            let options = TenantOptions {
-                block_size: params
-                    .block_size
-                    .unwrap_or(TenantOptions::default().block_size),
-                compression: params.compression.unwrap_or_default(),
-                quota,
-                root_mode: ROOT_MODE,
-                owner: Some(owner.clone()),
-                ..TenantOptions::default()
+            let made = match source {
+                None => {
+                    let options = TenantOptions {
+                        block_size: params
+                            .block_size
+                            .unwrap_or(TenantOptions::default().block_size),
+                        compression: params.compression.unwrap_or_default(),
+                        quota,
+                        root_mode: ROOT_MODE,
+                        owner: Some(owner.clone()),
+                        ..TenantOptions::default()
+                    };
+                    self.engine().create_tenant(&candidate, options).await
+                }
+                Some(source) => {
+                    let options = CloneOptions {
+                        quota,
+                        owner: Some(owner.clone()),
+                    };
+                    let layer = source.layer.as_ref();
+                    (self.engine())
+                        .clone_tenant(&source.tenant.name, layer, &candidate, options)
+                        .await
+                }
             };
-            match self.engine().create_tenant(&candidate, options).await {
+            match made {
                 Ok(info) => {
                     self.configure(&info.name, params).await?;
                     info!(volume = info.id.0, tenant = %info.name, request = name, "volume created");
@@ -241,6 +284,15 @@ impl Driver {
                     if existing.quota != quota {
                         return Err(Status::already_exists(format!(
                             "volume {name:?} exists with another capacity"
+                        )));
+                    }
+                    let existing_tag = existing
+                        .owner
+                        .as_deref()
+                        .and_then(|o| naming::owner_field(o, "source"));
+                    if existing_tag != tag {
+                        return Err(Status::already_exists(format!(
+                            "volume {name:?} exists with another content source"
                         )));
                     }
                     return Ok(existing);
@@ -275,6 +327,38 @@ impl Driver {
     }
 }
 
+fn is_ours(info: &TenantInfo) -> bool {
+    info.owner
+        .as_deref()
+        .and_then(naming::owner_request)
+        .is_some()
+}
+
+/// A volume's health as the controller sees it: abnormal when a quota is used up.
+pub(crate) fn condition(info: &TenantInfo) -> VolumeCondition {
+    let full = |used: u64, limit: Option<u64>| limit.is_some_and(|l| used >= l);
+    let (abnormal, message) = if full(info.usage.bytes, info.quota.bytes) {
+        (
+            true,
+            "the byte quota is used up: writes fail with ENOSPC".to_string(),
+        )
+    } else if full(info.usage.inodes, info.quota.inodes) {
+        (
+            true,
+            "the inode quota is used up: creating files fails with ENOSPC".to_string(),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "{} bytes and {} inodes used",
+                info.usage.bytes, info.usage.inodes
+            ),
+        )
+    };
+    VolumeCondition { abnormal, message }
+}
+
 fn capability(rpc: rpc::Type) -> ControllerServiceCapability {
     ControllerServiceCapability {
         r#type: Some(controller_service_capability::Type::Rpc(Rpc {
@@ -294,17 +378,29 @@ impl Controller for Driver {
             return Err(invalid("the volume name is missing"));
         }
         check_capabilities(&req.volume_capabilities).map_err(invalid)?;
-        if req.volume_content_source.is_some() {
-            return Err(invalid(
-                "creating a volume from a snapshot or a volume is not offered by this driver",
-            ));
-        }
         let params = params::parse(&req.parameters).map_err(invalid)?;
-        let quota = Quota {
+        let source = match &req.volume_content_source {
+            Some(s) => Some(self.content_source(s).await?),
+            None => None,
+        };
+        let mut quota = Quota {
             bytes: quota_bytes(req.capacity_range.as_ref())?,
             inodes: params.inode_quota,
         };
-        let info = self.create_or_find(&req.name, &params, quota).await?;
+        if let Some(source) = &source {
+            // Without a capacity of its own, a restore or clone gets its source's.
+            quota.bytes = quota.bytes.or(source.tenant.quota.bytes);
+            quota.inodes = quota.inodes.or(source.tenant.quota.inodes);
+            if quota.bytes.is_some_and(|b| b < source.bytes) {
+                return Err(Status::out_of_range(format!(
+                    "the source holds {} bytes, more than the capacity asked for",
+                    source.bytes
+                )));
+            }
+        }
+        let info = self
+            .create_or_find(&req.name, &params, quota, source.as_ref())
+            .await?;
         Ok(Response::new(CreateVolumeResponse {
             volume: Some(volume_of(&info)),
         }))
@@ -319,10 +415,12 @@ impl Controller for Driver {
             return Err(invalid("the volume id is missing"));
         }
         if let Some(info) = self.volume(&req.volume_id).await? {
-            match self.engine().delete_tenant(&info.name).await {
-                Ok(()) | Err(FsError::TenantNotFound(_)) => {
-                    info!(volume = req.volume_id, tenant = %info.name, "volume deleted");
+            // Its snapshots stay restorable: the tenant is only retired while it has some.
+            match self.engine().retire_tenant(&info.name).await {
+                Ok(state) => {
+                    info!(volume = req.volume_id, tenant = %info.name, ?state, "volume deleted");
                 }
+                Err(FsError::TenantNotFound(_)) => {}
                 Err(e) => return Err(status(e)),
             }
         }
@@ -385,13 +483,16 @@ impl Controller for Driver {
         request: Request<ListVolumesRequest>,
     ) -> Result<Response<ListVolumesResponse>, Status> {
         let req = request.into_inner();
-        let volumes = self.driver_volumes().await?;
+        let volumes = self.driver_tenants(&[TenantState::Active]).await?;
         let (volumes, next_token) = page(volumes, &req.starting_token, req.max_entries)?;
         let entries = volumes
             .iter()
             .map(|info| list_volumes_response::Entry {
                 volume: Some(volume_of(info)),
-                status: None,
+                status: Some(list_volumes_response::VolumeStatus {
+                    published_node_ids: Vec::new(),
+                    volume_condition: Some(condition(info)),
+                }),
             })
             .collect();
         Ok(Response::new(ListVolumesResponse {
@@ -420,6 +521,9 @@ impl Controller for Driver {
                 capability(rpc::Type::ExpandVolume),
                 capability(rpc::Type::CreateDeleteSnapshot),
                 capability(rpc::Type::ListSnapshots),
+                capability(rpc::Type::CloneVolume),
+                capability(rpc::Type::GetVolume),
+                capability(rpc::Type::VolumeCondition),
             ],
         }))
     }
@@ -505,11 +609,25 @@ impl Controller for Driver {
         }))
     }
 
+    /// The volume and its condition: abnormal when it is full (writes fail with ENOSPC).
     async fn controller_get_volume(
         &self,
-        _request: Request<ControllerGetVolumeRequest>,
+        request: Request<ControllerGetVolumeRequest>,
     ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
-        Err(Status::unimplemented("GET_VOLUME is not offered"))
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(invalid("the volume id is missing"));
+        }
+        let Some(info) = self.volume(&req.volume_id).await? else {
+            return Err(Status::not_found(format!("no volume {:?}", req.volume_id)));
+        };
+        Ok(Response::new(ControllerGetVolumeResponse {
+            volume: Some(volume_of(&info)),
+            status: Some(controller_get_volume_response::VolumeStatus {
+                published_node_ids: Vec::new(),
+                volume_condition: Some(condition(&info)),
+            }),
+        }))
     }
 
     async fn controller_modify_volume(

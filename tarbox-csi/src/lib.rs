@@ -17,6 +17,7 @@
 //! # }
 //! ```
 
+mod content;
 pub mod controller;
 pub mod identity;
 mod naming;

@@ -13,12 +13,24 @@ const MAX_NAME: usize = 253;
 /// Hex digits of the request hash in a suffixed name.
 const HASH_LEN: usize = 12;
 
-/// The owner a tenant created for `request` records.
-pub(crate) fn owner(request: &str, pvc: Option<(&str, &str)>) -> String {
-    match pvc {
-        Some((ns, name)) => format!("csi-volume={request};pvc={ns}/{name}"),
-        None => format!("csi-volume={request}"),
+/// The owner a tenant created for `request` records: the request name, the PVC, and what the
+/// volume was made from (`snapshot:<id>` or `volume:<id>`), each a `;`-separated field.
+pub(crate) fn owner(request: &str, pvc: Option<(&str, &str)>, source: Option<&str>) -> String {
+    let mut owner = format!("csi-volume={request}");
+    if let Some((ns, name)) = pvc {
+        owner += &format!(";pvc={ns}/{name}");
     }
+    if let Some(source) = source {
+        owner += &format!(";source={source}");
+    }
+    owner
+}
+
+/// The field `key` of an owner string.
+pub(crate) fn owner_field<'a>(owner: &'a str, key: &str) -> Option<&'a str> {
+    owner
+        .split(';')
+        .find_map(|f| f.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// The CSI request name an owner string records, if it is one of ours.
@@ -100,11 +112,12 @@ mod tests {
 
     #[test]
     fn owners_round_trip() {
-        assert_eq!(
-            owner_request(&owner("pvc-9", Some(("ns", "p")))),
-            Some("pvc-9")
-        );
-        assert_eq!(owner_request(&owner("pvc-9", None)), Some("pvc-9"));
+        let full = owner("pvc-9", Some(("ns", "p")), Some("snapshot:4-7"));
+        assert_eq!(owner_request(&full), Some("pvc-9"));
+        assert_eq!(owner_field(&full, "pvc"), Some("ns/p"));
+        assert_eq!(owner_field(&full, "source"), Some("snapshot:4-7"));
+        assert_eq!(owner_request(&owner("pvc-9", None, None)), Some("pvc-9"));
+        assert_eq!(owner_field(&owner("pvc-9", None, None), "source"), None);
         assert_eq!(owner_request("made by hand"), None);
     }
 }

@@ -3,10 +3,15 @@
 //! that moment; DeleteSnapshot drops the checkpoint, folding it into the layers built on it so no
 //! other snapshot and not the live tree changes. The snapshot id is `<volume id>-<layer id>`.
 //!
+//! Deleting a volume retires its tenant while snapshots of it remain: they stay listed and
+//! restorable, and the tenant's data goes with the last of them.
+//!
 //! A snapshot holds what the volume's mounts had written to the store when it was taken: writes a
 //! pod has not yet flushed (or closed, or fsynced) on a node are not in it, as with a crash.
 
-use tarbox_fs::{Caller, FsError, LayerRecord, LayerRef, Layers, TenantInfo, validate_layer_name};
+use tarbox_fs::{
+    Caller, FsError, LayerRecord, LayerRef, Layers, TenantInfo, TenantState, validate_layer_name,
+};
 use tonic::Status;
 use tracing::info;
 
@@ -25,7 +30,7 @@ fn snapshot_id(volume: &TenantInfo, layer: &LayerRecord) -> String {
 }
 
 /// `(volume id, layer id)` of a snapshot id; `None` for ids this driver never made.
-fn parse_snapshot_id(id: &str) -> Option<(String, i64)> {
+pub(crate) fn parse_snapshot_id(id: &str) -> Option<(String, i64)> {
     let (volume, layer) = id.split_once('-')?;
     volume.parse::<i64>().ok()?;
     Some((volume.to_string(), layer.parse().ok()?))
@@ -56,9 +61,13 @@ impl Driver {
         Ok(v.layers().acting_as(Caller::this_process()))
     }
 
-    /// Every snapshot (named checkpoint) of `volume`, oldest first.
+    /// Every snapshot (named checkpoint) of `volume`, live or retired, oldest first.
     async fn snapshots_of(&self, volume: &TenantInfo) -> Result<Vec<Snapshot>, Status> {
-        let tree = self.layers_of(volume).await?.tree().await.map_err(status)?;
+        let tree = self
+            .engine()
+            .layer_tree(&volume.name)
+            .await
+            .map_err(status)?;
         Ok(tree
             .layers
             .iter()
@@ -99,11 +108,16 @@ impl Driver {
             return Ok(snapshot_of(&volume, layer));
         }
         // Snapshot names are unique across the driver, as the spec wants them.
-        for other in self.driver_volumes().await? {
+        let holders = [TenantState::Active, TenantState::Retired];
+        for other in self.driver_tenants(&holders).await? {
             if other.id == volume.id {
                 continue;
             }
-            let tree = self.layers_of(&other).await?.tree().await.map_err(status)?;
+            let tree = self
+                .engine()
+                .layer_tree(&other.name)
+                .await
+                .map_err(status)?;
             if tree.find(&wanted).is_some() {
                 return Err(Status::already_exists(format!(
                     "snapshot {:?} exists for another volume ({})",
@@ -139,17 +153,30 @@ impl Driver {
         let Some((volume_id, layer)) = parse_snapshot_id(&req.snapshot_id) else {
             return Ok(());
         };
-        let Some(volume) = self.volume(&volume_id).await? else {
+        let Some(volume) = self.snapshot_holder(&volume_id).await? else {
             return Ok(());
         };
-        let layers = self.layers_of(&volume).await?;
         let target = LayerRef::Id(tarbox_fs::LayerId(layer));
-        let tree = layers.tree().await.map_err(status)?;
+        let tree = self
+            .engine()
+            .layer_tree(&volume.name)
+            .await
+            .map_err(status)?;
         match tree.find(&target) {
             Some(l) if l.name.is_some() && l.id != tree.head => {}
             _ => return Ok(()),
         }
-        match layers.drop_layer(&target, true).await {
+        let dropped = if volume.state == TenantState::Retired {
+            (self.engine())
+                .drop_retired_checkpoint(&volume.name, &target)
+                .await
+        } else {
+            self.layers_of(&volume)
+                .await?
+                .drop_layer(&target, true)
+                .await
+        };
+        match dropped {
             Ok(()) | Err(FsError::LayerNotFound(_)) => {
                 info!(snapshot = req.snapshot_id, "snapshot deleted");
                 Ok(())
@@ -164,16 +191,15 @@ impl Driver {
     ) -> Result<ListSnapshotsResponse, Status> {
         let volumes: Vec<TenantInfo> = if !req.snapshot_id.is_empty() {
             match parse_snapshot_id(&req.snapshot_id) {
-                Some((v, _)) => self.volume(&v).await?.into_iter().collect(),
+                Some((v, _)) => self.snapshot_holder(&v).await?.into_iter().collect(),
                 None => Vec::new(),
             }
         } else if !req.source_volume_id.is_empty() {
-            self.volume(&req.source_volume_id)
-                .await?
+            (self.snapshot_holder(&req.source_volume_id).await?)
                 .into_iter()
                 .collect()
         } else {
-            self.driver_volumes().await?
+            (self.driver_tenants(&[TenantState::Active, TenantState::Retired])).await?
         };
         let mut all = Vec::new();
         for volume in &volumes {

@@ -2,183 +2,24 @@
 //! socket, real FUSE mounts and bind mounts, the in-memory store and PostgreSQL. Needs root and
 //! /dev/fuse; under `CI=true` their absence fails instead of skipping.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use hyper_util::rt::TokioIo;
-use tarbox_csi::csi::controller_client::ControllerClient;
-use tarbox_csi::csi::identity_client::IdentityClient;
-use tarbox_csi::csi::node_client::NodeClient;
+use common::*;
+use tarbox_csi::CONTEXT_TENANT;
 use tarbox_csi::csi::volume_capability::access_mode::Mode as AccessMode;
-use tarbox_csi::csi::volume_capability::{
-    AccessMode as Access, AccessType, BlockVolume, MountVolume,
-};
+use tarbox_csi::csi::volume_capability::{AccessMode as Access, AccessType, BlockVolume};
 use tarbox_csi::csi::*;
-use tarbox_csi::{CONTEXT_TENANT, Driver, Mode};
+use tarbox_fs::AuditOp;
 use tarbox_fs::audit::AuditFilter;
-use tarbox_fs::{AuditOp, Engine, EngineConfig};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint, Uri};
-
-const MIB: i64 = 1 << 20;
-
-fn fuse_available() -> bool {
-    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-    });
-    let ok = root && Path::new("/dev/fuse").exists();
-    if !ok {
-        let strict = std::env::var("CI").as_deref() == Ok("true")
-            || std::env::var("TARBOX_REQUIRE_POSTGRES").as_deref() == Ok("1");
-        assert!(!strict, "the CSI driver tests need root and /dev/fuse");
-        eprintln!("SKIPPED: the CSI driver tests need root and /dev/fuse");
-    }
-    ok
-}
-
-/// A driver serving every service on a socket in a temporary directory, and clients of it.
-struct Harness {
-    dir: tempfile::TempDir,
-    /// The driver's engine, to read the audit trail.
-    engine: Engine,
-    identity: IdentityClient<Channel>,
-    controller: ControllerClient<Channel>,
-    node: NodeClient<Channel>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    served: tokio::task::JoinHandle<()>,
-}
-
-impl Harness {
-    async fn start(url: &str) -> Harness {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let socket = dir.path().join("csi.sock");
-        let engine = Engine::open(url, EngineConfig::default())
-            .await
-            .expect("engine");
-        let driver = Driver::new(
-            engine.clone(),
-            Mode::All,
-            "node-1",
-            dir.path().join("state"),
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let endpoint = format!("unix://{}", socket.display());
-        let served = tokio::spawn(async move {
-            tarbox_csi::serve(driver, &endpoint, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("serve");
-        });
-        for _ in 0..100 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        let channel = Endpoint::try_from("http://[::]:50051")
-            .expect("endpoint")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .expect("connect to the driver's socket");
-        Harness {
-            dir,
-            engine,
-            identity: IdentityClient::new(channel.clone()),
-            controller: ControllerClient::new(channel.clone()),
-            node: NodeClient::new(channel),
-            stop: Some(stop),
-            served,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.served).await.expect("server task");
-    }
-}
-
-fn mount_cap(mode: AccessMode) -> VolumeCapability {
-    VolumeCapability {
-        access_mode: Some(Access { mode: mode as i32 }),
-        access_type: Some(AccessType::Mount(MountVolume::default())),
-    }
-}
-
-fn create_request(name: &str, bytes: i64, params: &[(&str, &str)]) -> CreateVolumeRequest {
-    CreateVolumeRequest {
-        name: name.to_string(),
-        capacity_range: Some(CapacityRange {
-            required_bytes: bytes,
-            limit_bytes: 0,
-        }),
-        volume_capabilities: vec![mount_cap(AccessMode::MultiNodeMultiWriter)],
-        parameters: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<HashMap<_, _>>(),
-        ..CreateVolumeRequest::default()
-    }
-}
-
-fn pvc<'a>(ns: &'a str, name: &'a str) -> [(&'a str, &'a str); 2] {
-    [
-        ("csi.storage.k8s.io/pvc/namespace", ns),
-        ("csi.storage.k8s.io/pvc/name", name),
-    ]
-}
-
-/// Assert that `result` failed with `code`, and return its message.
-#[track_caller]
-fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code) -> String {
-    match result {
-        Ok(v) => panic!("expected {code:?}, got {v:?}"),
-        Err(s) => {
-            assert_eq!(s.code(), code, "{}", s.message());
-            s.message().to_string()
-        }
-    }
-}
-
-/// Write `data` to `path` from a blocking thread, as a pod's process would.
-async fn write(path: PathBuf, data: Vec<u8>) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&path)?;
-        f.write_all(&data)?;
-        f.sync_all()
-    })
-    .await
-    .expect("join")
-}
 
 async fn lifecycle(url: &str) {
     let mut h = Harness::start(url).await;
-    // Unique per run (the temporary directory's random name), as names stay taken until purged.
-    let tag: String = h
-        .dir
-        .path()
-        .file_name()
-        .map(|n| n.to_string_lossy().to_lowercase())
-        .unwrap_or_default()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
+    let tag = h.tag();
 
     // Identity.
     let info = h
@@ -587,9 +428,7 @@ async fn volume_lifecycle_on_postgres() {
     if !fuse_available() {
         return;
     }
-    let url = std::env::var("TARBOX_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tarbox_test".into());
-    lifecycle(&url).await;
+    lifecycle(&postgres_url()).await;
 }
 
 /// A kubelet-shaped cgroup for a pod's container, removed when dropped (once empty).

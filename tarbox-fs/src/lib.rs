@@ -49,9 +49,9 @@ pub use audit::{AuditConfig, AuditEvent, AuditFilter, AuditLevel, AuditOp};
 pub use backend::{Backend, Compression, LayerRecord, TenantAudit, TenantRecord, TenantState};
 pub use control::ControlFs;
 pub use engine::{
-    Change, ChangeKind, ContentDiff, Engine, EngineConfig, FsckProblem, FsckReport, LayerDiff,
-    LayerRef, LayerSummary, LayerTree, Layers, TEXT_DIFF_LIMIT, TenantInfo, TenantOptions, Volume,
-    VolumeOptions, validate_layer_name,
+    Change, ChangeKind, CloneOptions, ContentDiff, Engine, EngineConfig, FsckProblem, FsckReport,
+    LayerDiff, LayerRef, LayerSummary, LayerTree, Layers, TEXT_DIFF_LIMIT, TenantInfo,
+    TenantOptions, Volume, VolumeOptions, validate_layer_name,
 };
 pub use error::{BackendError, FsError, FsResult, QuotaKind};
 pub use filesystem::{Filesystem, Guard, Guarded, ReadOnly, Request};

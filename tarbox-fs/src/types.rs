@@ -203,6 +203,11 @@ impl Inode {
     pub fn mode(&self) -> u32 {
         self.kind.mode_bits() | u32::from(self.perm)
     }
+
+    /// What the inode counts against its tenant's byte quota: its size rounded up to 4 KiB.
+    pub fn charged_bytes(&self) -> u64 {
+        self.size.div_ceil(4096).saturating_mul(4096)
+    }
 }
 
 /// Attributes as a frontend reports them to a caller (`struct stat`).

@@ -24,8 +24,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tarbox_fs::Filesystem as _;
 use tarbox_fs::backend::faulty::{Faults, FaultyBackend};
 use tarbox_fs::{
-    Caller, DirEntry, Engine, EngineConfig, FileAttr, FileHandle, FsError, FsResult, Ino, SetAttr,
-    TenantOptions, Timestamp, Usage, Volume, VolumeOptions,
+    Caller, DirEntry, Engine, EngineConfig, FileAttr, FileHandle, FileType, FsError, FsResult, Ino,
+    SetAttr, TenantOptions, Timestamp, Usage, Volume, VolumeOptions,
 };
 use tokio::sync::OnceCell;
 
@@ -266,6 +266,98 @@ impl TestVolume {
             options,
         )
         .await
+    }
+
+    /// A harness over another, existing tenant of the same engine (a clone, say), deleted with
+    /// this test's tenants when the test passes.
+    pub async fn adopt(&self, tenant: &str) -> TestVolume {
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tenant.to_string());
+        let volume = self
+            .engine
+            .volume(tenant)
+            .await
+            .unwrap_or_else(|e| panic!("cannot open volume of tenant {tenant}: {e}"));
+        TestVolume {
+            engine: self.engine.clone(),
+            volume,
+            tenant: tenant.to_string(),
+            backend: self.backend,
+            created: self.created.clone(),
+        }
+    }
+
+    /// Everything a user can observe of the tree, one line per path in path order: kind,
+    /// inode, mode, owner, size, link count, times, symlink target, extended attributes and a
+    /// digest of the content. Two trees with equal listings are indistinguishable.
+    pub async fn listing(&self) -> Vec<String> {
+        let root = Caller::root();
+        let mut out = Vec::new();
+        let mut pending = vec![(String::new(), Ino::ROOT)];
+        while let Some((path, ino)) = pending.pop() {
+            let a = self
+                .volume
+                .getattr(&root, ino)
+                .await
+                .unwrap_or_else(|e| panic!("getattr {path:?}: {e}"));
+            let mut xattrs = self
+                .volume
+                .listxattr(&root, ino)
+                .await
+                .unwrap_or_else(|e| panic!("listxattr {path:?}: {e}"));
+            xattrs.sort();
+            let mut extra = String::new();
+            for name in xattrs {
+                let value = self
+                    .volume
+                    .getxattr(&root, ino, &name)
+                    .await
+                    .unwrap_or_else(|e| panic!("getxattr {path:?}: {e}"));
+                extra += &format!(
+                    " xattr {}={}",
+                    String::from_utf8_lossy(&name),
+                    String::from_utf8_lossy(&value)
+                );
+            }
+            match a.kind {
+                FileType::Symlink => {
+                    let target = self.volume.readlink(&root, ino).await.expect("readlink");
+                    extra += &format!(" -> {}", String::from_utf8_lossy(&target));
+                }
+                FileType::Regular => {
+                    let data = self.read_file(&format!("/{path}")).await;
+                    extra += &format!(" content {}", blake3::hash(&data).to_hex());
+                }
+                FileType::Directory => {
+                    for e in self.readdir_all(ino).await {
+                        if e.name != b"." && e.name != b".." {
+                            let name = String::from_utf8_lossy(&e.name);
+                            pending.push((format!("{path}/{name}"), e.ino));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            out.push(format!(
+                "{path}/ {:?} ino {} mode {:o} owner {}:{} size {} nlink {} rdev {} \
+                 atime {} mtime {} ctime {}{extra}",
+                a.kind,
+                a.ino.0,
+                a.perm,
+                a.uid,
+                a.gid,
+                a.size,
+                a.nlink,
+                a.rdev,
+                a.atime.0,
+                a.mtime.0,
+                a.ctime.0,
+            ));
+        }
+        out.sort();
+        out
     }
 
     /// A second volume of the same tenant, as another mount would open it: it shares the store

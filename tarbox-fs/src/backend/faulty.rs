@@ -18,7 +18,8 @@ use async_trait::async_trait;
 
 use super::{
     Backend, BlockHash, BlockWrite, DentryRecord, LayerChanges, LayerRecord, LayerSwitch,
-    LayerView, NewTenant, Orphan, StoreRead, StoreTxn, StoredBlock, TenantAudit, TenantRecord,
+    LayerView, NewClone, NewTenant, Orphan, StoreRead, StoreTxn, StoredBlock, TenantAudit,
+    TenantRecord,
 };
 use crate::audit::{
     AuditEvent, AuditFilter, AuditPartition, AuditStore, ExpiryReport, SeriesPoint, StatsKey,
@@ -351,6 +352,10 @@ impl Backend for FaultyBackend {
         self.faults.call()?;
         self.inner.create_tenant(new).await
     }
+    async fn clone_tenant(&self, new: &NewClone) -> BackendResult<TenantRecord> {
+        self.faults.call()?;
+        self.inner.clone_tenant(new).await
+    }
     async fn tenant_by_name(&self, name: &str) -> BackendResult<Option<TenantRecord>> {
         self.faults.call()?;
         self.inner.tenant_by_name(name).await
@@ -374,6 +379,10 @@ impl Backend for FaultyBackend {
     async fn mark_tenant_deleted(&self, tenant: TenantId) -> BackendResult<bool> {
         self.faults.call()?;
         self.inner.mark_tenant_deleted(tenant).await
+    }
+    async fn retire_tenant(&self, tenant: TenantId) -> BackendResult<bool> {
+        self.faults.call()?;
+        self.inner.retire_tenant(tenant).await
     }
     async fn purge_tenant(&self, tenant: TenantId) -> BackendResult<()> {
         self.faults.call()?;

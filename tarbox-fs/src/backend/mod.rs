@@ -99,6 +99,10 @@ pub enum TenantState {
     Active,
     /// Marked deleted: refused for new access, its rows are purged in the background.
     Deleted,
+    /// Given up by its owner but kept for its checkpoints (a Kubernetes volume deleted while
+    /// snapshots of it remain): no volume opens it and nothing writes its tree, but its
+    /// checkpoints can still be cloned from and dropped.
+    Retired,
 }
 
 /// A tenant as stored.
@@ -138,6 +142,18 @@ pub struct NewTenant {
     pub quota: Quota,
     /// The root directory, stored as inode [`Ino::ROOT`] in the base layer.
     pub root: Inode,
+    pub created_at: Timestamp,
+    /// See [`TenantRecord::owner`].
+    pub owner: Option<String>,
+}
+
+/// What [`Backend::clone_tenant`] needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewClone {
+    /// The tree to copy: the view of one layer of the source tenant.
+    pub source: LayerView,
+    pub name: String,
+    pub quota: Quota,
     pub created_at: Timestamp,
     /// See [`TenantRecord::owner`].
     pub owner: Option<String>,
@@ -364,6 +380,15 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
     /// yet purged).
     async fn create_tenant(&self, new: &NewTenant) -> BackendResult<TenantRecord>;
 
+    /// Create tenant `new.name` whose base layer (its head) holds exactly the tree `new.source`
+    /// shows, flattened into that one layer: every inode with a link (orphans stay behind), its
+    /// entries, block mappings and extended attributes, and the blocks they name, copied inside
+    /// the store (no file data passes through the caller). The clone keeps the source's block
+    /// size, compression and inode numbers; its usage is recounted the way the engine charges
+    /// ([`Inode::charged_bytes`] per inode). The source may be active or retired. Fails with
+    /// [`BackendError::TenantExists`] if the name is taken.
+    async fn clone_tenant(&self, new: &NewClone) -> BackendResult<TenantRecord>;
+
     /// The tenant of that name, active or deleted; `None` if absent.
     async fn tenant_by_name(&self, name: &str) -> BackendResult<Option<TenantRecord>>;
 
@@ -382,6 +407,10 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
     /// Mark the tenant deleted. Returns false if it was already deleted. Transactions begun after
     /// this fail with [`BackendError::TenantGone`].
     async fn mark_tenant_deleted(&self, tenant: TenantId) -> BackendResult<bool>;
+
+    /// Retire an active tenant (see [`TenantState::Retired`]). Returns false if it was not active.
+    /// Transactions begun after this fail with [`BackendError::TenantGone`].
+    async fn retire_tenant(&self, tenant: TenantId) -> BackendResult<bool>;
 
     /// Delete every row of a tenant marked deleted, including its record.
     async fn purge_tenant(&self, tenant: TenantId) -> BackendResult<()>;
@@ -434,7 +463,8 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
     /// Delete `layer`, which is not the head, first copying each of its rows into each of
     /// `children` that has no row of the same key (so what every child shows is unchanged); the
     /// children then hang off `layer`'s parent. Blocks no longer referenced are deleted. Fails
-    /// with [`BackendError::Conflict`] if `layer`'s children are not exactly `children`.
+    /// with [`BackendError::Conflict`] if `layer`'s children are not exactly `children`. Unlike
+    /// the other layer changes it also serves a retired tenant.
     async fn drop_layer(
         &self,
         tenant: TenantId,

@@ -178,7 +178,7 @@ impl Engine {
         for s in seen.values() {
             let inode = &s.inode;
             report.counted.inodes += 1;
-            report.counted.bytes += super::charged_bytes(inode);
+            report.counted.bytes += inode.charged_bytes();
             match inode.kind {
                 FileType::Directory => {
                     report.directories += 1;

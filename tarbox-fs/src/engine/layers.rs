@@ -20,7 +20,7 @@ use super::audit::Subject;
 use super::diff::LayerDiff;
 use super::{Engine, Volume};
 use crate::audit::AuditOp;
-use crate::backend::{LayerRecord, LayerSwitch};
+use crate::backend::{LayerRecord, LayerSwitch, TenantState};
 use crate::error::{BackendError, FsError, FsResult};
 use crate::types::{Caller, LayerId, Timestamp, Usage};
 
@@ -248,6 +248,18 @@ pub fn validate_layer_name(name: &str) -> FsResult<()> {
 }
 
 impl Engine {
+    /// The layer tree of a tenant, active or retired (a retired tenant has no volume to ask).
+    pub async fn layer_tree(&self, tenant: &str) -> FsResult<LayerTree> {
+        let record = self.tenant_record(tenant).await?;
+        if record.state == TenantState::Deleted {
+            return Err(FsError::TenantNotFound(tenant.to_string()));
+        }
+        Ok(LayerTree {
+            head: record.head_layer,
+            layers: self.shared.backend.layers(record.id).await?,
+        })
+    }
+
     /// Turn automatic checkpoints of a tenant on (every `interval`, when something changed) or
     /// off (`None`). Mounts with the checkpointer running pick the change up within 30 s.
     pub async fn set_auto_checkpoint(

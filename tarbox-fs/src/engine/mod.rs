@@ -45,7 +45,7 @@ pub(crate) use perm::allowed as perm_allows;
 pub use diff::{Change, ChangeKind, ContentDiff, LayerDiff, TEXT_DIFF_LIMIT};
 pub use fsck::{FsckProblem, FsckReport};
 pub use layers::{LayerRef, LayerSummary, LayerTree, Layers, validate_layer_name};
-pub use tenants::{TenantInfo, TenantOptions};
+pub use tenants::{CloneOptions, TenantInfo, TenantOptions};
 
 use crate::audit::{AuditConfig, AuditLevel, AuditSink, Auditor, StoreSink};
 use crate::backend::{self, Backend, LayerView, StoreRead, StoreTxn, TenantRecord};
@@ -665,7 +665,7 @@ impl Volume {
         if let Some(inode) = txn.inode(ino).await? {
             if inode.nlink == 0 {
                 txn.remove_inode(ino).await?;
-                let bytes = charged_bytes(&inode);
+                let bytes = inode.charged_bytes();
                 // Refunds never fail.
                 let _ = txn.charge(-(bytes as i64), -1).await?;
             }
@@ -678,10 +678,6 @@ impl Volume {
 
 /// Bytes an inode counts against the byte quota: its size rounded up to 4 KiB, as `du` would
 /// roughly show for a dense file. Symlink targets count as their length.
-fn charged_bytes(inode: &Inode) -> u64 {
-    align4k(inode.size)
-}
-
 fn align4k(n: u64) -> u64 {
     n.div_ceil(4096).saturating_mul(4096)
 }

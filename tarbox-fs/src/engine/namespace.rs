@@ -278,7 +278,7 @@ impl Volume {
             parent,
             target: spec.target.to_vec(),
         };
-        if let Err(kind) = txn.charge(super::charged_bytes(&inode) as i64, 1).await? {
+        if let Err(kind) = txn.charge(inode.charged_bytes() as i64, 1).await? {
             return Err(FsError::QuotaExceeded(kind));
         }
         txn.put_inode(&inode).await?;
@@ -398,9 +398,7 @@ impl Volume {
             return Ok(true);
         }
         txn.remove_inode(inode.ino).await?;
-        let _ = txn
-            .charge(-(super::charged_bytes(inode) as i64), -1)
-            .await?;
+        let _ = txn.charge(-(inode.charged_bytes() as i64), -1).await?;
         Ok(false)
     }
 

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::Engine;
+use super::build_view;
+use super::layers::{LayerRef, LayerTree};
 use crate::audit::AuditLevel;
-use crate::backend::{Compression, NewTenant, TenantAudit, TenantRecord, TenantState};
+use crate::backend::{Compression, NewClone, NewTenant, TenantAudit, TenantRecord, TenantState};
 use crate::error::{BackendError, FsError, FsResult};
 use crate::types::{FileType, Ino, Inode, Quota, TenantId, Timestamp, Usage};
 
@@ -44,6 +46,15 @@ impl Default for TenantOptions {
             owner: None,
         }
     }
+}
+
+/// Options of a clone. Block size and compression are the source's (the blocks are shared
+/// byte for byte).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloneOptions {
+    pub quota: Quota,
+    /// What the clone belongs to outside Tarbox (see [`TenantRecord::owner`]).
+    pub owner: Option<String>,
 }
 
 /// A tenant as administrators see it.
@@ -149,6 +160,118 @@ impl Engine {
         self.info_of(record).await
     }
 
+    /// Create tenant `name` holding exactly the tree of `source` at checkpoint `layer` (its live
+    /// tree with `None`): modes, owners, times, hard links, symlinks, extended attributes and
+    /// data. The store copies the rows itself, so no file data passes through the engine; the
+    /// clone starts without history (its base layer is that tree). A live tree is cloned as its
+    /// last committed transaction left it: what open files still buffer is not in it. A
+    /// retired tenant can be cloned from its checkpoints only. `EEXIST` if the name is taken.
+    pub async fn clone_tenant(
+        &self,
+        source: &str,
+        layer: Option<&LayerRef>,
+        name: &str,
+        options: CloneOptions,
+    ) -> FsResult<TenantInfo> {
+        validate_tenant_name(name)?;
+        let record = self.tenant_record(source).await?;
+        let tree = LayerTree {
+            head: record.head_layer,
+            layers: self.shared.backend.layers(record.id).await?,
+        };
+        let at = match (record.state, layer) {
+            (TenantState::Deleted, _) => {
+                return Err(FsError::TenantNotFound(source.to_string()));
+            }
+            (TenantState::Retired, None) => {
+                return Err(FsError::BadInput(format!(
+                    "tenant {source} is retired: only its checkpoints can be cloned"
+                )));
+            }
+            (_, Some(layer)) => tree.resolve(layer)?.id,
+            (TenantState::Active, None) => record.head_layer,
+        };
+        let new = NewClone {
+            source: build_view(self.shared.backend.as_ref(), record.id, at).await?,
+            name: name.to_string(),
+            quota: options.quota,
+            created_at: self.shared.now(),
+            owner: options.owner,
+        };
+        let clone = self
+            .shared
+            .backend
+            .clone_tenant(&new)
+            .await
+            .map_err(|e| match e {
+                BackendError::TenantExists => FsError::TenantExists(name.to_string()),
+                BackendError::TenantGone => FsError::TenantNotFound(source.to_string()),
+                e => e.into(),
+            })?;
+        info!(tenant = name, source, layer = at.0, "tenant cloned");
+        self.info_of(clone).await
+    }
+
+    /// Give up a tenant's live tree but keep its checkpoints (a Kubernetes volume deleted while
+    /// snapshots of it remain): no volume opens it any more and its mounts' writes fail, while
+    /// its checkpoints can still be cloned and dropped. A tenant without checkpoints is marked
+    /// deleted instead. Returns the state it is left in.
+    pub async fn retire_tenant(&self, name: &str) -> FsResult<TenantState> {
+        let record = self.tenant_record(name).await?;
+        if record.state == TenantState::Deleted {
+            return Ok(TenantState::Deleted);
+        }
+        let layers = self.shared.backend.layers(record.id).await?;
+        if layers.iter().any(|l| l.name.is_some()) {
+            self.shared.backend.retire_tenant(record.id).await?;
+            info!(tenant = name, "tenant retired: its checkpoints are kept");
+            return Ok(TenantState::Retired);
+        }
+        self.shared.backend.mark_tenant_deleted(record.id).await?;
+        info!(tenant = name, "tenant marked deleted");
+        Ok(TenantState::Deleted)
+    }
+
+    /// Drop checkpoint `layer` of a retired tenant, folded into the layers built on it. The
+    /// tenant's data goes with its last checkpoint: it is then marked deleted.
+    pub async fn drop_retired_checkpoint(&self, name: &str, layer: &LayerRef) -> FsResult<()> {
+        let record = self.tenant_record(name).await?;
+        if record.state != TenantState::Retired {
+            return Err(FsError::BadInput(format!("tenant {name} is not retired")));
+        }
+        let tree = LayerTree {
+            head: record.head_layer,
+            layers: self.shared.backend.layers(record.id).await?,
+        };
+        let target = tree.resolve(layer)?;
+        let others = tree
+            .layers
+            .iter()
+            .filter(|l| l.name.is_some() && l.id != target.id)
+            .count();
+        if others == 0 {
+            self.shared.backend.mark_tenant_deleted(record.id).await?;
+            info!(
+                tenant = name,
+                "last checkpoint of a retired tenant dropped: tenant deleted"
+            );
+            return Ok(());
+        }
+        if target.id == record.head_layer {
+            return Err(FsError::LayerBusy(format!(
+                "layer {} is the retired tenant's head",
+                LayerTree::label(target)
+            )));
+        }
+        let children = tree.children(target.id);
+        self.shared
+            .backend
+            .drop_layer(record.id, record.head_layer, target.id, &children)
+            .await?;
+        info!(tenant = name, layer = %layer, "dropped a checkpoint of a retired tenant");
+        Ok(())
+    }
+
     /// Every tenant, deleted ones included, sorted by name.
     pub async fn list_tenants(&self) -> FsResult<Vec<TenantInfo>> {
         let mut out = Vec::new();
@@ -221,7 +344,7 @@ impl Engine {
         }
     }
 
-    async fn tenant_record(&self, name: &str) -> FsResult<TenantRecord> {
+    pub(super) async fn tenant_record(&self, name: &str) -> FsResult<TenantRecord> {
         self.shared
             .backend
             .tenant_by_name(name)

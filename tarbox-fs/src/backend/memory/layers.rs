@@ -11,10 +11,17 @@ use crate::backend::{LayerChanges, LayerRecord, LayerSwitch, TenantState};
 use crate::error::{BackendError, BackendResult};
 use crate::types::{LayerId, TenantId, Timestamp};
 
-/// The tenant's record must be active with `head` as its head layer.
-fn check_head(store: &Store, tenant: TenantId, head: LayerId) -> BackendResult<()> {
+/// The tenant's record must be active (or also retired, with `retired_too`) with `head` as its
+/// head layer.
+fn check_head(
+    store: &Store,
+    tenant: TenantId,
+    head: LayerId,
+    retired_too: bool,
+) -> BackendResult<()> {
     let t = store.tenants.get(&tenant).ok_or(BackendError::TenantGone)?;
-    if t.state != TenantState::Active {
+    let serves = t.state == TenantState::Active || (retired_too && t.state == TenantState::Retired);
+    if !serves {
         return Err(BackendError::TenantGone);
     }
     if t.head_layer != head {
@@ -74,7 +81,7 @@ pub(super) fn checkpoint(
     description: &str,
     now: Timestamp,
 ) -> BackendResult<LayerRecord> {
-    check_head(store, tenant, head)?;
+    check_head(store, tenant, head, false)?;
     let taken = store
         .layers
         .range((tenant, LayerId(i64::MIN))..=(tenant, LayerId(i64::MAX)))
@@ -97,7 +104,7 @@ pub(super) fn switch(
     switch: LayerSwitch,
     now: Timestamp,
 ) -> BackendResult<LayerRecord> {
-    check_head(store, tenant, head)?;
+    check_head(store, tenant, head, false)?;
     if !store.layers.contains_key(&(tenant, target)) {
         return Err(BackendError::Corrupt(format!(
             "tenant {} has no layer {target}",
@@ -123,7 +130,7 @@ pub(super) fn drop_layer(
     layer: LayerId,
     children: &[LayerId],
 ) -> BackendResult<()> {
-    check_head(store, tenant, head)?;
+    check_head(store, tenant, head, true)?;
     if layer == head {
         return Err(BackendError::Conflict);
     }

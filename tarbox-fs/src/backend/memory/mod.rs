@@ -7,6 +7,7 @@
 //! without commit replays the log backwards.
 
 mod audit;
+mod clone;
 mod layers;
 mod read;
 mod txn;
@@ -21,8 +22,8 @@ use async_trait::async_trait;
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::{
-    Backend, BlockHash, LayerChanges, LayerRecord, LayerSwitch, LayerView, NewTenant, Orphan,
-    StoreRead, StoreTxn, StoredBlock, TenantAudit, TenantRecord, TenantState,
+    Backend, BlockHash, LayerChanges, LayerRecord, LayerSwitch, LayerView, NewClone, NewTenant,
+    Orphan, StoreRead, StoreTxn, StoredBlock, TenantAudit, TenantRecord, TenantState,
 };
 use crate::error::{BackendError, BackendResult};
 use crate::types::{FileType, Ino, Inode, LayerId, Quota, TenantId, Timestamp, Usage};
@@ -150,6 +151,13 @@ impl Backend for MemoryBackend {
         Ok(record)
     }
 
+    async fn clone_tenant(&self, new: &NewClone) -> BackendResult<TenantRecord> {
+        // The source's gate: no transaction of it is half applied while its rows are read.
+        let gate = self.gate(new.source.tenant);
+        let _pass = gate.lock().await;
+        clone::clone_tenant(&mut self.lock(), new)
+    }
+
     async fn tenant_by_name(&self, name: &str) -> BackendResult<Option<TenantRecord>> {
         Ok(self
             .lock()
@@ -191,9 +199,22 @@ impl Backend for MemoryBackend {
             .tenants
             .get_mut(&tenant)
             .ok_or(BackendError::TenantGone)?;
-        let was_active = t.state == TenantState::Active;
+        let was_marked = t.state != TenantState::Deleted;
         t.state = TenantState::Deleted;
-        Ok(was_active)
+        Ok(was_marked)
+    }
+
+    async fn retire_tenant(&self, tenant: TenantId) -> BackendResult<bool> {
+        let mut store = self.lock();
+        let t = store
+            .tenants
+            .get_mut(&tenant)
+            .ok_or(BackendError::TenantGone)?;
+        if t.state != TenantState::Active {
+            return Ok(false);
+        }
+        t.state = TenantState::Retired;
+        Ok(true)
     }
 
     async fn purge_tenant(&self, tenant: TenantId) -> BackendResult<()> {

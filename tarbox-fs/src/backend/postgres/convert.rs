@@ -199,11 +199,13 @@ pub(super) fn tenant_from_row(row: &PgRow) -> Result<TenantRecord, BackendError>
 
 pub(super) const STATE_ACTIVE: i16 = 0;
 pub(super) const STATE_DELETED: i16 = 1;
+pub(super) const STATE_RETIRED: i16 = 2;
 
 fn tenant_state(code: i16) -> Result<TenantState, BackendError> {
     match code {
         STATE_ACTIVE => Ok(TenantState::Active),
         STATE_DELETED => Ok(TenantState::Deleted),
+        STATE_RETIRED => Ok(TenantState::Retired),
         other => Err(BackendError::Corrupt(format!("tenant state {other}"))),
     }
 }

@@ -9,7 +9,7 @@
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Transaction};
 
-use super::convert::{STATE_ACTIVE, col, map_err, to_i64, to_u64};
+use super::convert::{STATE_ACTIVE, STATE_RETIRED, col, map_err, to_i64, to_u64};
 use crate::backend::{LayerChanges, LayerRecord, LayerSwitch};
 use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId, TenantId, Timestamp, Usage};
@@ -71,11 +71,20 @@ pub(super) async fn set_auto_checkpoint(
     Ok(())
 }
 
+/// Which tenant states a layer change serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Serves {
+    Active,
+    /// Active or retired (dropping a checkpoint of a deleted volume).
+    ActiveOrRetired,
+}
+
 /// Begin a layer change: lock the tenant row and check that `head` is still its head.
 async fn lock_tenant(
     pool: &PgPool,
     tenant: TenantId,
     head: LayerId,
+    serves: Serves,
 ) -> BackendResult<Transaction<'static, Postgres>> {
     let mut tx = pool.begin().await.map_err(map_err)?;
     let row: Option<(i16, i64)> =
@@ -86,6 +95,7 @@ async fn lock_tenant(
             .map_err(map_err)?;
     match row {
         Some((STATE_ACTIVE, h)) if h == head.0 => Ok(tx),
+        Some((STATE_RETIRED, h)) if h == head.0 && serves == Serves::ActiveOrRetired => Ok(tx),
         Some((STATE_ACTIVE, _)) => Err(BackendError::StaleView),
         _ => Err(BackendError::TenantGone),
     }
@@ -144,7 +154,7 @@ pub(super) async fn checkpoint(
     description: &str,
     now: Timestamp,
 ) -> BackendResult<LayerRecord> {
-    let mut tx = lock_tenant(pool, tenant, head).await?;
+    let mut tx = lock_tenant(pool, tenant, head, Serves::Active).await?;
     freeze(&mut tx, tenant, head, now).await?;
     // A taken name violates layers_tenant_id_name_key, which map_err reports as LayerExists.
     sqlx::query("UPDATE layers SET name = $3, description = $4 WHERE tenant_id = $1 AND id = $2")
@@ -177,7 +187,7 @@ pub(super) async fn switch(
     switch: LayerSwitch,
     now: Timestamp,
 ) -> BackendResult<LayerRecord> {
-    let mut tx = lock_tenant(pool, tenant, head).await?;
+    let mut tx = lock_tenant(pool, tenant, head, Serves::Active).await?;
     let discard = switch.discard_head && {
         sqlx::query_scalar::<_, bool>(IS_EMPTY)
             .bind(tenant.0)
@@ -255,7 +265,7 @@ pub(super) async fn drop_layer(
     if layer == head {
         return Err(BackendError::Conflict);
     }
-    let mut tx = lock_tenant(pool, tenant, head).await?;
+    let mut tx = lock_tenant(pool, tenant, head, Serves::ActiveOrRetired).await?;
     let parent: Option<Option<i64>> =
         sqlx::query_scalar("SELECT parent FROM layers WHERE tenant_id = $1 AND id = $2")
             .bind(tenant.0)

@@ -37,6 +37,7 @@
 //! engines consistent without serialisable isolation.
 
 mod audit;
+mod clone;
 mod convert;
 mod layers;
 mod read;
@@ -53,8 +54,8 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::backend::{
-    Backend, LayerChanges, LayerRecord, LayerSwitch, LayerView, NewTenant, Orphan, StoreRead,
-    StoreTxn, TenantAudit, TenantRecord,
+    Backend, LayerChanges, LayerRecord, LayerSwitch, LayerView, NewClone, NewTenant, Orphan,
+    StoreRead, StoreTxn, TenantAudit, TenantRecord,
 };
 use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId, Quota, TenantId, Timestamp, Usage};
@@ -134,6 +135,10 @@ impl Backend for PostgresBackend {
         tenants::create_tenant(&self.pool, new).await
     }
 
+    async fn clone_tenant(&self, new: &NewClone) -> BackendResult<TenantRecord> {
+        clone::clone_tenant(&self.pool, new).await
+    }
+
     async fn tenant_by_name(&self, name: &str) -> BackendResult<Option<TenantRecord>> {
         tenants::tenant_by_name(&self.pool, name).await
     }
@@ -156,6 +161,10 @@ impl Backend for PostgresBackend {
 
     async fn mark_tenant_deleted(&self, tenant: TenantId) -> BackendResult<bool> {
         tenants::mark_tenant_deleted(&self.pool, tenant).await
+    }
+
+    async fn retire_tenant(&self, tenant: TenantId) -> BackendResult<bool> {
+        tenants::retire_tenant(&self.pool, tenant).await
     }
 
     async fn purge_tenant(&self, tenant: TenantId) -> BackendResult<()> {

@@ -5,8 +5,8 @@
 use sqlx::postgres::PgPool;
 
 use super::convert::{
-    STATE_ACTIVE, STATE_DELETED, limit_to_sql, map_err, select_tenants, tenant_from_row, to_i64,
-    to_u64,
+    STATE_ACTIVE, STATE_DELETED, STATE_RETIRED, limit_to_sql, map_err, select_tenants,
+    tenant_from_row, to_i64, to_u64,
 };
 use crate::backend::{NewTenant, Orphan, TenantAudit, TenantRecord, TenantState};
 use crate::error::{BackendError, BackendResult};
@@ -49,7 +49,7 @@ const PURGE_TENANT: &str = "WITH t AS ( \
             (SELECT state FROM tenants WHERE id = $1) AS state";
 
 const MARK_DELETED: &str = "WITH m AS ( \
-       UPDATE tenants SET state = 1 WHERE id = $1 AND state = 0 RETURNING 1) \
+       UPDATE tenants SET state = 1 WHERE id = $1 AND state <> 1 RETURNING 1) \
      SELECT EXISTS (SELECT 1 FROM m), EXISTS (SELECT 1 FROM tenants WHERE id = $1)";
 
 const ALLOC_INODES: &str =
@@ -175,6 +175,23 @@ pub(super) async fn mark_tenant_deleted(pool: &PgPool, tenant: TenantId) -> Back
     Ok(marked)
 }
 
+pub(super) async fn retire_tenant(pool: &PgPool, tenant: TenantId) -> BackendResult<bool> {
+    let (retired, present): (bool, bool) = sqlx::query_as(
+        "WITH r AS (UPDATE tenants SET state = $2 WHERE id = $1 AND state = $3 RETURNING 1) \
+         SELECT EXISTS (SELECT 1 FROM r), EXISTS (SELECT 1 FROM tenants WHERE id = $1)",
+    )
+    .bind(tenant.0)
+    .bind(STATE_RETIRED)
+    .bind(STATE_ACTIVE)
+    .fetch_one(pool)
+    .await
+    .map_err(map_err)?;
+    if !present {
+        return Err(BackendError::TenantGone);
+    }
+    Ok(retired)
+}
+
 pub(super) async fn purge_tenant(pool: &PgPool, tenant: TenantId) -> BackendResult<()> {
     let (purged, state): (bool, Option<i16>) = sqlx::query_as(PURGE_TENANT)
         .bind(tenant.0)
@@ -184,7 +201,7 @@ pub(super) async fn purge_tenant(pool: &PgPool, tenant: TenantId) -> BackendResu
     match (purged, state) {
         // Purged now, or already gone: purging is idempotent.
         (true, _) | (false, None) => Ok(()),
-        (false, Some(STATE_ACTIVE)) => Err(BackendError::Other(
+        (false, Some(STATE_ACTIVE | STATE_RETIRED)) => Err(BackendError::Other(
             format!(
                 "tenant {} is not marked deleted; refusing to purge it",
                 tenant.0
