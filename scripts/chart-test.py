@@ -60,12 +60,25 @@ def check(name, values):
     driver = kinds["CSIDriver"][0]["spec"]
     if driver["attachRequired"] is not False or driver["podInfoOnMount"] is not True:
         fail(f"{name}: CSIDriver must not need attaching and must pass pod info")
-    node = next(d for d in kinds["DaemonSet"])["spec"]["template"]["spec"]
-    plugin = node["containers"][0]
-    if not node.get("hostPID") or not plugin["securityContext"].get("privileged"):
-        fail(f"{name}: the node plugin needs hostPID and privileges")
-    if not any(m.get("mountPropagation") == "Bidirectional" for m in plugin["volumeMounts"]):
-        fail(f"{name}: the kubelet directory needs Bidirectional propagation")
+    daemonsets = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d
+                  for d in kinds["DaemonSet"]}
+    for component in ["node", "mounter"]:
+        if component not in daemonsets:
+            fail(f"{name}: no {component} DaemonSet")
+        pod = daemonsets[component]["spec"]["template"]["spec"]
+        main = pod["containers"][0]
+        if not pod.get("hostPID") or not main["securityContext"].get("privileged"):
+            fail(f"{name}: the {component} pods need hostPID and privileges")
+        if not any(m.get("mountPropagation") == "Bidirectional" for m in main["volumeMounts"]):
+            fail(f"{name}: the {component} pods need the kubelet directory with Bidirectional "
+                 "propagation")
+    if "--mounter=external" not in daemonsets["node"]["spec"]["template"]["spec"]["containers"][0]["args"]:
+        fail(f"{name}: the node plugin must leave the FUSE servers to the mounter")
+    mounter = daemonsets["mounter"]["spec"]
+    if mounter.get("updateStrategy", {}).get("type") != "OnDelete":
+        fail(f"{name}: the mounter must only be replaced when its pods are deleted (OnDelete)")
+    if not mounter["template"]["spec"]["containers"][0].get("resources", {}).get("limits"):
+        fail(f"{name}: the mounter needs explicit resources")
     controller = kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"]
     provisioner = next(c for c in controller if c["name"] == "csi-provisioner")
     if "--extra-create-metadata" not in provisioner["args"]:

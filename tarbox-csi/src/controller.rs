@@ -17,7 +17,6 @@ use tarbox_fs::{
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::CONTEXT_TENANT;
 use crate::content::{self, Source};
 use crate::csi::controller_server::Controller;
 use crate::csi::controller_service_capability::{Rpc, rpc};
@@ -28,6 +27,7 @@ use crate::csi::*;
 use crate::naming;
 use crate::params::{self, VolumeParams};
 use crate::server::Driver;
+use crate::{CONTEXT_CACHE_BYTES, CONTEXT_TENANT};
 
 /// Root directory of a new volume: writable by every pod's user (the sticky bit keeps them from
 /// removing each other's files), as an `emptyDir` is.
@@ -401,8 +401,12 @@ impl Controller for Driver {
         let info = self
             .create_or_find(&req.name, &params, quota, source.as_ref())
             .await?;
+        let mut volume = volume_of(&info);
+        if let Some(bytes) = params.cache_bytes {
+            (volume.volume_context).insert(CONTEXT_CACHE_BYTES.to_string(), bytes.to_string());
+        }
         Ok(Response::new(CreateVolumeResponse {
-            volume: Some(volume_of(&info)),
+            volume: Some(volume),
         }))
     }
 

@@ -7,11 +7,15 @@
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! use tarbox_csi::{Driver, Mode};
+//! use tarbox_csi::{Driver, Mode, MounterConfig, Placement};
 //! use tarbox_fs::{Engine, EngineConfig};
 //!
 //! let engine = Engine::open("postgres://postgres@127.0.0.1/tarbox", EngineConfig::default()).await?;
-//! let driver = Driver::new(engine, Mode::All, "node-1", "/var/lib/tarbox-csi".into());
+//! let placement = Placement::Mounter(Some(MounterConfig {
+//!     binary: "/usr/local/bin/tarbox-csi".into(),
+//!     database_url: "postgres://postgres@127.0.0.1/tarbox".into(),
+//! }));
+//! let driver = Driver::new(engine, Mode::All, "node-1", "/var/lib/tarbox-csi".into(), placement);
 //! tarbox_csi::serve(driver, "unix:///csi/csi.sock", tarbox_fuse::termination()).await?;
 //! # Ok(())
 //! # }
@@ -20,12 +24,16 @@
 mod content;
 pub mod controller;
 pub mod identity;
+pub mod mounter;
 mod naming;
 pub mod node;
+pub mod observe;
 mod params;
 mod pods;
 pub mod server;
 mod snapshots;
+pub mod state;
+pub mod volume_server;
 
 /// The CSI specification's messages and services (package `csi.v1`), generated from
 /// `proto/csi.proto`.
@@ -34,10 +42,16 @@ pub mod csi {
     tonic::include_proto!("csi.v1");
 }
 
-pub use server::{Driver, Mode, ServeError, serve};
+pub use mounter::{Mounter, MounterConfig};
+pub use observe::ObserveLayer;
+pub use server::{Driver, Mode, Placement, ServeError, serve};
 
 /// The driver's name, as StorageClasses and the CSIDriver object name it.
 pub const DRIVER_NAME: &str = "tarbox.csi.io";
 
 /// The volume context key carrying the tenant's name to the node.
 pub const CONTEXT_TENANT: &str = "tarbox.csi.io/tenant";
+
+/// The volume context key carrying the block cache size (bytes) of the volume's FUSE servers,
+/// from the StorageClass's `cacheSize`.
+pub const CONTEXT_CACHE_BYTES: &str = "tarbox.csi.io/cacheBytes";

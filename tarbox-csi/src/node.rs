@@ -1,43 +1,56 @@
 //! The Node service. NodeStageVolume runs one FUSE server per volume per node at the staging path
-//! (a [`TenantMount`], the same mount `tarbox mount` runs); NodePublishVolume bind-mounts it into
+//! (the mount `tarbox mount` runs, see `volume_server`); NodePublishVolume bind-mounts it into
 //! each pod's target, read-only when asked; unpublish and unstage undo exactly that. Every call is
 //! idempotent: a second call for what is already done succeeds and changes nothing.
 //!
-//! Every request is audited with the pod that made it (see `pods`): the FUSE server resolves a
-//! request's pid through its cgroup to the pod that NodePublishVolume registered.
+//! What is staged and published is recorded in the state directory (`state`), and the FUSE
+//! servers run apart from the plugin, started by the mounter (`mounter`) from those records: a
+//! plugin killed or upgraded comes back, reads the records and finds every mount still served.
+//! Only with the in-memory store, which no other process can see, do the servers run inside the
+//! plugin (and end with it).
 //!
-//! The FUSE servers live in the plugin process: restarting the plugin ends them, and the next
-//! call that touches such a volume finds it unstaged. Running them apart from the plugin (so a
-//! restart loses no mount) is the next step of the driver.
+//! Every request is audited with the pod that made it (see `pods`): the FUSE server resolves a
+//! request's pid through its cgroup to the pod that NodePublishVolume recorded.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tarbox_fs::VolumeOptions;
-use tarbox_fuse::{MountOptions, MountSpec, TenantMount, is_mount_point};
+use tarbox_fuse::{TenantMount, is_mount_point};
+use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-use crate::CONTEXT_TENANT;
 use crate::controller::{check_capabilities, status};
 use crate::csi::node_server::Node;
 use crate::csi::node_service_capability::{Rpc, rpc};
 use crate::csi::volume_usage::Unit;
 use crate::csi::*;
-use crate::pods::CgroupPods;
+use crate::mounter::{self, detach};
+use crate::pods::pod_of_context;
 use crate::server::Driver;
+use crate::state::{PublishRecord, VolumeRecord};
+use crate::{CONTEXT_CACHE_BYTES, CONTEXT_TENANT};
 
-/// A volume staged on this node.
+/// How long stage and unstage wait for the mounter to start or stop a server.
+const SERVER_WAIT: Duration = Duration::from_secs(30);
+
+/// Where the node's FUSE servers run.
 #[derive(Debug)]
-pub(crate) struct Staged {
-    path: PathBuf,
-    tenant: String,
-    mount: TenantMount,
+pub(crate) enum Servers {
+    /// In the plugin's process, by volume id (the in-memory store): they end with it.
+    InProcess(Mutex<HashMap<String, TenantMount>>),
+    /// In their own processes, run by the mounter from the state directory.
+    Mounter,
 }
 
 fn invalid(message: impl Into<String>) -> Status {
     Status::invalid_argument(message)
+}
+
+fn state_error(e: std::io::Error) -> Status {
+    Status::internal(format!("the node's state directory: {e}"))
 }
 
 /// Run `mount`/`umount` with `args`; its stderr becomes the error.
@@ -57,14 +70,130 @@ fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), Status> {
     }
 }
 
+/// Bind-mount `staging` at `target`, read-only when asked (never leaving a writable mount where
+/// a read-only one was asked for).
+pub(crate) fn bind(staging: &Path, target: &Path, readonly: bool) -> Result<(), Status> {
+    run(
+        "mount",
+        &["--bind".as_ref(), staging.as_os_str(), target.as_os_str()],
+    )?;
+    if readonly {
+        let remount = [
+            "-o".as_ref(),
+            "remount,bind,ro".as_ref(),
+            target.as_os_str(),
+        ];
+        if let Err(e) = run("mount", &remount) {
+            let _ = run("umount", &[target.as_os_str()]);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Whether the FUSE server behind a mount answers (a dead one gives ENOTCONN).
+fn answers(path: &Path) -> bool {
+    is_mount_point(path) && std::fs::metadata(path).is_ok()
+}
+
 impl Driver {
-    /// Unmount every volume this process staged (at shutdown).
+    /// At shutdown: unmount the volumes served in this process. Servers run by the mounter
+    /// keep running: that is their point.
     pub(crate) async fn unstage_all(&self) {
-        let staged: Vec<Staged> = self.staged().lock().await.drain().map(|(_, s)| s).collect();
-        for s in staged {
-            if let Err(e) = s.mount.unmount().await {
-                warn!(path = %s.path.display(), error = %e, "cannot unmount a staged volume");
+        let Servers::InProcess(mounts) = self.servers() else {
+            return;
+        };
+        let mounts: Vec<(String, TenantMount)> = mounts.lock().await.drain().collect();
+        for (volume, mount) in mounts {
+            if let Err(e) = mount.unmount().await {
+                warn!(volume, error = %e, "cannot unmount a staged volume");
             }
+        }
+    }
+
+    fn record_mounts(&self, stage_seconds: Option<f64>) {
+        let staged = self.state().volumes_staged().map_or(0, |v| v.len());
+        crate::observe::record_mounts(self.node_id(), staged, stage_seconds);
+    }
+
+    /// Start serving a staged volume (or check that it is served), waiting until it answers.
+    async fn serve_volume(&self, record: &VolumeRecord) -> Result<(), Status> {
+        match self.servers() {
+            Servers::InProcess(mounts) => {
+                let mut mounts = mounts.lock().await;
+                if mounts.contains_key(&record.volume_id) && answers(&record.staging_path) {
+                    return Ok(());
+                }
+                if let Some(old) = mounts.remove(&record.volume_id) {
+                    let _ = old.unmount().await;
+                }
+                let mount = crate::volume_server::start(self.engine(), record, self.state())
+                    .await
+                    .map_err(|e| {
+                        Status::internal(format!("cannot mount volume {}: {e}", record.volume_id))
+                    })?;
+                mounts.insert(record.volume_id.clone(), mount);
+                Ok(())
+            }
+            Servers::Mounter => self.wait_for(record, true).await,
+        }
+    }
+
+    /// Stop serving an unstaged volume, waiting until its mount is gone.
+    async fn unserve_volume(&self, record: &VolumeRecord) -> Result<(), Status> {
+        match self.servers() {
+            Servers::InProcess(mounts) => {
+                let taken = mounts.lock().await.remove(&record.volume_id);
+                if let Some(mount) = taken {
+                    mount.unmount().await.map_err(|e| {
+                        Status::internal(format!(
+                            "cannot unmount {}: {e}",
+                            record.staging_path.display()
+                        ))
+                    })?;
+                }
+                detach(&record.staging_path);
+                Ok(())
+            }
+            Servers::Mounter => self.wait_for(record, false).await,
+        }
+    }
+
+    /// Wait until the mounter has `record` served (`up`) or stopped.
+    async fn wait_for(&self, record: &VolumeRecord, up: bool) -> Result<(), Status> {
+        let deadline = Instant::now() + SERVER_WAIT;
+        loop {
+            let pid = self
+                .state()
+                .server_pid(&record.volume_id)
+                .map_err(state_error)?;
+            let running = pid.is_some_and(|p| mounter::serves(p, &record.volume_id));
+            let done = if up {
+                running && answers(&record.staging_path)
+            } else {
+                !running && !is_mount_point(&record.staging_path)
+            };
+            if done {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = self
+                    .state()
+                    .log_path(&record.volume_id)
+                    .ok()
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                return Err(Status::deadline_exceeded(format!(
+                    "the mounter did not {} volume {} within {}s (is the mounter running?); \
+                     its server's last log lines: {}",
+                    if up { "serve" } else { "stop serving" },
+                    record.volume_id,
+                    SERVER_WAIT.as_secs(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -95,16 +224,18 @@ impl Node for Driver {
         };
         check_capabilities(std::slice::from_ref(cap)).map_err(invalid)?;
         let path = PathBuf::from(&req.staging_target_path);
-        let mut staged = self.staged().lock().await;
-        if let Some(s) = staged.get(&req.volume_id) {
-            if s.path == path {
-                return Ok(Response::new(NodeStageVolumeResponse {}));
+        let _serial = self.node_lock().lock().await;
+        if let Some(record) = self.state().volume(&req.volume_id).map_err(state_error)? {
+            if record.staging_path != path {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} is already staged at {}",
+                    req.volume_id,
+                    record.staging_path.display()
+                )));
             }
-            return Err(Status::failed_precondition(format!(
-                "volume {} is already staged at {}",
-                req.volume_id,
-                s.path.display()
-            )));
+            // Staged before (perhaps by a plugin since restarted): make sure it is served.
+            self.serve_volume(&record).await?;
+            return Ok(Response::new(NodeStageVolumeResponse {}));
         }
         let Some(info) = self.volume(&req.volume_id).await? else {
             return Err(Status::not_found(format!("no volume {:?}", req.volume_id)));
@@ -117,39 +248,32 @@ impl Node for Driver {
                 )));
             }
         }
+        let cache_bytes = match req.volume_context.get(CONTEXT_CACHE_BYTES) {
+            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                invalid(format!(
+                    "volume context {CONTEXT_CACHE_BYTES}={v:?} is not a number of bytes"
+                ))
+            })?),
+            None => None,
+        };
         std::fs::create_dir_all(&path)
             .map_err(|e| Status::internal(format!("cannot create {}: {e}", path.display())))?;
-        if is_mount_point(&path) {
-            // Left by a plugin that ended without unstaging: its server is gone.
-            let _ = run("umount", &["-l".as_ref(), path.as_os_str()]);
-        }
-        let spec = MountSpec {
+        let record = VolumeRecord {
+            volume_id: req.volume_id.clone(),
             tenant: info.name.clone(),
-            create: false,
-            volume: VolumeOptions {
-                mount: Some(format!("csi:{}:{}", self.node_id(), req.volume_id)),
-                ..VolumeOptions::default()
-            },
-            mount: MountOptions {
-                allow_other: true,
-                pods: Some(Arc::new(CgroupPods::new(self.pods().clone()))),
-                ..MountOptions::default()
-            },
-            control_dir: true,
-            auto_checkpoint: true,
+            staging_path: path.clone(),
+            mount_name: format!("csi:{}:{}", self.node_id(), req.volume_id),
+            cache_bytes,
         };
-        let mount = TenantMount::start(self.engine(), &path, spec)
-            .await
-            .map_err(|e| Status::internal(format!("cannot mount volume {}: {e}", req.volume_id)))?;
+        self.state().put_volume(&record).map_err(state_error)?;
+        let started = Instant::now();
+        if let Err(e) = self.serve_volume(&record).await {
+            // Not staged after all: the mounter stops whatever it started.
+            let _ = self.state().remove_volume(&req.volume_id);
+            return Err(e);
+        }
+        self.record_mounts(Some(started.elapsed().as_secs_f64()));
         info!(volume = req.volume_id, tenant = %info.name, path = %path.display(), "staged");
-        staged.insert(
-            req.volume_id,
-            Staged {
-                path,
-                tenant: info.name,
-                mount,
-            },
-        );
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
@@ -165,23 +289,18 @@ impl Node for Driver {
             return Err(invalid("the staging target path is missing"));
         }
         let path = PathBuf::from(&req.staging_target_path);
-        let taken = {
-            let mut staged = self.staged().lock().await;
-            match staged.get(&req.volume_id) {
-                Some(s) if s.path == path => staged.remove(&req.volume_id),
-                _ => None,
-            }
-        };
-        match taken {
-            Some(s) => {
-                s.mount.unmount().await.map_err(|e| {
-                    Status::internal(format!("cannot unmount {}: {e}", path.display()))
-                })?
+        let _serial = self.node_lock().lock().await;
+        match self.state().volume(&req.volume_id).map_err(state_error)? {
+            Some(record) if record.staging_path == path => {
+                self.state()
+                    .remove_volume(&req.volume_id)
+                    .map_err(state_error)?;
+                self.unserve_volume(&record).await?;
             }
             // Not ours (any more): a mount left there by an ended server goes too.
-            None if is_mount_point(&path) => run("umount", &["-l".as_ref(), path.as_os_str()])?,
-            None => {}
+            _ => detach(&path),
         }
+        self.record_mounts(None);
         info!(volume = req.volume_id, path = %path.display(), "unstaged");
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
@@ -205,11 +324,9 @@ impl Node for Driver {
         };
         check_capabilities(std::slice::from_ref(cap)).map_err(invalid)?;
         let staging = PathBuf::from(&req.staging_target_path);
-        let staged = matches!(
-            self.staged().lock().await.get(&req.volume_id),
-            Some(s) if s.path == staging
-        );
-        if !staged {
+        let _serial = self.node_lock().lock().await;
+        let record = self.state().volume(&req.volume_id).map_err(state_error)?;
+        if record.is_none_or(|r| r.staging_path != staging) {
             return Err(Status::failed_precondition(format!(
                 "volume {} is not staged at {}",
                 req.volume_id,
@@ -219,28 +336,19 @@ impl Node for Driver {
         let target = PathBuf::from(&req.target_path);
         std::fs::create_dir_all(&target)
             .map_err(|e| Status::internal(format!("cannot create {}: {e}", target.display())))?;
-        self.pods().publish(&target, &req.volume_context);
-        if is_mount_point(&target) {
+        let publish = PublishRecord {
+            volume_id: req.volume_id.clone(),
+            target: target.clone(),
+            readonly: req.readonly,
+            pod: pod_of_context(&req.volume_context),
+        };
+        self.state().put_publish(&publish).map_err(state_error)?;
+        if answers(&target) {
             return Ok(Response::new(NodePublishVolumeResponse {}));
         }
-        run(
-            "mount",
-            &["--bind".as_ref(), staging.as_os_str(), target.as_os_str()],
-        )?;
-        if req.readonly {
-            if let Err(e) = run(
-                "mount",
-                &[
-                    "-o".as_ref(),
-                    "remount,bind,ro".as_ref(),
-                    target.as_os_str(),
-                ],
-            ) {
-                // Never leave a writable mount where a read-only one was asked for.
-                let _ = run("umount", &[target.as_os_str()]);
-                return Err(e);
-            }
-        }
+        // A bind of a server that died: bind the live one instead.
+        detach(&target);
+        bind(&staging, &target, req.readonly)?;
         info!(volume = req.volume_id, target = %target.display(), readonly = req.readonly, "published");
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
@@ -257,10 +365,12 @@ impl Node for Driver {
             return Err(invalid("the target path is missing"));
         }
         let target = PathBuf::from(&req.target_path);
-        if is_mount_point(&target) {
-            run("umount", &[target.as_os_str()])?;
+        let _serial = self.node_lock().lock().await;
+        if is_mount_point(&target) && run("umount", &[target.as_os_str()]).is_err() {
+            // Busy or its server is gone: detach it; processes inside keep their view.
+            detach(&target);
         }
-        self.pods().unpublish(&target);
+        self.state().remove_publish(&target).map_err(state_error)?;
         match std::fs::remove_dir(&target) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -288,25 +398,30 @@ impl Node for Driver {
             return Err(invalid("the volume path is missing"));
         }
         let path = Path::new(&req.volume_path);
-        if !path.exists() || !is_mount_point(path) {
+        if !is_mount_point(path) {
             return Err(Status::not_found(format!(
                 "volume {} is not mounted at {}",
                 req.volume_id, req.volume_path
             )));
         }
-        let tenant = {
-            let staged = self.staged().lock().await;
-            match staged.get(&req.volume_id) {
-                Some(s) => s.tenant.clone(),
-                None => {
-                    return Err(Status::not_found(format!(
-                        "volume {} is not staged on this node",
-                        req.volume_id
-                    )));
-                }
+        let Some(record) = self.state().volume(&req.volume_id).map_err(state_error)? else {
+            return Err(Status::not_found(format!(
+                "volume {} is not staged on this node",
+                req.volume_id
+            )));
+        };
+        let info = (self.engine().tenant_info(&record.tenant).await).map_err(status)?;
+        let condition = if answers(path) {
+            VolumeCondition {
+                abnormal: false,
+                message: "served".into(),
+            }
+        } else {
+            VolumeCondition {
+                abnormal: true,
+                message: "the volume's FUSE server is gone; the mounter is repairing it".into(),
             }
         };
-        let info = self.engine().tenant_info(&tenant).await.map_err(status)?;
         let usage = |used: u64, limit: Option<u64>, unit: Unit| {
             let total = limit.unwrap_or(0);
             VolumeUsage {
@@ -321,7 +436,7 @@ impl Node for Driver {
                 usage(info.usage.bytes, info.quota.bytes, Unit::Bytes),
                 usage(info.usage.inodes, info.quota.inodes, Unit::Inodes),
             ],
-            volume_condition: None,
+            volume_condition: Some(condition),
         }))
     }
 
@@ -342,6 +457,7 @@ impl Node for Driver {
             capabilities: vec![
                 capability(rpc::Type::StageUnstageVolume),
                 capability(rpc::Type::GetVolumeStats),
+                capability(rpc::Type::VolumeCondition),
             ],
         }))
     }

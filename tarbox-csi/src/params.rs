@@ -18,6 +18,10 @@ pub(crate) const CHECKPOINT_INTERVAL: &str = "checkpointInterval";
 pub(crate) const BLOCK_SIZE: &str = "blockSize";
 pub(crate) const COMPRESSION: &str = "compression";
 pub(crate) const INODE_QUOTA: &str = "inodeQuota";
+pub(crate) const CACHE_SIZE: &str = "cacheSize";
+
+/// The smallest block cache a volume server may be given.
+const MIN_CACHE: u64 = 4 << 20;
 
 /// Automatic checkpoints when `autoCheckpoint` is on without an interval.
 const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(3600);
@@ -32,6 +36,8 @@ pub(crate) struct VolumeParams {
     pub block_size: Option<u32>,
     pub compression: Option<Compression>,
     pub inode_quota: Option<u64>,
+    /// Block cache of each node's FUSE server for the volume, in bytes.
+    pub cache_bytes: Option<u64>,
 }
 
 impl VolumeParams {
@@ -107,12 +113,19 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
                 }
                 p.inode_quota = Some(n);
             }
+            CACHE_SIZE => {
+                let size = parse_size(value).ok_or_else(|| bad("expected a size like 512MiB"))?;
+                if size < MIN_CACHE {
+                    return Err(bad("must be at least 4MiB"));
+                }
+                p.cache_bytes = Some(size);
+            }
             k if k.starts_with(SIDECAR_PREFIX) => {}
             _ => {
                 return Err(format!(
                     "unknown parameter {key:?} (known: {AUDIT_LEVEL}, {AUDIT_RETENTION_DAYS}, \
                      {AUTO_CHECKPOINT}, {CHECKPOINT_INTERVAL}, {BLOCK_SIZE}, {COMPRESSION}, \
-                     {INODE_QUOTA})"
+                     {INODE_QUOTA}, {CACHE_SIZE})"
                 ));
             }
         }
@@ -136,7 +149,7 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
 }
 
 /// `4096`, `256KiB`, `4MiB`, `1GiB` (binary units; `K`, `M`, `G` mean the same).
-fn parse_size(text: &str) -> Option<u64> {
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -174,6 +187,7 @@ mod tests {
             (BLOCK_SIZE, "64KiB"),
             (COMPRESSION, "none"),
             (INODE_QUOTA, "100000"),
+            (CACHE_SIZE, "1Gi"),
             (PVC_NAMESPACE, "ml"),
             (PVC_NAME, "data"),
             ("csi.storage.k8s.io/provisioner-secret-name", "db"),
@@ -182,6 +196,7 @@ mod tests {
         assert_eq!(p.audit_level, Some(AuditLevel::Full));
         assert_eq!(p.checkpoint_interval, Some(Duration::from_secs(900)));
         assert_eq!(p.block_size, Some(65536));
+        assert_eq!(p.cache_bytes, Some(1 << 30));
         assert_eq!(p.pvc(), Some(("ml", "data")));
     }
 
@@ -194,6 +209,7 @@ mod tests {
             (INODE_QUOTA, "-1"),
             (CHECKPOINT_INTERVAL, "soon"),
             (AUTO_CHECKPOINT, "yes"),
+            (CACHE_SIZE, "1KiB"),
         ] {
             let e = parse(&map(&[(k, v)])).expect_err("invalid");
             assert!(e.contains(k) && e.contains(v), "{e}");

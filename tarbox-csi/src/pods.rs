@@ -13,11 +13,13 @@
 //! pids are visible in the plugin's `/proc`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use tarbox_fs::PodIdentity;
 use tarbox_fuse::PodResolver;
+
+use crate::state::StateDir;
 
 /// Volume context keys kubelet adds with `podInfoOnMount: true`.
 pub(crate) const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
@@ -25,72 +27,45 @@ pub(crate) const POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
 pub(crate) const POD_UID: &str = "csi.storage.k8s.io/pod.uid";
 pub(crate) const SERVICE_ACCOUNT: &str = "csi.storage.k8s.io/serviceAccount.name";
 
-/// The pods that published volumes on this node, by uid, and which target each publish made.
-#[derive(Debug, Default)]
-pub(crate) struct PodRegistry {
-    state: Mutex<Registry>,
+/// The pod a NodePublishVolume's context names: its uid (lower case) and identity.
+pub(crate) fn pod_of_context(context: &HashMap<String, String>) -> Option<(String, PodIdentity)> {
+    let (uid, name, namespace) = (
+        context.get(POD_UID)?,
+        context.get(POD_NAME)?,
+        context.get(POD_NAMESPACE)?,
+    );
+    let identity = PodIdentity {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        service_account: context.get(SERVICE_ACCOUNT).cloned().unwrap_or_default(),
+    };
+    Some((uid.to_ascii_lowercase(), identity))
 }
 
-#[derive(Debug, Default)]
-struct Registry {
-    by_uid: HashMap<String, Arc<PodIdentity>>,
-    /// Publish target → pod uid, so an unpublish forgets the pod once its last target is gone.
-    targets: HashMap<PathBuf, String>,
-}
-
-impl PodRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Remember the pod a NodePublishVolume's context names, published at `target`.
-    pub(crate) fn publish(&self, target: &Path, context: &HashMap<String, String>) {
-        let (Some(uid), Some(name), Some(namespace)) = (
-            context.get(POD_UID),
-            context.get(POD_NAME),
-            context.get(POD_NAMESPACE),
-        ) else {
-            return;
-        };
-        let identity = PodIdentity {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            service_account: context.get(SERVICE_ACCOUNT).cloned().unwrap_or_default(),
-        };
-        let uid = uid.to_ascii_lowercase();
-        let mut r = self.lock();
-        r.by_uid.insert(uid.clone(), Arc::new(identity));
-        r.targets.insert(target.to_path_buf(), uid);
-    }
-
-    /// Forget the publish at `target`, and its pod when no other target of it is left.
-    pub(crate) fn unpublish(&self, target: &Path) {
-        let mut r = self.lock();
-        if let Some(uid) = r.targets.remove(target) {
-            if !r.targets.values().any(|u| *u == uid) {
-                r.by_uid.remove(&uid);
-            }
-        }
-    }
-
-    fn pod(&self, uid: &str) -> Option<Arc<PodIdentity>> {
-        self.lock().by_uid.get(uid).cloned()
-    }
-}
-
-/// Resolves a request's pid to its pod through its cgroup and the registry.
+/// Resolves a request's pid to its pod through its cgroup and the publishes recorded in the
+/// node's state directory: a pod is known while one of its targets is published on the node,
+/// and a FUSE server in its own process sees the publishes the plugin records.
 #[derive(Debug)]
 pub(crate) struct CgroupPods {
-    registry: Arc<PodRegistry>,
+    state: StateDir,
     proc: PathBuf,
 }
 
 impl CgroupPods {
-    pub(crate) fn new(registry: Arc<PodRegistry>) -> CgroupPods {
+    pub(crate) fn new(state: StateDir) -> CgroupPods {
         CgroupPods {
-            registry,
+            state,
             proc: PathBuf::from("/proc"),
         }
+    }
+
+    fn pod(&self, uid: &str) -> Option<Arc<PodIdentity>> {
+        let publishes = self.state.publishes_made().ok()?;
+        publishes
+            .into_iter()
+            .filter_map(|p| p.pod)
+            .find(|(u, _)| u == uid)
+            .map(|(_, identity)| Arc::new(identity))
     }
 }
 
@@ -101,7 +76,7 @@ impl PodResolver for CgroupPods {
         }
         let cgroups = std::fs::read_to_string(self.proc.join(format!("{pid}/cgroup"))).ok()?;
         let uid = pod_uid(&cgroups)?;
-        self.registry.pod(&uid)
+        self.pod(&uid)
     }
 }
 
@@ -168,10 +143,12 @@ mod tests {
     }
 
     #[test]
-    fn the_registry_forgets_a_pod_with_its_last_target() {
-        let r = PodRegistry::default();
+    fn a_pod_is_known_while_one_of_its_targets_is_published() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::new(dir.path());
+        let pods = CgroupPods::new(state.clone());
         let ctx: HashMap<String, String> = [
-            (POD_UID, UID),
+            (POD_UID, UID.to_uppercase().as_str()),
             (POD_NAME, "trainer-0"),
             (POD_NAMESPACE, "ml"),
             (SERVICE_ACCOUNT, "trainer"),
@@ -179,15 +156,28 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        r.publish(Path::new("/a"), &ctx);
-        r.publish(Path::new("/b"), &ctx);
+        let pod = pod_of_context(&ctx);
+        for target in ["/a", "/b"] {
+            let record = crate::state::PublishRecord {
+                volume_id: "1".into(),
+                target: target.into(),
+                readonly: false,
+                pod: pod.clone(),
+            };
+            state.put_publish(&record).expect("publish");
+        }
         assert_eq!(
-            r.pod(UID).map(|p| p.name.clone()).as_deref(),
+            pods.pod(UID).map(|p| p.name.clone()).as_deref(),
             Some("trainer-0")
         );
-        r.unpublish(Path::new("/a"));
-        assert!(r.pod(UID).is_some());
-        r.unpublish(Path::new("/b"));
-        assert!(r.pod(UID).is_none());
+        state
+            .remove_publish(std::path::Path::new("/a"))
+            .expect("unpublish");
+        assert!(pods.pod(UID).is_some());
+        state
+            .remove_publish(std::path::Path::new("/b"))
+            .expect("unpublish");
+        assert!(pods.pod(UID).is_none());
+        assert!(pod_of_context(&HashMap::new()).is_none());
     }
 }

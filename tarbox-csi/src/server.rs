@@ -14,8 +14,9 @@ use tracing::info;
 use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
-use crate::node::Staged;
-use crate::pods::PodRegistry;
+use crate::mounter::{Mounter, MounterConfig};
+use crate::node::Servers;
+use crate::state::StateDir;
 
 /// Which CSI services a process serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,8 @@ pub enum Mode {
     Node,
     /// Both, in one process (a single-node cluster, tests).
     All,
+    /// No CSI service: the mounter that runs the node's FUSE servers (see `mounter`).
+    Mounter,
 }
 
 impl Mode {
@@ -45,11 +48,22 @@ impl std::str::FromStr for Mode {
             "controller" => Ok(Mode::Controller),
             "node" => Ok(Mode::Node),
             "all" => Ok(Mode::All),
+            "mounter" => Ok(Mode::Mounter),
             _ => Err(format!(
-                "invalid mode {s:?}: expected controller, node or all"
+                "invalid mode {s:?}: expected controller, node, all or mounter"
             )),
         }
     }
+}
+
+/// Where a node runs its volumes' FUSE servers.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// Inside the plugin (the only choice for the in-memory store): they end with it.
+    InProcess,
+    /// In their own processes, started by a mounter: this process's own (`Some`, for a plain
+    /// host and tests) or a separate one (`None`: the chart's mounter DaemonSet).
+    Mounter(Option<MounterConfig>),
 }
 
 /// The driver: an engine on the volumes' database and what this node has mounted. Cheap to
@@ -64,23 +78,37 @@ struct Inner {
     engine: Engine,
     mode: Mode,
     node_id: String,
-    state_dir: PathBuf,
-    /// Volumes staged on this node, by volume id.
-    staged: Mutex<HashMap<String, Staged>>,
-    /// Pods that published volumes here, for the audit trail.
-    pods: Arc<PodRegistry>,
+    /// What this node has staged and published.
+    state: StateDir,
+    servers: Servers,
+    /// The mounter this process runs, if any.
+    embedded_mounter: Option<MounterConfig>,
+    /// Node calls one at a time: each reads and writes the state directory and the mount
+    /// table, and kubelet retries rather than waits.
+    node_lock: Mutex<()>,
 }
 
 impl Driver {
-    pub fn new(engine: Engine, mode: Mode, node_id: &str, state_dir: PathBuf) -> Driver {
+    pub fn new(
+        engine: Engine,
+        mode: Mode,
+        node_id: &str,
+        state_dir: PathBuf,
+        placement: Placement,
+    ) -> Driver {
+        let (servers, embedded_mounter) = match placement {
+            Placement::InProcess => (Servers::InProcess(Mutex::new(HashMap::new())), None),
+            Placement::Mounter(config) => (Servers::Mounter, config),
+        };
         Driver {
             inner: Arc::new(Inner {
                 engine,
                 mode,
                 node_id: node_id.to_string(),
-                state_dir,
-                staged: Mutex::new(HashMap::new()),
-                pods: Arc::default(),
+                state: StateDir::new(state_dir),
+                servers,
+                embedded_mounter,
+                node_lock: Mutex::new(()),
             }),
         }
     }
@@ -98,15 +126,35 @@ impl Driver {
     }
 
     pub fn state_dir(&self) -> &std::path::Path {
-        &self.inner.state_dir
+        self.inner.state.root()
     }
 
-    pub(crate) fn staged(&self) -> &Mutex<HashMap<String, Staged>> {
-        &self.inner.staged
+    pub(crate) fn state(&self) -> &StateDir {
+        &self.inner.state
     }
 
-    pub(crate) fn pods(&self) -> &Arc<PodRegistry> {
-        &self.inner.pods
+    pub(crate) fn servers(&self) -> &Servers {
+        &self.inner.servers
+    }
+
+    pub(crate) fn node_lock(&self) -> &Mutex<()> {
+        &self.inner.node_lock
+    }
+}
+
+/// How often the controller refreshes the volume and snapshot gauges.
+const GAUGE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Driver {
+    /// Refresh the volume and snapshot gauges every `interval`.
+    async fn record_volumes_every(self, interval: std::time::Duration) {
+        loop {
+            match self.volumes_and_snapshots().await {
+                Ok((volumes, snapshots)) => crate::observe::record_volumes(&volumes, &snapshots),
+                Err(e) => tracing::warn!(error = %e.message(), "cannot refresh the volume gauges"),
+            }
+            tokio::time::sleep(interval).await;
+        }
     }
 }
 
@@ -135,7 +183,8 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, ServeError> {
 }
 
 /// Serve the driver's services for its mode on `endpoint` until `shutdown` completes, then
-/// unmount what this process staged.
+/// unmount what this process serves itself (servers run by a mounter keep running). A node with
+/// an embedded mounter runs it meanwhile.
 pub async fn serve(
     driver: Driver,
     endpoint: &str,
@@ -153,7 +202,18 @@ pub async fn serve(
     })?;
     info!(endpoint, mode = ?driver.mode(), node = driver.node_id(), "serving CSI");
     let mode = driver.mode();
+    let mounter = match (&driver.inner.embedded_mounter, mode.node()) {
+        (Some(config), true) => {
+            let mounter = Mounter::new(driver.state().clone(), config.clone());
+            Some(tokio::spawn(mounter.run(std::future::pending())))
+        }
+        _ => None,
+    };
+    let volume_gauges = mode
+        .controller()
+        .then(|| tokio::spawn(driver.clone().record_volumes_every(GAUGE_INTERVAL)));
     let router = tonic::transport::Server::builder()
+        .layer(crate::observe::ObserveLayer)
         .add_service(IdentityServer::new(driver.clone()))
         .add_optional_service(
             mode.controller()
@@ -163,6 +223,13 @@ pub async fn serve(
     let served = router
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
+    if let Some(m) = mounter {
+        // Between passes: a pass is synchronous, so none is left half done.
+        m.abort();
+    }
+    if let Some(g) = volume_gauges {
+        g.abort();
+    }
     driver.unstage_all().await;
     let _ = std::fs::remove_file(&path);
     Ok(served?)

@@ -76,6 +76,24 @@ impl Driver {
             .collect())
     }
 
+    /// The live volumes, and every snapshot's id and size (for the gauges).
+    pub(crate) async fn volumes_and_snapshots(
+        &self,
+    ) -> Result<(Vec<TenantInfo>, Vec<(String, u64)>), Status> {
+        let holders = [TenantState::Active, TenantState::Retired];
+        let mut volumes = Vec::new();
+        let mut snapshots = Vec::new();
+        for tenant in self.driver_tenants(&holders).await? {
+            for s in self.snapshots_of(&tenant).await? {
+                snapshots.push((s.snapshot_id, u64::try_from(s.size_bytes).unwrap_or(0)));
+            }
+            if tenant.state == TenantState::Active {
+                volumes.push(tenant);
+            }
+        }
+        Ok((volumes, snapshots))
+    }
+
     pub(crate) async fn create_snapshot(
         &self,
         req: CreateSnapshotRequest,

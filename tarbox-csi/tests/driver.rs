@@ -485,15 +485,11 @@ impl Drop for PodCgroup {
 
 /// Files written by processes in two pods' cgroups (v1 and v2 naming) are audited with the pod,
 /// namespace and service account that NodePublishVolume received.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_are_named_in_the_audit_trail() {
-    if !fuse_available() {
-        return;
-    }
-    let mut h = Harness::start("memory://").await;
+async fn pods_are_named(url: &str) {
+    let mut h = Harness::start(url).await;
     let volume = h
         .controller
-        .create_volume(create_request("pvc-pods", MIB, &[]))
+        .create_volume(create_request(&format!("pvc-pods-{}", h.tag()), MIB, &[]))
         .await
         .expect("create")
         .into_inner()
@@ -568,6 +564,23 @@ async fn pods_are_named_in_the_audit_trail() {
         .await
         .expect("host write");
 
+    // The servers write their audit trail before they stop.
+    for (_, _, _, target) in &pods {
+        h.node
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: volume.volume_id.clone(),
+                target_path: target.display().to_string(),
+            })
+            .await
+            .expect("unpublish");
+    }
+    h.node
+        .node_unstage_volume(NodeUnstageVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            staging_target_path: staging.display().to_string(),
+        })
+        .await
+        .expect("unstage");
     h.engine.flush_audit().await;
     for (path, pod, sa) in [
         ("/from-trainer", "ml/trainer-0", "trainer"),
@@ -594,21 +607,28 @@ async fn pods_are_named_in_the_audit_trail() {
                 .all(|e| e.path.as_deref() != Some("/from-host"))
         );
     }
-    for (_, _, _, target) in &pods {
-        h.node
-            .node_unpublish_volume(NodeUnpublishVolumeRequest {
-                volume_id: volume.volume_id.clone(),
-                target_path: target.display().to_string(),
-            })
-            .await
-            .expect("unpublish");
-    }
-    h.node
-        .node_unstage_volume(NodeUnstageVolumeRequest {
+    h.controller
+        .delete_volume(DeleteVolumeRequest {
             volume_id: volume.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
+            secrets: HashMap::new(),
         })
         .await
-        .expect("unstage");
+        .expect("delete");
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_named_in_the_audit_trail_on_memory() {
+    if fuse_available() {
+        pods_are_named("memory://").await;
+    }
+}
+
+/// With PostgreSQL the FUSE server is its own process, which learns the pods from the publishes
+/// the plugin records in the state directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_are_named_in_the_audit_trail_on_postgres() {
+    if fuse_available() {
+        pods_are_named(&postgres_url()).await;
+    }
 }

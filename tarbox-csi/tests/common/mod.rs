@@ -12,7 +12,7 @@ use tarbox_csi::csi::node_client::NodeClient;
 use tarbox_csi::csi::volume_capability::access_mode::Mode as AccessMode;
 use tarbox_csi::csi::volume_capability::{AccessMode as Access, AccessType, MountVolume};
 use tarbox_csi::csi::*;
-use tarbox_csi::{Driver, Mode};
+use tarbox_csi::{Driver, Mode, MounterConfig, Placement};
 use tarbox_fs::{Engine, EngineConfig};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -53,11 +53,22 @@ impl Harness {
         let engine = Engine::open(url, EngineConfig::default())
             .await
             .expect("engine");
+        // The in-memory store is only visible in this process; on PostgreSQL the FUSE servers
+        // run as their own processes, as on a node.
+        let placement = if url.starts_with("memory") {
+            Placement::InProcess
+        } else {
+            Placement::Mounter(Some(MounterConfig {
+                binary: env!("CARGO_BIN_EXE_tarbox-csi").into(),
+                database_url: url.to_string(),
+            }))
+        };
         let driver = Driver::new(
             engine.clone(),
             Mode::All,
             "node-1",
             dir.path().join("state"),
+            placement,
         );
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let endpoint = format!("unix://{}", socket.display());
@@ -68,24 +79,7 @@ impl Harness {
             .await
             .expect("serve");
         });
-        for _ in 0..100 {
-            if socket.exists() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        let channel = Endpoint::try_from("http://[::]:50051")
-            .expect("endpoint")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await
-            .expect("connect to the driver's socket");
+        let channel = channel(socket).await;
         Harness {
             dir,
             engine,
@@ -107,6 +101,28 @@ impl Harness {
         }
         (&mut self.served).await.expect("server task");
     }
+}
+
+/// A gRPC channel to the driver listening on `socket`, waiting up to 10 s for it to listen.
+pub async fn channel(socket: PathBuf) -> Channel {
+    for _ in 0..200 {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Endpoint::try_from("http://[::]:50051")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the driver's socket")
 }
 
 pub fn mount_cap(mode: AccessMode) -> VolumeCapability {
