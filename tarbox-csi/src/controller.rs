@@ -231,31 +231,23 @@ impl Driver {
         let tag = source.map(|s| s.tag.as_str());
         let owner = naming::owner(name, params.pvc(), tag);
         for candidate in naming::candidates(name, params.pvc()) {
-            let made = match source {
-                None => {
-                    let options = TenantOptions {
-                        block_size: params
-                            .block_size
-                            .unwrap_or(TenantOptions::default().block_size),
-                        compression: params.compression.unwrap_or_default(),
-                        quota,
-                        root_mode: ROOT_MODE,
-                        owner: Some(owner.clone()),
-                        ..TenantOptions::default()
-                    };
-                    self.engine().create_tenant(&candidate, options).await
-                }
-                Some(source) => {
-                    let options = CloneOptions {
-                        quota,
-                        owner: Some(owner.clone()),
-                    };
-                    let layer = source.layer.as_ref();
-                    (self.engine())
-                        .clone_tenant(&source.tenant.name, layer, &candidate, options)
+            let mut made = self
+                .make_tenant(&candidate, params, quota, source, &owner)
+                .await;
+            if matches!(made, Err(FsError::TenantExists(_))) {
+                // A deleted volume's tenant keeps its name until the background purge: purge it
+                // now so the name can be used again at once.
+                let held = self.engine().tenant_info(&candidate).await;
+                if held.is_ok_and(|t| t.state == TenantState::Deleted) {
+                    self.engine()
+                        .purge_tenant(&candidate)
                         .await
+                        .map_err(status)?;
+                    made = self
+                        .make_tenant(&candidate, params, quota, source, &owner)
+                        .await;
                 }
-            };
+            }
             match made {
                 Ok(info) => {
                     self.configure(&info.name, params).await?;
@@ -273,12 +265,13 @@ impl Driver {
                     };
                     let ours =
                         existing.owner.as_deref().and_then(naming::owner_request) == Some(name);
-                    if !ours {
+                    // A retired tenant (a deleted volume whose snapshots remain) keeps its name.
+                    if !ours || existing.state == TenantState::Retired {
                         continue;
                     }
-                    if existing.state != tarbox_fs::TenantState::Active {
+                    if existing.state != TenantState::Active {
                         return Err(Status::aborted(
-                            "a volume of this name is being deleted; retry later",
+                            "a volume of this name is being deleted; retry",
                         ));
                     }
                     if existing.quota != quota {
@@ -303,6 +296,42 @@ impl Driver {
         Err(Status::already_exists(format!(
             "every tenant name for volume {name:?} is taken by other volumes"
         )))
+    }
+
+    /// Create tenant `candidate` empty, or as a clone of `source`.
+    async fn make_tenant(
+        &self,
+        candidate: &str,
+        params: &VolumeParams,
+        quota: Quota,
+        source: Option<&Source>,
+        owner: &str,
+    ) -> Result<TenantInfo, FsError> {
+        match source {
+            None => {
+                let options = TenantOptions {
+                    block_size: params
+                        .block_size
+                        .unwrap_or(TenantOptions::default().block_size),
+                    compression: params.compression.unwrap_or_default(),
+                    quota,
+                    root_mode: ROOT_MODE,
+                    owner: Some(owner.to_string()),
+                    ..TenantOptions::default()
+                };
+                self.engine().create_tenant(candidate, options).await
+            }
+            Some(source) => {
+                let options = CloneOptions {
+                    quota,
+                    owner: Some(owner.to_string()),
+                };
+                let layer = source.layer.as_ref();
+                (self.engine())
+                    .clone_tenant(&source.tenant.name, layer, candidate, options)
+                    .await
+            }
+        }
     }
 
     /// Apply the StorageClass's audit and checkpoint settings to a new tenant.

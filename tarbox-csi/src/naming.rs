@@ -8,8 +8,9 @@
 //! own request name appended: deterministic, so racing controllers and retries agree, and never
 //! another volume's data.
 
-/// The longest tenant name (an RFC 1123 subdomain).
+/// The longest tenant name (an RFC 1123 subdomain) and the longest label in it.
 const MAX_NAME: usize = 253;
+const MAX_LABEL: usize = 63;
 /// Hex digits of the request hash in a suffixed name.
 const HASH_LEN: usize = 12;
 
@@ -49,7 +50,8 @@ pub(crate) fn candidates(request: &str, pvc: Option<(&str, &str)>) -> [String; 2
     let clean = sanitize(&readable);
     let hash = blake3::hash(request.as_bytes()).to_hex();
     let suffix = &hash.as_str()[..HASH_LEN];
-    let first = if clean.len() <= MAX_NAME {
+    let fits = clean.len() <= MAX_NAME && clean.split('.').all(|l| l.len() <= MAX_LABEL);
+    let first = if fits {
         clean.clone()
     } else {
         // Too long to keep whole: shorten it and make it unique the same way.
@@ -58,14 +60,37 @@ pub(crate) fn candidates(request: &str, pvc: Option<(&str, &str)>) -> [String; 2
     [first, with_suffix(&clean, suffix)]
 }
 
+/// `name` shortened as needed, with `-<suffix>` appended to its last label, every label at most
+/// 63 characters and the whole at most 253.
 fn with_suffix(name: &str, suffix: &str) -> String {
-    let keep = MAX_NAME - suffix.len() - 1;
-    let head = name[..name.len().min(keep)].trim_end_matches(['-', '.']);
-    format!("{head}-{suffix}")
+    let mut labels: Vec<&str> = name
+        .split('.')
+        .map(|l| &l[..l.len().min(MAX_LABEL)])
+        .collect();
+    let last_room = MAX_LABEL - suffix.len() - 1;
+    let last = labels.pop().unwrap_or_default();
+    let last = last[..last.len().min(last_room)].trim_end_matches('-');
+    let mut head = labels.join(".");
+    let room = MAX_NAME - (last.len() + suffix.len() + 2);
+    if head.len() > room {
+        head.truncate(room);
+    }
+    let head = head.trim_end_matches(['-', '.']);
+    let tail = if last.is_empty() {
+        suffix.to_string()
+    } else {
+        format!("{last}-{suffix}")
+    };
+    if head.is_empty() {
+        tail
+    } else {
+        format!("{head}.{tail}")
+    }
 }
 
-/// `text` as an RFC 1123 subdomain: lowercase letters, digits, `-` and `.`, starting and ending
-/// with a letter or digit.
+/// `text` as an RFC 1123 subdomain: labels of lowercase letters, digits and `-`, each starting
+/// and ending with a letter or digit, joined by `.` (labels may still be too long: see
+/// [`candidates`]).
 fn sanitize(text: &str) -> String {
     let mapped: String = text
         .chars()
@@ -74,11 +99,15 @@ fn sanitize(text: &str) -> String {
             _ => '-',
         })
         .collect();
-    let trimmed = mapped.trim_matches(['-', '.']);
-    if trimmed.is_empty() {
+    let labels: Vec<&str> = mapped
+        .split('.')
+        .map(|l| l.trim_matches('-'))
+        .filter(|l| !l.is_empty())
+        .collect();
+    if labels.is_empty() {
         "volume".to_string()
     } else {
-        trimmed.to_string()
+        labels.join(".")
     }
 }
 
@@ -103,9 +132,13 @@ mod tests {
 
     #[test]
     fn long_and_odd_names_become_valid() {
-        let long = "x".repeat(300);
-        let [first, second] = candidates(&long, None);
-        assert!(first.len() <= MAX_NAME && second.len() <= MAX_NAME);
+        let dotted = format!("{}.{}", "y".repeat(100), "z".repeat(200));
+        for long in ["x".repeat(128), "x".repeat(300), dotted, "a..b.-c-.".into()] {
+            for name in candidates(&long, None) {
+                tarbox_fs::validate_tenant_name(&name)
+                    .unwrap_or_else(|e| panic!("{long:?} gave {name:?}: {e}"));
+            }
+        }
         assert_eq!(candidates("PVC_Name!", None)[0], "pvc-name");
         assert_eq!(candidates("___", None)[0], "volume");
     }

@@ -413,6 +413,23 @@ async fn lifecycle(url: &str) {
             .await,
         Code::NotFound,
     );
+    // A deleted volume's name can be used again at once (csi-sanity reuses names in one run).
+    let again = h
+        .controller
+        .create_volume(create_request(&name, MIB, &params))
+        .await
+        .expect("the name of a deleted volume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_ne!(again.volume_id, created.volume_id);
+    h.controller
+        .delete_volume(DeleteVolumeRequest {
+            volume_id: again.volume_id,
+            secrets: HashMap::new(),
+        })
+        .await
+        .expect("delete");
     h.stop().await;
 }
 

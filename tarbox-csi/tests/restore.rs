@@ -286,6 +286,17 @@ async fn restore_and_clone(url: &str) {
     assert_eq!(observe(&view), at_snapshot);
     h.unmount(&late, "late").await;
 
+    // The name is free again at once, while the old tenant keeps the snapshot.
+    let reborn = h
+        .controller
+        .create_volume(create_request(&format!("pvc-{tag}-src"), 4 * MIB, &[]))
+        .await
+        .expect("the deleted volume's name again")
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_ne!(reborn.volume_id, source.volume_id);
+
     // The data goes with the last snapshot.
     let tenant = &source.volume_context[tarbox_csi::CONTEXT_TENANT];
     assert_eq!(
@@ -304,7 +315,7 @@ async fn restore_and_clone(url: &str) {
         TenantState::Deleted
     );
 
-    for v in [&restored, &cloned, &late] {
+    for v in [&restored, &cloned, &late, &reborn] {
         h.controller
             .delete_volume(DeleteVolumeRequest {
                 volume_id: v.volume_id.clone(),

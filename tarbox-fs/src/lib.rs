@@ -51,7 +51,7 @@ pub use control::ControlFs;
 pub use engine::{
     Change, ChangeKind, CloneOptions, ContentDiff, Engine, EngineConfig, FsckProblem, FsckReport,
     LayerDiff, LayerRef, LayerSummary, LayerTree, Layers, TEXT_DIFF_LIMIT, TenantInfo,
-    TenantOptions, Volume, VolumeOptions, validate_layer_name,
+    TenantOptions, Volume, VolumeOptions, validate_layer_name, validate_tenant_name,
 };
 pub use error::{BackendError, FsError, FsResult, QuotaKind};
 pub use filesystem::{Filesystem, Guard, Guarded, ReadOnly, Request};

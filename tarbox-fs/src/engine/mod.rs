@@ -45,7 +45,7 @@ pub(crate) use perm::allowed as perm_allows;
 pub use diff::{Change, ChangeKind, ContentDiff, LayerDiff, TEXT_DIFF_LIMIT};
 pub use fsck::{FsckProblem, FsckReport};
 pub use layers::{LayerRef, LayerSummary, LayerTree, Layers, validate_layer_name};
-pub use tenants::{CloneOptions, TenantInfo, TenantOptions};
+pub use tenants::{CloneOptions, TenantInfo, TenantOptions, validate_tenant_name};
 
 use crate::audit::{AuditConfig, AuditLevel, AuditSink, Auditor, StoreSink};
 use crate::backend::{self, Backend, LayerView, StoreRead, StoreTxn, TenantRecord};

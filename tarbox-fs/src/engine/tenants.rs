@@ -310,6 +310,20 @@ impl Engine {
         Ok(())
     }
 
+    /// Remove the rows of tenant `name` if it is marked deleted (frees its name at once);
+    /// `EINVAL` for a tenant that is not.
+    pub async fn purge_tenant(&self, name: &str) -> FsResult<()> {
+        let record = self.tenant_record(name).await?;
+        if record.state != TenantState::Deleted {
+            return Err(FsError::BadInput(format!(
+                "tenant {name} is not deleted; delete it before purging it"
+            )));
+        }
+        self.shared.backend.purge_tenant(record.id).await?;
+        info!(tenant = name, "tenant purged");
+        Ok(())
+    }
+
     /// Remove the rows of every tenant marked deleted. Returns the names purged.
     pub async fn purge_deleted_tenants(&self) -> FsResult<Vec<String>> {
         let mut purged = Vec::new();
