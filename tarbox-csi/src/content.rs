@@ -4,10 +4,12 @@
 //! in its owner string, so a retried CreateVolume can tell the same request from a different one
 //! of the same name.
 
-use tarbox_fs::{LayerId, LayerRef, TenantInfo};
+use std::collections::HashMap;
+
+use tarbox_fs::{LayerId, LayerRef};
 use tonic::Status;
 
-use crate::controller::status;
+use crate::controller::{Vol, status};
 use crate::csi::VolumeContentSource;
 use crate::csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
 use crate::server::Driver;
@@ -18,7 +20,7 @@ pub(crate) struct Source {
     /// `snapshot:<id>` or `volume:<id>`: what the new tenant's owner records.
     pub tag: String,
     /// The tenant to copy, and its checkpoint (`None`: its live tree).
-    pub tenant: TenantInfo,
+    pub tenant: Vol,
     pub layer: Option<LayerRef>,
     /// The source's size: a smaller capacity cannot hold it.
     pub bytes: u64,
@@ -45,17 +47,18 @@ impl Driver {
     pub(crate) async fn content_source(
         &self,
         source: &VolumeContentSource,
+        secrets: &HashMap<String, String>,
     ) -> Result<Source, Status> {
         match &source.r#type {
             Some(Type::Snapshot(s)) => {
                 let missing = || Status::not_found(format!("no snapshot {:?}", s.snapshot_id));
                 let (volume_id, layer) = parse_snapshot_id(&s.snapshot_id).ok_or_else(missing)?;
                 let tenant = self
-                    .snapshot_holder(&volume_id)
+                    .snapshot_holder(&volume_id, secrets)
                     .await?
                     .ok_or_else(missing)?;
-                let tree = self
-                    .engine()
+                let tree = tenant
+                    .engine
                     .layer_tree(&tenant.name)
                     .await
                     .map_err(status)?;
@@ -72,7 +75,7 @@ impl Driver {
             }
             Some(Type::Volume(v)) => {
                 let tenant = self
-                    .volume(&v.volume_id)
+                    .volume(&v.volume_id, secrets)
                     .await?
                     .ok_or_else(|| Status::not_found(format!("no volume {:?}", v.volume_id)))?;
                 Ok(Source {

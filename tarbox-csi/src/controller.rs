@@ -12,7 +12,8 @@
 use std::collections::HashMap;
 
 use tarbox_fs::{
-    CloneOptions, FsError, Quota, TenantAudit, TenantId, TenantInfo, TenantOptions, TenantState,
+    CloneOptions, Engine, FsError, Quota, TenantAudit, TenantId, TenantInfo, TenantOptions,
+    TenantState,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -24,6 +25,7 @@ use crate::csi::validate_volume_capabilities_response::Confirmed;
 use crate::csi::volume_capability::AccessType;
 use crate::csi::volume_capability::access_mode::Mode as AccessMode;
 use crate::csi::*;
+use crate::databases::VolumeId;
 use crate::naming;
 use crate::params::{self, VolumeParams};
 use crate::server::Driver;
@@ -153,13 +155,51 @@ fn quota_bytes(range: Option<&CapacityRange>) -> Result<Option<u64>, Status> {
     Ok(Some(rounded))
 }
 
-fn volume_of(info: &TenantInfo) -> Volume {
+/// A volume found: the database it lives in, its tenant and its id.
+#[derive(Debug, Clone)]
+pub(crate) struct Vol {
+    pub engine: Engine,
+    pub info: TenantInfo,
+    pub id: VolumeId,
+}
+
+impl Vol {
+    fn new(engine: Engine, info: TenantInfo, database: Option<String>) -> Vol {
+        let id = VolumeId {
+            tenant: info.id.0,
+            database,
+        };
+        Vol { engine, info, id }
+    }
+
+    /// The CSI volume id.
+    pub fn volume_id(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+impl std::ops::Deref for Vol {
+    type Target = TenantInfo;
+    fn deref(&self) -> &TenantInfo {
+        &self.info
+    }
+}
+
+/// For the calls that carry no secrets.
+pub(crate) fn no_secrets() -> &'static HashMap<String, String> {
+    static NONE: std::sync::LazyLock<HashMap<String, String>> =
+        std::sync::LazyLock::new(HashMap::new);
+    &NONE
+}
+
+fn volume_of(v: &Vol) -> Volume {
+    let info = &v.info;
     Volume {
         capacity_bytes: info
             .quota
             .bytes
             .map_or(0, |b| i64::try_from(b).unwrap_or(i64::MAX)),
-        volume_id: info.id.0.to_string(),
+        volume_id: v.volume_id(),
         volume_context: HashMap::from([(CONTEXT_TENANT.to_string(), info.name.clone())]),
         content_source: info
             .owner
@@ -172,26 +212,35 @@ fn volume_of(info: &TenantInfo) -> Volume {
 
 impl Driver {
     /// The tenant of this driver a volume id names, in one of `states`; `None` for ids that
-    /// name nothing (any more).
+    /// name nothing (any more). `secrets` name the volume's database if it is not the driver's.
     async fn driver_tenant(
         &self,
         volume_id: &str,
         states: &[TenantState],
-    ) -> Result<Option<TenantInfo>, Status> {
-        let Ok(id) = volume_id.parse::<i64>() else {
+        secrets: &HashMap<String, String>,
+    ) -> Result<Option<Vol>, Status> {
+        let Some(id) = VolumeId::parse(volume_id) else {
             return Ok(None);
         };
-        let info = self
-            .engine()
-            .tenant_info_by_id(TenantId(id))
+        let engine = (self.databases())
+            .engine(id.database.as_deref(), secrets)
+            .await?;
+        let info = engine
+            .tenant_info_by_id(TenantId(id.tenant))
             .await
             .map_err(status)?;
-        Ok(info.filter(|i| states.contains(&i.state) && is_ours(i)))
+        Ok(info
+            .filter(|i| states.contains(&i.state) && is_ours(i))
+            .map(|info| Vol { engine, info, id }))
     }
 
     /// The live volume a volume id names; `None` for ids that name nothing (any more).
-    pub(crate) async fn volume(&self, volume_id: &str) -> Result<Option<TenantInfo>, Status> {
-        self.driver_tenant(volume_id, &[TenantState::Active]).await
+    pub(crate) async fn volume(
+        &self,
+        volume_id: &str,
+        secrets: &HashMap<String, String>,
+    ) -> Result<Option<Vol>, Status> {
+        (self.driver_tenant(volume_id, &[TenantState::Active], secrets)).await
     }
 
     /// The tenant holding the snapshots of a volume id: the live volume or, once the volume is
@@ -199,24 +248,26 @@ impl Driver {
     pub(crate) async fn snapshot_holder(
         &self,
         volume_id: &str,
-    ) -> Result<Option<TenantInfo>, Status> {
-        self.driver_tenant(volume_id, &[TenantState::Active, TenantState::Retired])
-            .await
+        secrets: &HashMap<String, String>,
+    ) -> Result<Option<Vol>, Status> {
+        let holders = [TenantState::Active, TenantState::Retired];
+        self.driver_tenant(volume_id, &holders, secrets).await
     }
 
-    /// This driver's tenants in one of `states`, in tenant-name order.
-    pub(crate) async fn driver_tenants(
-        &self,
-        states: &[TenantState],
-    ) -> Result<Vec<TenantInfo>, Status> {
-        Ok(self
-            .engine()
-            .list_tenants()
-            .await
-            .map_err(status)?
-            .into_iter()
-            .filter(|t| states.contains(&t.state) && is_ours(t))
-            .collect())
+    /// This driver's tenants in one of `states`, in every database it knows, in tenant-name
+    /// order within each.
+    pub(crate) async fn driver_tenants(&self, states: &[TenantState]) -> Result<Vec<Vol>, Status> {
+        let mut out = Vec::new();
+        for (key, engine) in self.databases().known().await {
+            let tenants = engine.list_tenants().await.map_err(status)?;
+            out.extend(
+                tenants
+                    .into_iter()
+                    .filter(|t| states.contains(&t.state) && is_ours(t))
+                    .map(|info| Vol::new(engine.clone(), info, key.clone())),
+            );
+        }
+        Ok(out)
     }
 
     /// Create (or clone from `source`) the tenant for `name`, or find the one a previous call
@@ -227,35 +278,40 @@ impl Driver {
         params: &VolumeParams,
         quota: Quota,
         source: Option<&Source>,
-    ) -> Result<TenantInfo, Status> {
+        (database, engine): (Option<String>, Engine),
+    ) -> Result<Vol, Status> {
+        if source.is_some_and(|s| s.tenant.id.database != database) {
+            return Err(invalid(
+                "a volume can only be restored or cloned within its own database",
+            ));
+        }
+        let found = |info| Vol::new(engine.clone(), info, database.clone());
         let tag = source.map(|s| s.tag.as_str());
         let owner = naming::owner(name, params.pvc(), tag);
         for candidate in naming::candidates(name, params.pvc()) {
             let mut made = self
-                .make_tenant(&candidate, params, quota, source, &owner)
+                .make_tenant(&engine, &candidate, params, quota, source, &owner)
                 .await;
             if matches!(made, Err(FsError::TenantExists(_))) {
                 // A deleted volume's tenant keeps its name until the background purge: purge it
                 // now so the name can be used again at once.
-                let held = self.engine().tenant_info(&candidate).await;
+                let held = engine.tenant_info(&candidate).await;
                 if held.is_ok_and(|t| t.state == TenantState::Deleted) {
-                    self.engine()
-                        .purge_tenant(&candidate)
-                        .await
-                        .map_err(status)?;
+                    engine.purge_tenant(&candidate).await.map_err(status)?;
                     made = self
-                        .make_tenant(&candidate, params, quota, source, &owner)
+                        .make_tenant(&engine, &candidate, params, quota, source, &owner)
                         .await;
                 }
             }
             match made {
                 Ok(info) => {
-                    self.configure(&info.name, params).await?;
-                    info!(volume = info.id.0, tenant = %info.name, request = name, "volume created");
-                    return Ok(info);
+                    configure(&engine, &info.name, params).await?;
+                    let v = found(info);
+                    info!(volume = v.volume_id(), tenant = %v.name, request = name, "volume created");
+                    return Ok(v);
                 }
                 Err(FsError::TenantExists(_)) => {
-                    let existing = match self.engine().tenant_info(&candidate).await {
+                    let existing = match engine.tenant_info(&candidate).await {
                         Ok(info) => info,
                         // Deleted and purged in between: try the same name again next time.
                         Err(FsError::TenantNotFound(_)) => {
@@ -288,7 +344,7 @@ impl Driver {
                             "volume {name:?} exists with another content source"
                         )));
                     }
-                    return Ok(existing);
+                    return Ok(found(existing));
                 }
                 Err(e) => return Err(status(e)),
             }
@@ -301,6 +357,7 @@ impl Driver {
     /// Create tenant `candidate` empty, or as a clone of `source`.
     async fn make_tenant(
         &self,
+        engine: &Engine,
         candidate: &str,
         params: &VolumeParams,
         quota: Quota,
@@ -319,7 +376,7 @@ impl Driver {
                     owner: Some(owner.to_string()),
                     ..TenantOptions::default()
                 };
-                self.engine().create_tenant(candidate, options).await
+                engine.create_tenant(candidate, options).await
             }
             Some(source) => {
                 let options = CloneOptions {
@@ -327,33 +384,30 @@ impl Driver {
                     owner: Some(owner.to_string()),
                 };
                 let layer = source.layer.as_ref();
-                (self.engine())
+                (engine)
                     .clone_tenant(&source.tenant.name, layer, candidate, options)
                     .await
             }
         }
     }
+}
 
-    /// Apply the StorageClass's audit and checkpoint settings to a new tenant.
-    async fn configure(&self, tenant: &str, params: &VolumeParams) -> Result<(), Status> {
-        if params.audit_level.is_some() || params.audit_retention_days.is_some() {
-            let audit = TenantAudit {
-                level: params.audit_level,
-                retention_days: params.audit_retention_days,
-            };
-            self.engine()
-                .set_audit(tenant, audit)
-                .await
-                .map_err(status)?;
-        }
-        if let Some(interval) = params.checkpoint_interval {
-            self.engine()
-                .set_auto_checkpoint(tenant, Some(interval))
-                .await
-                .map_err(status)?;
-        }
-        Ok(())
+/// Apply the StorageClass's audit and checkpoint settings to a new tenant.
+async fn configure(engine: &Engine, tenant: &str, params: &VolumeParams) -> Result<(), Status> {
+    if params.audit_level.is_some() || params.audit_retention_days.is_some() {
+        let audit = TenantAudit {
+            level: params.audit_level,
+            retention_days: params.audit_retention_days,
+        };
+        engine.set_audit(tenant, audit).await.map_err(status)?;
     }
+    if let Some(interval) = params.checkpoint_interval {
+        engine
+            .set_auto_checkpoint(tenant, Some(interval))
+            .await
+            .map_err(status)?;
+    }
+    Ok(())
 }
 
 fn is_ours(info: &TenantInfo) -> bool {
@@ -408,8 +462,9 @@ impl Controller for Driver {
         }
         check_capabilities(&req.volume_capabilities).map_err(invalid)?;
         let params = params::parse(&req.parameters).map_err(invalid)?;
+        let database = self.databases().named_by(&req.secrets).await?;
         let source = match &req.volume_content_source {
-            Some(s) => Some(self.content_source(s).await?),
+            Some(s) => Some(self.content_source(s, &req.secrets).await?),
             None => None,
         };
         let mut quota = Quota {
@@ -427,10 +482,10 @@ impl Controller for Driver {
                 )));
             }
         }
-        let info = self
-            .create_or_find(&req.name, &params, quota, source.as_ref())
+        let made = self
+            .create_or_find(&req.name, &params, quota, source.as_ref(), database)
             .await?;
-        let mut volume = volume_of(&info);
+        let mut volume = volume_of(&made);
         if let Some(bytes) = params.cache_bytes {
             (volume.volume_context).insert(CONTEXT_CACHE_BYTES.to_string(), bytes.to_string());
         }
@@ -447,9 +502,9 @@ impl Controller for Driver {
         if req.volume_id.is_empty() {
             return Err(invalid("the volume id is missing"));
         }
-        if let Some(info) = self.volume(&req.volume_id).await? {
+        if let Some(info) = self.volume(&req.volume_id, &req.secrets).await? {
             // Its snapshots stay restorable: the tenant is only retired while it has some.
-            match self.engine().retire_tenant(&info.name).await {
+            match info.engine.retire_tenant(&info.name).await {
                 Ok(state) => {
                     info!(volume = req.volume_id, tenant = %info.name, ?state, "volume deleted");
                 }
@@ -489,7 +544,7 @@ impl Controller for Driver {
         if req.volume_capabilities.is_empty() {
             return Err(invalid("volume capabilities are missing"));
         }
-        if self.volume(&req.volume_id).await?.is_none() {
+        if self.volume(&req.volume_id, &req.secrets).await?.is_none() {
             return Err(Status::not_found(format!("no volume {:?}", req.volume_id)));
         }
         let response = match check_capabilities(&req.volume_capabilities) {
@@ -612,7 +667,7 @@ impl Controller for Driver {
         if let Some(cap) = &req.volume_capability {
             check_capabilities(std::slice::from_ref(cap)).map_err(invalid)?;
         }
-        let Some(info) = self.volume(&req.volume_id).await? else {
+        let Some(info) = self.volume(&req.volume_id, &req.secrets).await? else {
             return Err(Status::not_found(format!("no volume {:?}", req.volume_id)));
         };
         let Some(bytes) = quota_bytes(Some(range))? else {
@@ -631,7 +686,7 @@ impl Controller for Driver {
             bytes: Some(bytes),
             ..info.quota
         };
-        self.engine()
+        (info.engine)
             .set_quota(&info.name, quota)
             .await
             .map_err(status)?;
@@ -651,7 +706,7 @@ impl Controller for Driver {
         if req.volume_id.is_empty() {
             return Err(invalid("the volume id is missing"));
         }
-        let Some(info) = self.volume(&req.volume_id).await? else {
+        let Some(info) = self.volume(&req.volume_id, no_secrets()).await? else {
             return Err(Status::not_found(format!("no volume {:?}", req.volume_id)));
         };
         Ok(Response::new(ControllerGetVolumeResponse {

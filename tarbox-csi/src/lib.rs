@@ -23,6 +23,7 @@
 
 mod content;
 pub mod controller;
+mod databases;
 pub mod identity;
 pub mod mounter;
 mod naming;
@@ -42,6 +43,7 @@ pub mod csi {
     tonic::include_proto!("csi.v1");
 }
 
+pub use databases::SECRET_DATABASE_URL;
 pub use mounter::{Mounter, MounterConfig};
 pub use observe::ObserveLayer;
 pub use server::{Driver, Mode, Placement, ServeError, serve};

@@ -27,6 +27,7 @@ use crate::csi::node_server::Node;
 use crate::csi::node_service_capability::{Rpc, rpc};
 use crate::csi::volume_usage::Unit;
 use crate::csi::*;
+use crate::databases::SECRET_DATABASE_URL;
 use crate::mounter::{self, detach};
 use crate::pods::pod_of_context;
 use crate::server::Driver;
@@ -127,7 +128,10 @@ impl Driver {
                 if let Some(old) = mounts.remove(&record.volume_id) {
                     let _ = old.unmount().await;
                 }
-                let mount = crate::volume_server::start(self.engine(), record, self.state())
+                let engine = (self.databases())
+                    .for_url(record.database_url.as_deref())
+                    .await?;
+                let mount = crate::volume_server::start(&engine, record, self.state())
                     .await
                     .map_err(|e| {
                         Status::internal(format!("cannot mount volume {}: {e}", record.volume_id))
@@ -237,9 +241,23 @@ impl Node for Driver {
             self.serve_volume(&record).await?;
             return Ok(Response::new(NodeStageVolumeResponse {}));
         }
-        let Some(info) = self.volume(&req.volume_id).await? else {
+        let Some(info) = self.volume(&req.volume_id, &req.secrets).await? else {
             return Err(Status::not_found(format!("no volume {:?}", req.volume_id)));
         };
+        // The FUSE server opens the volume's database itself: it needs its URL.
+        let database_url =
+            match &info.id.database {
+                None => None,
+                Some(key) => Some(req.secrets.get(SECRET_DATABASE_URL).cloned().ok_or_else(
+                    || {
+                        Status::failed_precondition(format!(
+                            "volume {} lives in database {key}: NodeStageVolume needs its \
+                     {SECRET_DATABASE_URL} (csi.storage.k8s.io/node-stage-secret-name)",
+                            req.volume_id
+                        ))
+                    },
+                )?),
+            };
         if let Some(t) = req.volume_context.get(CONTEXT_TENANT) {
             if *t != info.name {
                 return Err(invalid(format!(
@@ -264,6 +282,7 @@ impl Node for Driver {
             staging_path: path.clone(),
             mount_name: format!("csi:{}:{}", self.node_id(), req.volume_id),
             cache_bytes,
+            database_url,
         };
         self.state().put_volume(&record).map_err(state_error)?;
         let started = Instant::now();
@@ -410,7 +429,10 @@ impl Node for Driver {
                 req.volume_id
             )));
         };
-        let info = (self.engine().tenant_info(&record.tenant).await).map_err(status)?;
+        let engine = (self.databases())
+            .for_url(record.database_url.as_deref())
+            .await?;
+        let info = engine.tenant_info(&record.tenant).await.map_err(status)?;
         let condition = if answers(path) {
             VolumeCondition {
                 abnormal: false,

@@ -94,11 +94,12 @@ where
     }
 }
 
-/// Set the volume and snapshot gauges from the driver's live volumes and their snapshot sizes.
-pub(crate) fn record_volumes(volumes: &[TenantInfo], snapshots: &[(String, u64)]) {
+/// Set the volume and snapshot gauges from the driver's live volumes (by volume id) and their
+/// snapshot sizes.
+pub(crate) fn record_volumes(volumes: &[(String, &TenantInfo)], snapshots: &[(String, u64)]) {
     metrics::gauge!("tarbox_volume_count").set(volumes.len() as f64);
-    for v in volumes {
-        let id = v.id.0.to_string();
+    for (id, v) in volumes {
+        let id = id.clone();
         let capacity = v.quota.bytes.unwrap_or(0) as f64;
         metrics::gauge!("tarbox_volume_capacity_bytes", "volume_id" => id.clone()).set(capacity);
         metrics::gauge!("tarbox_volume_used_bytes", "volume_id" => id).set(v.usage.bytes as f64);

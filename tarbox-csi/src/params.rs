@@ -120,6 +120,14 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
                 }
                 p.cache_bytes = Some(size);
             }
+            crate::databases::SECRET_DATABASE_URL => {
+                return Err(format!(
+                    "parameter {key} is refused: a URL here is readable by anyone who can read \
+                     StorageClasses, and DeleteVolume never sees it; put it under the key {key} \
+                     of the secret csi.storage.k8s.io/provisioner-secret-name names (and the \
+                     node-stage, snapshotter and controller-expand secrets)"
+                ));
+            }
             k if k.starts_with(SIDECAR_PREFIX) => {}
             _ => {
                 return Err(format!(

@@ -14,6 +14,7 @@ use tracing::info;
 use crate::csi::controller_server::ControllerServer;
 use crate::csi::identity_server::IdentityServer;
 use crate::csi::node_server::NodeServer;
+use crate::databases::Databases;
 use crate::mounter::{Mounter, MounterConfig};
 use crate::node::Servers;
 use crate::state::StateDir;
@@ -75,7 +76,7 @@ pub struct Driver {
 
 #[derive(Debug)]
 struct Inner {
-    engine: Engine,
+    databases: Databases,
     mode: Mode,
     node_id: String,
     /// What this node has staged and published.
@@ -102,7 +103,7 @@ impl Driver {
         };
         Driver {
             inner: Arc::new(Inner {
-                engine,
+                databases: Databases::new(engine),
                 mode,
                 node_id: node_id.to_string(),
                 state: StateDir::new(state_dir),
@@ -113,8 +114,14 @@ impl Driver {
         }
     }
 
+    /// The engine of the driver's own database (`--database-url`).
     pub fn engine(&self) -> &Engine {
-        &self.inner.engine
+        self.inner.databases.own()
+    }
+
+    /// Every database the driver serves volumes of.
+    pub(crate) fn databases(&self) -> &Databases {
+        &self.inner.databases
     }
 
     pub fn mode(&self) -> Mode {
@@ -150,7 +157,10 @@ impl Driver {
     async fn record_volumes_every(self, interval: std::time::Duration) {
         loop {
             match self.volumes_and_snapshots().await {
-                Ok((volumes, snapshots)) => crate::observe::record_volumes(&volumes, &snapshots),
+                Ok((volumes, snapshots)) => {
+                    let by_id: Vec<_> = volumes.iter().map(|v| (v.volume_id(), &v.info)).collect();
+                    crate::observe::record_volumes(&by_id, &snapshots);
+                }
                 Err(e) => tracing::warn!(error = %e.message(), "cannot refresh the volume gauges"),
             }
             tokio::time::sleep(interval).await;

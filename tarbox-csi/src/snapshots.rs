@@ -9,34 +9,33 @@
 //! A snapshot holds what the volume's mounts had written to the store when it was taken: writes a
 //! pod has not yet flushed (or closed, or fsynced) on a node are not in it, as with a crash.
 
-use tarbox_fs::{
-    Caller, FsError, LayerRecord, LayerRef, Layers, TenantInfo, TenantState, validate_layer_name,
-};
+use tarbox_fs::{Caller, FsError, LayerRecord, LayerRef, Layers, TenantState, validate_layer_name};
 use tonic::Status;
 use tracing::info;
 
-use crate::controller::{page, status};
+use crate::controller::{Vol, page, status};
 use crate::csi::{
     CreateSnapshotRequest, DeleteSnapshotRequest, ListSnapshotsRequest, ListSnapshotsResponse,
     Snapshot, list_snapshots_response,
 };
+use crate::databases::VolumeId;
 use crate::server::Driver;
 
 /// Prefix of parameter keys the snapshotter sidecar adds: accepted as is.
 const SIDECAR_PREFIX: &str = "csi.storage.k8s.io/";
 
-fn snapshot_id(volume: &TenantInfo, layer: &LayerRecord) -> String {
-    format!("{}-{}", volume.id.0, layer.id.0)
+fn snapshot_id(volume: &Vol, layer: &LayerRecord) -> String {
+    format!("{}-{}", volume.volume_id(), layer.id.0)
 }
 
 /// `(volume id, layer id)` of a snapshot id; `None` for ids this driver never made.
 pub(crate) fn parse_snapshot_id(id: &str) -> Option<(String, i64)> {
     let (volume, layer) = id.split_once('-')?;
-    volume.parse::<i64>().ok()?;
+    VolumeId::parse(volume)?;
     Some((volume.to_string(), layer.parse().ok()?))
 }
 
-fn snapshot_of(volume: &TenantInfo, layer: &LayerRecord) -> Snapshot {
+fn snapshot_of(volume: &Vol, layer: &LayerRecord) -> Snapshot {
     let at = layer.frozen_at.unwrap_or(layer.created_at);
     let (seconds, nanos) = at.secs_nanos();
     Snapshot {
@@ -44,7 +43,7 @@ fn snapshot_of(volume: &TenantInfo, layer: &LayerRecord) -> Snapshot {
             .usage
             .map_or(0, |u| i64::try_from(u.bytes).unwrap_or(i64::MAX)),
         snapshot_id: snapshot_id(volume, layer),
-        source_volume_id: volume.id.0.to_string(),
+        source_volume_id: volume.volume_id(),
         creation_time: Some(prost_types::Timestamp {
             seconds,
             nanos: i32::try_from(nanos).unwrap_or(0),
@@ -56,15 +55,15 @@ fn snapshot_of(volume: &TenantInfo, layer: &LayerRecord) -> Snapshot {
 
 impl Driver {
     /// The history of a volume's tenant, administered as this driver.
-    async fn layers_of(&self, volume: &TenantInfo) -> Result<Layers, Status> {
-        let v = self.engine().volume(&volume.name).await.map_err(status)?;
+    async fn layers_of(&self, volume: &Vol) -> Result<Layers, Status> {
+        let v = volume.engine.volume(&volume.name).await.map_err(status)?;
         Ok(v.layers().acting_as(Caller::this_process()))
     }
 
     /// Every snapshot (named checkpoint) of `volume`, live or retired, oldest first.
-    async fn snapshots_of(&self, volume: &TenantInfo) -> Result<Vec<Snapshot>, Status> {
-        let tree = self
-            .engine()
+    async fn snapshots_of(&self, volume: &Vol) -> Result<Vec<Snapshot>, Status> {
+        let tree = volume
+            .engine
             .layer_tree(&volume.name)
             .await
             .map_err(status)?;
@@ -79,7 +78,7 @@ impl Driver {
     /// The live volumes, and every snapshot's id and size (for the gauges).
     pub(crate) async fn volumes_and_snapshots(
         &self,
-    ) -> Result<(Vec<TenantInfo>, Vec<(String, u64)>), Status> {
+    ) -> Result<(Vec<Vol>, Vec<(String, u64)>), Status> {
         let holders = [TenantState::Active, TenantState::Retired];
         let mut volumes = Vec::new();
         let mut snapshots = Vec::new();
@@ -114,7 +113,7 @@ impl Driver {
             )));
         }
         validate_layer_name(&req.name).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let Some(volume) = self.volume(&req.source_volume_id).await? else {
+        let Some(volume) = self.volume(&req.source_volume_id, &req.secrets).await? else {
             return Err(Status::not_found(format!(
                 "no volume {:?}",
                 req.source_volume_id
@@ -131,15 +130,12 @@ impl Driver {
             if other.id == volume.id {
                 continue;
             }
-            let tree = self
-                .engine()
-                .layer_tree(&other.name)
-                .await
-                .map_err(status)?;
+            let tree = other.engine.layer_tree(&other.name).await.map_err(status)?;
             if tree.find(&wanted).is_some() {
                 return Err(Status::already_exists(format!(
                     "snapshot {:?} exists for another volume ({})",
-                    req.name, other.id.0
+                    req.name,
+                    other.volume_id()
                 )));
             }
         }
@@ -156,7 +152,7 @@ impl Driver {
             Err(e) => return Err(status(e)),
         };
         info!(
-            volume = volume.id.0,
+            volume = volume.volume_id(),
             snapshot = req.name,
             layer = layer.id.0,
             "snapshot created"
@@ -171,12 +167,12 @@ impl Driver {
         let Some((volume_id, layer)) = parse_snapshot_id(&req.snapshot_id) else {
             return Ok(());
         };
-        let Some(volume) = self.snapshot_holder(&volume_id).await? else {
+        let Some(volume) = self.snapshot_holder(&volume_id, &req.secrets).await? else {
             return Ok(());
         };
         let target = LayerRef::Id(tarbox_fs::LayerId(layer));
-        let tree = self
-            .engine()
+        let tree = volume
+            .engine
             .layer_tree(&volume.name)
             .await
             .map_err(status)?;
@@ -185,7 +181,7 @@ impl Driver {
             _ => return Ok(()),
         }
         let dropped = if volume.state == TenantState::Retired {
-            (self.engine())
+            (volume.engine)
                 .drop_retired_checkpoint(&volume.name, &target)
                 .await
         } else {
@@ -207,13 +203,17 @@ impl Driver {
         &self,
         req: ListSnapshotsRequest,
     ) -> Result<ListSnapshotsResponse, Status> {
-        let volumes: Vec<TenantInfo> = if !req.snapshot_id.is_empty() {
+        let volumes: Vec<Vol> = if !req.snapshot_id.is_empty() {
             match parse_snapshot_id(&req.snapshot_id) {
-                Some((v, _)) => self.snapshot_holder(&v).await?.into_iter().collect(),
+                Some((v, _)) => (self.snapshot_holder(&v, &req.secrets).await?)
+                    .into_iter()
+                    .collect(),
                 None => Vec::new(),
             }
         } else if !req.source_volume_id.is_empty() {
-            (self.snapshot_holder(&req.source_volume_id).await?)
+            (self
+                .snapshot_holder(&req.source_volume_id, &req.secrets)
+                .await?)
                 .into_iter()
                 .collect()
         } else {

@@ -29,6 +29,10 @@ pub struct VolumeRecord {
     /// The server's block cache in bytes; the engine's default when absent.
     #[serde(default)]
     pub cache_bytes: Option<u64>,
+    /// The volume's database when it is not the mounter's own (from the node-stage secret).
+    /// Records are readable by root only.
+    #[serde(default)]
+    pub database_url: Option<String>,
 }
 
 /// A volume published into a pod's target.
@@ -67,11 +71,8 @@ impl StateDir {
 
     fn volume_file(&self, volume_id: &str, ext: &str) -> io::Result<PathBuf> {
         // Volume ids come from requests: never let one name a path outside the directory.
-        if volume_id.is_empty()
-            || !volume_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+        if volume_id.is_empty() || volume_id.starts_with('.') || !volume_id.bytes().all(allowed) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("volume id {volume_id:?} is not one of this driver's"),
@@ -210,8 +211,18 @@ fn write_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::write(&tmp, bytes)?;
+    // Root only: a record may hold a database URL with its password.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    drop(file);
     std::fs::rename(&tmp, path)
 }
 
@@ -236,6 +247,7 @@ mod tests {
             staging_path: "/var/lib/kubelet/x".into(),
             mount_name: "csi:n:42".into(),
             cache_bytes: Some(1 << 20),
+            database_url: None,
         };
         state.put_volume(&v).expect("put");
         assert_eq!(state.volume("42").expect("read"), Some(v.clone()));
@@ -249,6 +261,7 @@ mod tests {
         state.remove_volume("42").expect("remove");
         assert_eq!(state.volume("42").expect("read"), None);
         assert!(state.volume("../etc/passwd").is_err());
+        assert!(state.volume("..").is_err());
         assert!(state.volume("").is_err());
 
         let p = PublishRecord {

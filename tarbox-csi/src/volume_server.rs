@@ -60,7 +60,8 @@ pub(crate) async fn start(
 }
 
 /// Serve volume `volume_id` until SIGTERM or SIGINT (then flush and unmount) or until it is
-/// unmounted from outside: the body of `tarbox-csi --serve-volume`.
+/// unmounted from outside: the body of `tarbox-csi --serve-volume`. The volume's database is the
+/// one its record names, else `database_url`.
 pub async fn serve_volume(
     state: StateDir,
     volume_id: &str,
@@ -73,7 +74,8 @@ pub async fn serve_volume(
     if let Some(bytes) = record.cache_bytes {
         config.block_cache_bytes = bytes;
     }
-    let engine = Engine::open(database_url, config)
+    let url = record.database_url.as_deref().unwrap_or(database_url);
+    let engine = Engine::open(url, config)
         .await
         .map_err(VolumeServerError::Engine)?;
     let mount = start(&engine, &record, &state).await?;
