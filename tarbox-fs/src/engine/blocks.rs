@@ -24,7 +24,7 @@ pub(crate) fn encode(content: &[u8], compression: Compression) -> Option<StoredB
     }
     let content = &content[..len];
     let hash = BlockHash(*blake3::hash(content).as_bytes());
-    if compression == Compression::Zstd {
+    if compression == Compression::Zstd && worth_compressing(content) {
         if let Ok(packed) = zstd::bulk::compress(content, ZSTD_LEVEL) {
             // Keep compression only where it saves at least an eighth.
             if packed.len() < content.len() - content.len() / 8 {
@@ -41,6 +41,56 @@ pub(crate) fn encode(content: &[u8], compression: Compression) -> Option<StoredB
         compressed: false,
         data: Bytes::copy_from_slice(content),
     })
+}
+
+/// Whether compressing `content` is likely to pay: a sample from its middle must shrink by an
+/// eighth. Model weights, archives and media do not compress; trying costs as much as storing
+/// them.
+fn worth_compressing(content: &[u8]) -> bool {
+    const SAMPLE: usize = 8 << 10;
+    if content.len() <= 4 * SAMPLE {
+        return true;
+    }
+    let mid = content.len() / 2;
+    let sample = &content[mid - SAMPLE / 2..mid + SAMPLE / 2];
+    zstd::bulk::compress(sample, ZSTD_LEVEL).is_ok_and(|p| p.len() < SAMPLE - SAMPLE / 8)
+}
+
+/// Encode whole blocks `(index, content)` in parallel, off the async threads: hashing and
+/// compressing a write buffer's worth of blocks is the CPU-heavy part of a flush, and needs no
+/// transaction.
+pub(crate) async fn encode_all(
+    blocks: Vec<(u64, Bytes)>,
+    compression: Compression,
+) -> Vec<(u64, Option<StoredBlock>)> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = blocks.len().div_ceil(workers).max(1);
+    let mut chunks = Vec::new();
+    let mut rest = blocks;
+    while !rest.is_empty() {
+        let tail = rest.split_off(per.min(rest.len()));
+        chunks.push(std::mem::replace(&mut rest, tail));
+    }
+    let encode_chunk = move |chunk: Vec<(u64, Bytes)>| -> Vec<(u64, Option<StoredBlock>)> {
+        chunk
+            .into_iter()
+            .map(|(idx, content)| (idx, encode(&content, compression)))
+            .collect()
+    };
+    let tasks: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| tokio::task::spawn_blocking(move || encode_chunk(chunk)))
+        .collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(done) => out.extend(done),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // The runtime is shutting down: nothing will store these blocks anyway.
+            Err(_) => {}
+        }
+    }
+    out
 }
 
 /// The trimmed content of a stored block, verified against its hash.
@@ -106,6 +156,22 @@ mod tests {
             .collect();
         let stored = encode(&noise, Compression::Zstd).expect("not a hole");
         assert_eq!(&decode(&stored, 4096).expect("decodes")[..], &noise[..]);
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored_as_they_are() {
+        let mut noise = vec![0u8; 256 << 10];
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for b in &mut noise {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let stored = encode(&noise, Compression::Zstd).expect("not a hole");
+        assert!(!stored.compressed);
+        let text = b"checkpoint step 1000 loss 0.25\n".repeat(8000);
+        assert!(encode(&text, Compression::Zstd).expect("not a hole").compressed);
     }
 
     #[test]

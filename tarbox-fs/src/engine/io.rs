@@ -567,6 +567,19 @@ impl Volume {
         let mtime = st.mtime;
         // Bytes reserved in the store for this file ahead of the flush (under a byte quota).
         let reserved = st.charged.saturating_sub(align4k(st.stored_size));
+        // Blocks written whole are encoded before the transaction, in parallel; the others need
+        // the stored block to merge with, read inside it.
+        let whole: Vec<(u64, Bytes)> = st
+            .dirty
+            .iter()
+            .filter(|(idx, _)| covers_block(st.written.get(idx), bs))
+            .map(|(&idx, buf)| (idx, Bytes::copy_from_slice(buf)))
+            .collect();
+        let encoded: HashMap<u64, Option<StoredBlock>> = blocks::encode_all(whole, compression)
+            .await
+            .into_iter()
+            .collect();
+        let encoded = &encoded;
         let state = &*st;
         let (size, writes, contents) = self
             .retrying(|| async move {
@@ -619,7 +632,10 @@ impl Volume {
                         }
                         _ => &buf[..len],
                     };
-                    let stored = blocks::encode(content, compression);
+                    let stored = match encoded.get(&idx) {
+                        Some(stored) if content.len() == bs as usize => stored.clone(),
+                        _ => blocks::encode(content, compression),
+                    };
                     writes.push(BlockWrite {
                         index: idx,
                         block: stored.as_ref().map(|b| b.hash),
