@@ -71,6 +71,11 @@ pub struct MountArgs {
     /// When the audit queue is full: drop (count) events, or block operations until there is room.
     #[arg(long, default_value = "drop", value_name = "drop|block", value_parser = parse_overflow)]
     audit_overflow: Overflow,
+    /// Keep audit events the database could not take (an outage) in DIR beyond 100,000 held in
+    /// memory and when the mount ends; the next mount on DIR delivers them. Without it they are
+    /// dropped (counted) past that bound.
+    #[arg(long, value_name = "DIR")]
+    audit_spill_dir: Option<PathBuf>,
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9567); default: the config
     /// file's `metrics_addr`, else none.
     #[arg(long, value_name = "ADDR")]
@@ -133,6 +138,7 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
     let mut audit = AuditConfig {
         strict: args.audit_strict,
         overflow: args.audit_overflow,
+        spill_dir: args.audit_spill_dir.clone(),
         ..AuditConfig::default()
     };
     match args.audit_log.as_deref() {

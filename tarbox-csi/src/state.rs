@@ -81,6 +81,11 @@ impl StateDir {
         Ok(self.volumes().join(format!("{volume_id}.{ext}")))
     }
 
+    /// Where a volume's FUSE server spills audit events the database could not take.
+    pub fn audit_spill_dir(&self, volume_id: &str) -> io::Result<PathBuf> {
+        self.volume_file(volume_id, "audit-spill")
+    }
+
     /// The log file of a volume's FUSE server.
     pub fn log_path(&self, volume_id: &str) -> io::Result<PathBuf> {
         self.volume_file(volume_id, "log")

@@ -74,6 +74,8 @@ pub async fn serve_volume(
     if let Some(bytes) = record.cache_bytes {
         config.block_cache_bytes = bytes;
     }
+    // Audit events a database outage holds back outlive this process, for the next server.
+    config.audit.spill_dir = Some(state.audit_spill_dir(volume_id)?);
     let url = record.database_url.as_deref().unwrap_or(database_url);
     let engine = Engine::open(url, config)
         .await

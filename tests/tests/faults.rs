@@ -2,6 +2,8 @@
 //! operation whose commit (or any statement) fails returns `EIO` and leaves the tree, the
 //! tenant's usage and the audit trail as they were; a dropped connection fails operations with
 //! `EIO` (never a wrong errno, never a hang); and the engine serves again once storage is back.
+//! Audit events whose delivery meets an outage are held (spilled to disk beyond a bound, and at
+//! close) and delivered in order when the store is back, by the same engine or the next one.
 
 use std::collections::BTreeMap;
 
@@ -9,8 +11,8 @@ use tarbox_fs::Filesystem as _;
 use tarbox_fs::audit::{AuditConfig, AuditFilter};
 use tarbox_fs::backend::faulty::Faults;
 use tarbox_fs::{
-    AuditEvent, AuditLevel, Caller, EngineConfig, FileType, Ino, RenameFlags, SetAttr, Usage,
-    Volume, XattrMode, paths,
+    AuditEvent, AuditLevel, AuditOp, Caller, EngineConfig, FileType, Ino, RenameFlags, SetAttr,
+    Usage, Volume, XattrMode, paths,
 };
 use tarbox_tests::{TestVolume, assert_errno, backend_tests, noise};
 
@@ -97,6 +99,45 @@ async fn events_after(t: &TestVolume, seq: u64) -> Vec<AuditEvent> {
     events
         .into_iter()
         .filter(|e| &*e.mount == "faulty")
+        .collect()
+}
+
+/// An engine config whose audit events wait in the queue until a flush (so a test decides when
+/// delivery happens), holding at most `held` events in memory.
+fn held_audit(held: usize, spill_dir: Option<std::path::PathBuf>) -> EngineConfig {
+    EngineConfig {
+        audit: AuditConfig {
+            default_level: AuditLevel::Standard,
+            flush_interval: std::time::Duration::from_secs(3600),
+            held_capacity: held,
+            spill_dir,
+            ..AuditConfig::default()
+        },
+        ..EngineConfig::default()
+    }
+}
+
+/// Make directories `/d0`… through `v`; returns their paths.
+async fn mkdirs(v: &Volume, n: usize) -> Vec<String> {
+    let root = Caller::root();
+    let mut made = Vec::new();
+    for i in 0..n {
+        let name = format!("d{i}");
+        v.mkdir(&root, Ino::ROOT, name.as_bytes(), 0o755)
+            .await
+            .expect("mkdir");
+        made.push(format!("/{name}"));
+    }
+    made
+}
+
+/// The directories the audit trail says were made after `seq`, in order.
+async fn mkdirs_recorded(t: &TestVolume, seq: u64) -> Vec<String> {
+    events_after(t, seq)
+        .await
+        .into_iter()
+        .filter(|e| e.op == AuditOp::Mkdir && e.errno == 0)
+        .filter_map(|e| e.path.map(|p| p.to_string()))
         .collect()
 }
 
@@ -309,5 +350,49 @@ backend_tests! {
         fresh.release(&me, fh).await.expect("release");
         assert!(read[..] == data[..], "the fsynced data differs");
         engine.close().await.expect("close");
+    }
+
+    async fn audit_events_of_an_outage_are_held_and_delivered_in_order(t: TestVolume) {
+        let faults = Faults::new();
+        let (engine, v) = t.faulty(faults.clone(), held_audit(100_000, None)).await;
+        let seq = events_after(&t, 0).await.last().map_or(0, |e| e.seq);
+        let made = mkdirs(&v, 20).await;
+
+        faults.disconnect();
+        engine.flush_audit().await;
+        let during = engine.audit_counters();
+        assert_eq!((during.held, during.dropped_sink_error), (20, 0), "{during:?}");
+
+        faults.reconnect();
+        engine.flush_audit().await;
+        let after = engine.audit_counters();
+        assert_eq!((after.held, after.dropped_sink_error), (0, 0), "{after:?}");
+        assert_eq!(mkdirs_recorded(&t, seq).await, made);
+        engine.close().await.expect("close");
+    }
+
+    async fn audit_events_beyond_the_bound_are_spilled_and_delivered_by_the_next_engine(t: TestVolume) {
+        let spill = tempfile::tempdir().expect("spill dir");
+        let config = || held_audit(5, Some(spill.path().to_path_buf()));
+        let faults = Faults::new();
+        let (engine, v) = t.faulty(faults.clone(), config()).await;
+        let seq = events_after(&t, 0).await.last().map_or(0, |e| e.seq);
+        let made = mkdirs(&v, 20).await;
+
+        faults.disconnect();
+        engine.flush_audit().await;
+        let during = engine.audit_counters();
+        assert_eq!((during.held, during.spilled, during.dropped_sink_error), (20, 20, 0), "{during:?}");
+        // The engine stops before the store is back: its session cannot even be closed.
+        assert!(engine.close().await.is_err());
+        drop(v);
+        assert!(spill.path().join("store.jsonl").exists());
+
+        faults.reconnect();
+        let (next, _v) = t.faulty(faults.clone(), config()).await;
+        next.flush_audit().await;
+        assert_eq!(mkdirs_recorded(&t, seq).await, made, "delivered once, in order");
+        assert!(!spill.path().join("store.jsonl").exists(), "the spill file is gone once delivered");
+        next.close().await.expect("close");
     }
 }

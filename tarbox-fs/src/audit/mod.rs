@@ -16,6 +16,7 @@
 
 mod event;
 mod filter;
+mod held;
 mod pipeline;
 mod sink;
 mod store;
@@ -249,6 +250,12 @@ pub struct AuditConfig {
     /// How long the writer waits to fill a batch; bounds what a crash loses.
     pub flush_interval: Duration,
     pub overflow: Overflow,
+    /// Events held in memory per sink while it is unavailable (see `held`); beyond this they
+    /// are spilled to `spill_dir`, or dropped (counted) without one.
+    pub held_capacity: usize,
+    /// Where events held beyond `held_capacity` (and at shutdown) are kept until their sink is
+    /// back; an engine started on the same directory delivers them.
+    pub spill_dir: Option<std::path::PathBuf>,
     /// Write change events in the same store transaction as the change.
     pub strict: bool,
     /// This machine's name in events (default: the host name).
@@ -269,6 +276,8 @@ impl fmt::Debug for AuditConfig {
             .field("batch_size", &self.batch_size)
             .field("flush_interval", &self.flush_interval)
             .field("overflow", &self.overflow)
+            .field("held_capacity", &self.held_capacity)
+            .field("spill_dir", &self.spill_dir)
             .field("strict", &self.strict)
             .field("node", &self.node)
             .finish()
@@ -286,6 +295,8 @@ impl Default for AuditConfig {
             batch_size: 1024,
             flush_interval: Duration::from_millis(200),
             overflow: Overflow::Drop,
+            held_capacity: 100_000,
+            spill_dir: None,
             strict: false,
             node: host_name(),
         }

@@ -8,12 +8,16 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::warn;
 
+use super::held::{Held, Outcome};
 use super::{AuditConfig, AuditEvent, AuditSink, Overflow};
 
 enum Msg {
     Event(Box<AuditEvent>),
     /// Write everything queued before this, then answer.
     Flush(oneshot::Sender<()>),
+    /// Like `Flush`, then spill (or drop, counted) what unavailable sinks still owe: the engine
+    /// is closing.
+    Close(oneshot::Sender<()>),
 }
 
 /// Delivery counters since the engine started. `recorded = written_per_sink + dropped_*` once
@@ -24,8 +28,13 @@ pub struct AuditCounters {
     pub recorded: u64,
     /// Events dropped because the queue was full (no sink got them).
     pub dropped_queue_full: u64,
-    /// Event deliveries a sink refused (counted once per sink and event).
+    /// Event deliveries a sink refused for good, or dropped beyond the held bound without a
+    /// spill directory (counted once per sink and event).
     pub dropped_sink_error: u64,
+    /// Events waiting for an unavailable sink now (in memory and spilled), summed over sinks.
+    pub held: u64,
+    /// Events moved to the spill directory since the engine started.
+    pub spilled: u64,
     /// Event deliveries sinks accepted (once per sink and event).
     pub delivered: u64,
     /// Batches written (once per batch, whatever the number of sinks).
@@ -37,6 +46,8 @@ struct Counters {
     recorded: AtomicU64,
     dropped_queue_full: AtomicU64,
     dropped_sink_error: AtomicU64,
+    held: AtomicU64,
+    spilled: AtomicU64,
     delivered: AtomicU64,
     batches: AtomicU64,
     /// Unix second of the last drop warning, to log at most one per second.
@@ -61,10 +72,17 @@ impl Auditor {
         let (tx, rx) = mpsc::channel(capacity);
         let counters = Arc::new(Counters::default());
         let flush_requested = Arc::new(Notify::new());
+        let held = sinks
+            .into_iter()
+            .map(|sink| {
+                let dir = config.spill_dir.as_deref();
+                Held::new(sink, config.held_capacity, config.batch_size, dir)
+            })
+            .collect();
         let writer = Writer {
             rx,
             flush_requested: flush_requested.clone(),
-            sinks,
+            held,
             batch_size: config.batch_size.max(1),
             flush_interval: config.flush_interval,
             counters: counters.clone(),
@@ -102,10 +120,21 @@ impl Auditor {
         self.capacity - self.tx.capacity()
     }
 
-    /// Wait until every event queued before this call has been offered to every sink.
+    /// Wait until every event queued before this call has been offered to every sink (those
+    /// whose sink is unavailable stay held, see [`AuditCounters::held`]).
     pub async fn flush(&self) {
+        self.ask(Msg::Flush).await;
+    }
+
+    /// Flush, then move what unavailable sinks still owe to the spill directory (dropped and
+    /// counted without one): for an engine that is closing.
+    pub async fn close(&self) {
+        self.ask(Msg::Close).await;
+    }
+
+    async fn ask(&self, msg: fn(oneshot::Sender<()>) -> Msg) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+        if self.tx.send(msg(done)).await.is_ok() {
             self.flush_requested.notify_one();
             let _ = wait.await;
         }
@@ -117,6 +146,8 @@ impl Auditor {
             recorded: c.recorded.load(Ordering::Relaxed),
             dropped_queue_full: c.dropped_queue_full.load(Ordering::Relaxed),
             dropped_sink_error: c.dropped_sink_error.load(Ordering::Relaxed),
+            held: c.held.load(Ordering::Relaxed),
+            spilled: c.spilled.load(Ordering::Relaxed),
             delivered: c.delivered.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
         }
@@ -153,7 +184,8 @@ impl Auditor {
 struct Writer {
     rx: mpsc::Receiver<Msg>,
     flush_requested: Arc<Notify>,
-    sinks: Vec<Arc<dyn AuditSink>>,
+    /// Each sink with the batches it owes.
+    held: Vec<Held>,
     batch_size: usize,
     flush_interval: Duration,
     counters: Arc<Counters>,
@@ -162,12 +194,28 @@ struct Writer {
 impl Writer {
     async fn run(mut self) {
         let mut msgs = Vec::with_capacity(self.batch_size);
+        // What earlier runs spilled is offered first.
+        self.retry_held(true).await;
         loop {
-            // Idle: wait for the first message.
-            let Some(first) = self.rx.recv().await else {
-                return; // every sender is gone: the engine was dropped
+            // Idle: wait for the first message, or for a held batch's retry.
+            let due = self.held.iter().filter_map(Held::due).min();
+            let received = match due {
+                None => self.rx.recv().await,
+                Some(at) => tokio::select! {
+                    m = self.rx.recv() => m,
+                    _ = tokio::time::sleep_until(at.into()) => {
+                        self.retry_held(false).await;
+                        continue;
+                    }
+                },
             };
-            let flush_now = matches!(first, Msg::Flush(_));
+            let Some(first) = received else {
+                // Every sender is gone: the engine was dropped or closed.
+                self.retry_held(true).await;
+                self.shut_down();
+                return;
+            };
+            let flush_now = !matches!(first, Msg::Event(_));
             msgs.push(first);
             // Let a batch gather for the flush interval without being woken by every event
             // (a wake-up per event would cost each file operation a context switch), unless
@@ -197,7 +245,7 @@ impl Writer {
 
     /// Deliver the events of `msgs` in order, answering each flush once what preceded it is
     /// delivered.
-    async fn process(&self, msgs: &mut Vec<Msg>) {
+    async fn process(&mut self, msgs: &mut Vec<Msg>) {
         let mut events = Vec::with_capacity(msgs.len());
         for msg in msgs.drain(..) {
             match msg {
@@ -207,6 +255,17 @@ impl Writer {
                         self.deliver(&events).await;
                         events.clear();
                     }
+                    // Held events are tried now: a flush after an outage delivers them.
+                    self.retry_held(true).await;
+                    let _ = done.send(());
+                }
+                Msg::Close(done) => {
+                    if !events.is_empty() {
+                        self.deliver(&events).await;
+                        events.clear();
+                    }
+                    self.retry_held(true).await;
+                    self.shut_down();
                     let _ = done.send(());
                 }
             }
@@ -216,25 +275,50 @@ impl Writer {
         }
     }
 
-    async fn deliver(&self, events: &[AuditEvent]) {
+    async fn deliver(&mut self, events: &[AuditEvent]) {
         let n = events.len() as u64;
         metrics::gauge!("tarbox_audit_queue_depth").set(self.rx.len() as f64);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         metrics::histogram!("tarbox_audit_batch_size").record(n as f64);
-        for sink in &self.sinks {
-            match sink.write(events).await {
-                Ok(()) => {
-                    self.counters.delivered.fetch_add(n, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    self.counters
-                        .dropped_sink_error
-                        .fetch_add(n, Ordering::Relaxed);
-                    metrics::counter!("tarbox_audit_dropped_total", "reason" => "sink_error", "sink" => sink.name())
-                        .increment(n);
-                    warn!(error = %e, events = n, "audit sink failed: batch dropped");
-                }
-            }
+        let mut out = Outcome::default();
+        for h in &mut self.held {
+            out += h.offer(events).await;
         }
+        self.account(out);
+    }
+
+    /// Offer held batches to their sinks: those due, or all with `now`.
+    async fn retry_held(&mut self, now: bool) {
+        let mut out = Outcome::default();
+        for h in &mut self.held {
+            out += h.retry(now).await;
+        }
+        self.account(out);
+    }
+
+    /// Spill (or drop) what the sinks still owe.
+    fn shut_down(&mut self) {
+        let mut out = Outcome::default();
+        for h in &mut self.held {
+            out += h.shut_down();
+        }
+        self.account(out);
+    }
+
+    fn account(&self, out: Outcome) {
+        let c = &self.counters;
+        c.delivered.fetch_add(out.delivered, Ordering::Relaxed);
+        if out.dropped > 0 {
+            c.dropped_sink_error
+                .fetch_add(out.dropped, Ordering::Relaxed);
+            metrics::counter!("tarbox_audit_dropped_total", "reason" => "sink_error")
+                .increment(out.dropped);
+        }
+        if out.spilled > 0 {
+            c.spilled.fetch_add(out.spilled, Ordering::Relaxed);
+            metrics::counter!("tarbox_audit_spilled_total").increment(out.spilled);
+        }
+        let held: usize = self.held.iter().map(Held::len).sum();
+        c.held.store(held as u64, Ordering::Relaxed);
     }
 }

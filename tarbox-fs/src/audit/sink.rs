@@ -9,11 +9,19 @@ use async_trait::async_trait;
 use super::AuditEvent;
 use super::store::AuditStore;
 
-/// Why a sink could not take a batch. The batch is then counted as dropped for that sink.
+/// Why a sink could not take a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// Refused for good: the batch is counted as dropped for that sink.
     #[error("audit sink {sink} failed")]
     Failed {
+        sink: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Unreachable for now (a database restarting): the batch is held and retried.
+    #[error("audit sink {sink} is unavailable")]
+    Unavailable {
         sink: &'static str,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -21,6 +29,22 @@ pub enum SinkError {
 }
 
 impl SinkError {
+    /// `sink` cannot be reached now; the batch is worth retrying.
+    pub fn unavailable(
+        sink: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> SinkError {
+        SinkError::Unavailable {
+            sink,
+            source: source.into(),
+        }
+    }
+
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SinkError::Unavailable { .. })
+    }
+
     /// A failure of `sink`, keeping its cause.
     pub fn failed(
         sink: &'static str,
@@ -40,7 +64,8 @@ pub trait AuditSink: Send + Sync + 'static {
     /// Short name for logs and metrics.
     fn name(&self) -> &'static str;
 
-    /// Take a batch. On error the whole batch counts as dropped for this sink.
+    /// Take a batch. On [`SinkError::Unavailable`] the batch is held and offered again later (in
+    /// order, before anything newer); on any other error it counts as dropped for this sink.
     async fn write(&self, events: &[AuditEvent]) -> Result<(), SinkError>;
 }
 
@@ -75,10 +100,10 @@ impl AuditSink for StoreSink {
         if events.is_empty() {
             return Ok(());
         }
-        self.store
-            .insert_audit(events)
-            .await
-            .map_err(|e| SinkError::failed("store", e))
+        self.store.insert_audit(events).await.map_err(|e| match e {
+            crate::error::BackendError::Unavailable(_) => SinkError::unavailable("store", e),
+            e => SinkError::failed("store", e),
+        })
     }
 }
 

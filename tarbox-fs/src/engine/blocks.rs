@@ -171,7 +171,11 @@ mod tests {
         let stored = encode(&noise, Compression::Zstd).expect("not a hole");
         assert!(!stored.compressed);
         let text = b"checkpoint step 1000 loss 0.25\n".repeat(8000);
-        assert!(encode(&text, Compression::Zstd).expect("not a hole").compressed);
+        assert!(
+            encode(&text, Compression::Zstd)
+                .expect("not a hole")
+                .compressed
+        );
     }
 
     #[test]

@@ -244,9 +244,10 @@ impl Engine {
     }
 
     /// End the engine's session: its orphans become reclaimable at once, and every queued audit
-    /// event is written.
+    /// event is written (or, for a sink that is unavailable, spilled to the audit spill
+    /// directory for the next engine; dropped and counted without one).
     pub async fn close(&self) -> FsResult<()> {
-        self.shared.auditor.flush().await;
+        self.shared.auditor.close().await;
         self.shared
             .backend
             .close_session(self.shared.session)
