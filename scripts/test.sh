@@ -42,6 +42,12 @@ provision_postgres() {
   fi
   if pg_answers 127.0.0.1 5432 && psql -h 127.0.0.1 -U postgres -d postgres -Atc 'select 1' >/dev/null 2>&1; then
     export TARBOX_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/tarbox_test"
+    # The outage test restarts the server it was given ({mode}: fast or immediate).
+    if [[ $(id -u) -eq 0 && -z "${TARBOX_TEST_PG_RESTART:-}" ]] && command -v pg_ctlcluster >/dev/null \
+       && [[ -d /etc/postgresql ]]; then
+      local v; v=$(ls /etc/postgresql | sort -V | tail -1)
+      export TARBOX_TEST_PG_RESTART="pg_ctlcluster --skip-systemctl-redirect $v main restart -m {mode}"
+    fi
     say "PostgreSQL: using 127.0.0.1:5432"; return
   fi
   # A throwaway cluster of our own.
@@ -64,6 +70,7 @@ provision_postgres() {
       -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c fsync=on" >/dev/null
   fi
   export TARBOX_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/tarbox_test"
+  export TARBOX_TEST_PG_RESTART="${TARBOX_TEST_PG_RESTART:-${run[*]} $bin/pg_ctl -D $data -l $data/log -w -m {mode} restart}"
   say "PostgreSQL: throwaway cluster on port $port"
 }
 

@@ -312,7 +312,11 @@ backend_tests! {
     async fn a_dropped_connection_fails_with_eio_and_service_resumes(t: TestVolume) {
         populate(&t).await;
         let faults = Faults::new();
-        let (engine, v) = t.faulty(faults.clone(), EngineConfig::default()).await;
+        let config = EngineConfig {
+            outage_wait: std::time::Duration::from_millis(200),
+            ..EngineConfig::default()
+        };
+        let (engine, v) = t.faulty(faults.clone(), config).await;
         let me = Caller::root();
         let tree = observe(&t).await;
         faults.disconnect();
@@ -326,6 +330,27 @@ backend_tests! {
         let dir = v.lookup(&me, Ino::ROOT, b"dir").await.expect("lookup after reconnect");
         v.mkdir(&me, dir.ino, b"after", 0o755).await.expect("mkdir after reconnect");
         assert!(t.resolve("/dir/after").await.is_ok());
+        engine.close().await.expect("close");
+    }
+
+    async fn an_outage_shorter_than_the_wait_costs_no_error(t: TestVolume) {
+        populate(&t).await;
+        let faults = Faults::new();
+        let (engine, v) = t.faulty(faults.clone(), EngineConfig::default()).await;
+        let me = Caller::root();
+        faults.disconnect();
+        let back = {
+            let faults = faults.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                faults.reconnect();
+            })
+        };
+        // Started while the store is down: they wait for it, then succeed.
+        let dir = v.lookup(&me, Ino::ROOT, b"dir").await.expect("lookup across the outage");
+        v.mkdir(&me, dir.ino, b"across", 0o755).await.expect("mkdir across the outage");
+        back.await.expect("reconnect");
+        assert!(t.resolve("/dir/across").await.is_ok());
         engine.close().await.expect("close");
     }
 

@@ -25,6 +25,7 @@ mod io;
 mod layers;
 mod names;
 mod namespace;
+mod patience;
 mod perm;
 mod ranges;
 mod tenants;
@@ -76,6 +77,9 @@ pub struct EngineConfig {
     pub clock: Arc<dyn Clock>,
     /// Audit levels, sinks and delivery.
     pub audit: AuditConfig,
+    /// How long an operation waits for an unavailable store (a database restart) before it
+    /// fails with `EIO`; only where retrying is safe (reads, and starting a transaction).
+    pub outage_wait: Duration,
 }
 
 impl Default for EngineConfig {
@@ -88,6 +92,7 @@ impl Default for EngineConfig {
             head_poll_interval: Duration::from_secs(1),
             clock: Arc::new(SystemClock),
             audit: AuditConfig::default(),
+            outage_wait: Duration::from_secs(15),
         }
     }
 }
@@ -473,8 +478,12 @@ impl Volume {
             .clone()
     }
 
+    /// A reader of committed data through the volume's view, waiting out store outages.
     fn reader(&self) -> Box<dyn StoreRead> {
-        self.backend().reader(&self.view())
+        Box::new(patience::PatientReader {
+            inner: self.backend().reader(&self.view()),
+            wait: self.shared().config.outage_wait,
+        })
     }
 
     fn block_size(&self) -> u64 {
@@ -494,7 +503,12 @@ impl Volume {
         let mut locks = locks.to_vec();
         locks.sort_unstable();
         locks.dedup();
-        Ok(self.backend().begin(&self.view(), &locks).await?)
+        // Nothing is applied until the transaction has begun: waiting out an outage is safe.
+        let wait = self.shared().config.outage_wait;
+        Ok(patience::patiently!(
+            wait,
+            self.backend().begin(&self.view(), &locks)
+        )?)
     }
 
     /// Run `op` until it succeeds or fails for a reason other than a conflict. Each attempt is a
