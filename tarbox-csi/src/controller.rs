@@ -96,8 +96,8 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     out.join(": ")
 }
 
-/// Check volume capabilities: mount access with a known mode, any access mode (the filesystem is
-/// shared by design). Block access is refused.
+/// Check volume capabilities: mount access with a known mode (the filesystem is shared by
+/// design), except the single-writer modes, which would need enforcing. Block access is refused.
 pub(crate) fn check_capabilities(caps: &[VolumeCapability]) -> Result<(), String> {
     if caps.is_empty() {
         return Err("volume capabilities are missing".into());
@@ -124,6 +124,17 @@ pub(crate) fn check_capabilities(caps: &[VolumeCapability]) -> Result<(), String
             .unwrap_or(AccessMode::Unknown);
         if mode == AccessMode::Unknown {
             return Err("a volume capability has no access mode".into());
+        }
+        // These need the SINGLE_NODE_MULTI_WRITER capability, which is not advertised: nothing
+        // here would enforce a single writer.
+        if matches!(
+            mode,
+            AccessMode::SingleNodeSingleWriter | AccessMode::SingleNodeMultiWriter
+        ) {
+            return Err(format!(
+                "access mode {} is not offered: the driver does not enforce a single writer",
+                mode.as_str_name()
+            ));
         }
     }
     Ok(())

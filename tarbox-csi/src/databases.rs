@@ -35,13 +35,12 @@ impl VolumeId {
             Some(_) => return None,
             None => (id, None),
         };
-        if tenant.is_empty() || !tenant.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        Some(VolumeId {
-            tenant: tenant.parse().ok()?,
+        let parsed = VolumeId {
+            tenant: tenant.parse().ok().filter(|n: &i64| *n > 0)?,
             database,
-        })
+        };
+        // Only the canonical form: `07` and `7` must not name one volume twice.
+        (parsed.to_string() == id).then_some(parsed)
     }
 }
 
@@ -62,9 +61,25 @@ fn is_key(k: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// The key of a database URL: 12 hex digits of its BLAKE3 hash.
+/// The key of a database URL: 12 hex digits of the BLAKE3 hash of the URL without its
+/// password, so rotating the password keeps every volume's id.
 pub(crate) fn key_of(url: &str) -> String {
-    blake3::hash(url.as_bytes()).to_hex()[..KEY_LEN].to_string()
+    blake3::hash(without_password(url).as_bytes()).to_hex()[..KEY_LEN].to_string()
+}
+
+/// `scheme://user:secret@host/…` as `scheme://user@host/…`.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
 }
 
 /// The driver's engines: its own database's and those secrets named.
@@ -72,6 +87,8 @@ pub(crate) fn key_of(url: &str) -> String {
 pub(crate) struct Databases {
     own: Engine,
     others: Mutex<HashMap<String, Engine>>,
+    /// The background work of the other databases' engines (stops when dropped).
+    upkeep: Mutex<Vec<tarbox_fuse::EngineUpkeep>>,
 }
 
 impl Databases {
@@ -79,6 +96,7 @@ impl Databases {
         Databases {
             own,
             others: Mutex::new(HashMap::new()),
+            upkeep: Mutex::new(Vec::new()),
         }
     }
 
@@ -168,6 +186,9 @@ impl Databases {
                     "cannot open the database {key} the secret's {SECRET_DATABASE_URL} names: {e}"
                 )),
             })?;
+        // Deleted volumes there are purged and its audit partitions kept, as in the driver's own.
+        let upkeep = tarbox_fuse::EngineUpkeep::start(&engine, true);
+        self.upkeep.lock().await.push(upkeep);
         others.insert(key.to_string(), engine.clone());
         Ok(engine)
     }
@@ -185,7 +206,24 @@ mod tests {
         let other = VolumeId::parse(&format!("7.{key}")).expect("other");
         assert_eq!(other.database.as_deref(), Some(key.as_str()));
         assert_eq!(other.to_string(), format!("7.{key}"));
-        for bad in ["", "x", "7.", "7.xyz", "-1", "7.ABCDEFABCDEF", "1-2"] {
+        assert_eq!(
+            key_of("postgres://u:old@db:5432/t"),
+            key_of("postgres://u:new@db:5432/t"),
+            "a password rotation keeps the key"
+        );
+        assert_ne!(key_of("postgres://u@db/t"), key_of("postgres://u@db/other"));
+        for bad in [
+            "",
+            "x",
+            "7.",
+            "7.xyz",
+            "-1",
+            "7.ABCDEFABCDEF",
+            "1-2",
+            "07",
+            "+7",
+            "0",
+        ] {
             assert_eq!(VolumeId::parse(bad), None, "{bad:?}");
         }
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tarbox_fuse::is_mount_point;
 use tracing::{info, warn};
 
-use crate::state::{StateDir, VolumeRecord};
+use crate::state::{PublishRecord, StateDir, VolumeRecord};
 
 /// How often the mounter compares what is staged with what is served.
 pub const PASS_INTERVAL: Duration = Duration::from_millis(200);
@@ -50,8 +50,6 @@ pub struct Mounter {
     children: HashMap<u32, Child>,
     /// Servers asked to stop, by pid.
     stopping: HashSet<u32>,
-    /// Volumes whose publish targets must be bound again once their new server is up.
-    rebind: HashSet<String>,
 }
 
 impl Mounter {
@@ -61,7 +59,6 @@ impl Mounter {
             config,
             children: HashMap::new(),
             stopping: HashSet::new(),
-            rebind: HashSet::new(),
         }
     }
 
@@ -80,46 +77,71 @@ impl Mounter {
         }
     }
 
-    /// One reconciliation.
+    /// One reconciliation. One volume's trouble never keeps the others from being served.
     pub fn pass(&mut self) -> io::Result<()> {
         self.reap();
         let staged = self.state.volumes_staged()?;
-        let wanted: HashSet<&str> = staged.iter().map(|v| v.volume_id.as_str()).collect();
+        let publishes = self.state.publishes_made()?;
+        let mounts = MountTable::read();
         for volume in &staged {
-            let pid = self.state.server_pid(&volume.volume_id)?;
-            let live = pid.filter(|&p| serves(p, &volume.volume_id));
-            match live {
-                Some(_) if self.rebind.contains(&volume.volume_id) => {
-                    if is_mount_point(&volume.staging_path) {
-                        self.rebind_targets(volume);
-                        self.rebind.remove(&volume.volume_id);
-                    }
-                }
-                Some(_) => {}
-                None => {
-                    if pid.is_some() {
-                        warn!(
-                            volume = volume.volume_id,
-                            "the volume's FUSE server died; repairing"
-                        );
-                        self.rebind.insert(volume.volume_id.clone());
-                    }
-                    self.start(volume)?;
-                }
+            if let Err(e) = self.serve(volume, &publishes, &mounts) {
+                warn!(volume = volume.volume_id, error = %e, "cannot serve the volume");
             }
         }
+        let wanted: HashSet<&str> = staged.iter().map(|v| v.volume_id.as_str()).collect();
         for id in self.state.volumes_with_servers()? {
             if wanted.contains(id.as_str()) {
                 continue;
             }
-            match self.state.server_pid(&id)? {
-                Some(pid) if serves(pid, &id) => {
+            match self.state.server_pid(&id) {
+                Ok(Some(pid)) if serves(pid, &id) => {
                     if self.stopping.insert(pid) {
                         info!(volume = id, pid, "volume unstaged: stopping its server");
                         terminate(pid);
                     }
                 }
-                _ => self.state.remove_server_pid(&id)?,
+                Ok(_) => self.state.remove_server_pid(&id)?,
+                Err(e) => warn!(volume = id, error = %e, "cannot read the server's pid"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep `volume` served: start a server if none is alive (repairing a dead one's mount), and
+    /// bind again every target still bound to a mount of an earlier server.
+    fn serve(
+        &mut self,
+        volume: &VolumeRecord,
+        publishes: &[PublishRecord],
+        mounts: &MountTable,
+    ) -> io::Result<()> {
+        let pid = self.state.server_pid(&volume.volume_id)?;
+        if !pid.is_some_and(|p| serves(p, &volume.volume_id)) {
+            if pid.is_some() {
+                warn!(
+                    volume = volume.volume_id,
+                    "the volume's FUSE server died; repairing"
+                );
+            }
+            return self.start(volume);
+        }
+        // Each FUSE connection is its own device: a target on another device than the staging
+        // path is a bind of a server that died (found again after a restart of this mounter
+        // too, since nothing of it is kept in memory).
+        let Some(served) = mounts.device(&volume.staging_path) else {
+            return Ok(());
+        };
+        for p in publishes.iter().filter(|p| p.volume_id == volume.volume_id) {
+            if mounts.device(&p.target).is_some_and(|d| d != served) {
+                detach(&p.target);
+                match crate::node::bind(&volume.staging_path, &p.target, p.readonly) {
+                    Ok(()) => {
+                        info!(volume = volume.volume_id, target = %p.target.display(), "target bound again")
+                    }
+                    Err(e) => {
+                        warn!(target = %p.target.display(), error = %e, "cannot bind the target again")
+                    }
+                }
             }
         }
         Ok(())
@@ -173,27 +195,30 @@ impl Mounter {
         self.children.insert(pid, child);
         Ok(())
     }
+}
 
-    /// Bind every target published from `volume` again, onto the new server's mount.
-    fn rebind_targets(&self, volume: &VolumeRecord) {
-        let publishes = match self.state.publishes_made() {
-            Ok(p) => p,
-            Err(e) => {
-                warn!(error = %e, "cannot read the publishes to repair");
-                return;
-            }
-        };
-        for p in publishes.iter().filter(|p| p.volume_id == volume.volume_id) {
-            detach(&p.target);
-            match crate::node::bind(&volume.staging_path, &p.target, p.readonly) {
-                Ok(()) => {
-                    info!(volume = volume.volume_id, target = %p.target.display(), "target bound again")
-                }
-                Err(e) => {
-                    warn!(target = %p.target.display(), error = %e, "cannot bind the target again")
-                }
-            }
-        }
+/// The mount table of this process's mount namespace: mount point → device (`major:minor`,
+/// one per FUSE connection).
+struct MountTable(HashMap<PathBuf, String>);
+
+impl MountTable {
+    fn read() -> MountTable {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let table = info
+            .lines()
+            .filter_map(|l| {
+                let fields: Vec<&str> = l.split(' ').collect();
+                let point = fields.get(4)?.replace("\\040", " ");
+                Some((PathBuf::from(point), (*fields.get(2)?).to_string()))
+            })
+            .collect();
+        MountTable(table)
+    }
+
+    /// The device mounted at `path` (the topmost mount there), if any.
+    fn device(&self, path: &Path) -> Option<&str> {
+        let resolved = path.parent()?.canonicalize().ok()?.join(path.file_name()?);
+        self.0.get(&resolved).map(String::as_str)
     }
 }
 

@@ -32,7 +32,9 @@ fn snapshot_id(volume: &Vol, layer: &LayerRecord) -> String {
 pub(crate) fn parse_snapshot_id(id: &str) -> Option<(String, i64)> {
     let (volume, layer) = id.split_once('-')?;
     VolumeId::parse(volume)?;
-    Some((volume.to_string(), layer.parse().ok()?))
+    let layer: i64 = layer.parse().ok()?;
+    // Only the canonical form, as the driver writes it.
+    (layer.to_string() == id[volume.len() + 1..]).then(|| (volume.to_string(), layer))
 }
 
 fn snapshot_of(volume: &Vol, layer: &LayerRecord) -> Snapshot {
@@ -61,12 +63,13 @@ impl Driver {
     }
 
     /// Every snapshot (named checkpoint) of `volume`, live or retired, oldest first.
+    /// A volume deleted since it was listed has none.
     async fn snapshots_of(&self, volume: &Vol) -> Result<Vec<Snapshot>, Status> {
-        let tree = volume
-            .engine
-            .layer_tree(&volume.name)
-            .await
-            .map_err(status)?;
+        let tree = match volume.engine.layer_tree(&volume.name).await {
+            Ok(tree) => tree,
+            Err(FsError::TenantNotFound(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(status(e)),
+        };
         Ok(tree
             .layers
             .iter()
@@ -130,7 +133,12 @@ impl Driver {
             if other.id == volume.id {
                 continue;
             }
-            let tree = other.engine.layer_tree(&other.name).await.map_err(status)?;
+            let tree = match other.engine.layer_tree(&other.name).await {
+                Ok(tree) => tree,
+                // Deleted since the listing: it holds no snapshot any more.
+                Err(FsError::TenantNotFound(_)) => continue,
+                Err(e) => return Err(status(e)),
+            };
             if tree.find(&wanted).is_some() {
                 return Err(Status::already_exists(format!(
                     "snapshot {:?} exists for another volume ({})",
@@ -247,5 +255,7 @@ mod tests {
         assert_eq!(parse_snapshot_id("42"), None);
         assert_eq!(parse_snapshot_id("x-1"), None);
         assert_eq!(parse_snapshot_id("1-y"), None);
+        assert_eq!(parse_snapshot_id("7-05"), None);
+        assert_eq!(parse_snapshot_id("07-5"), None);
     }
 }

@@ -199,9 +199,14 @@ fn list<T: DeserializeOwned>(dir: &Path) -> io::Result<Vec<T>> {
     paths.sort();
     let mut out = Vec::new();
     for path in paths {
-        // Removed between the listing and the read: not there any more.
-        if let Some(record) = read(&path)? {
-            out.push(record);
+        match read(&path) {
+            Ok(Some(record)) => out.push(record),
+            // Removed between the listing and the read: not there any more.
+            Ok(None) => {}
+            // One damaged record must not stop the node from serving every other volume.
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable state record")
+            }
         }
     }
     Ok(out)
@@ -218,7 +223,10 @@ fn write_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
     }
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // The whole name plus the pid: `7.json` and `7.pid` never share a temporary file.
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
     // Root only: a record may hold a database URL with its password.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -227,8 +235,15 @@ fn write_bytes(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .mode(0o600)
         .open(&tmp)?;
     file.write_all(bytes)?;
+    // On disk before it is renamed into place, and the rename too: after a power loss a record
+    // is the old one or the new one, never empty.
+    file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn remove(path: &Path) -> io::Result<()> {

@@ -82,11 +82,11 @@ pub async fn serve_volume(
         .map_err(VolumeServerError::Engine)?;
     let mount = start(&engine, &record, &state).await?;
     info!(volume = volume_id, tenant = record.tenant, path = %record.staging_path.display(), "serving");
-    mount
-        .run_until(tarbox_fuse::termination())
-        .await
-        .map_err(VolumeServerError::Serve)?;
-    engine.close().await.map_err(VolumeServerError::Engine)?;
+    let served = mount.run_until(tarbox_fuse::termination()).await;
+    // Closed whatever happened to the session: its audit events are written or spilled.
+    let closed = engine.close().await;
+    served.map_err(VolumeServerError::Serve)?;
+    closed.map_err(VolumeServerError::Engine)?;
     info!(volume = volume_id, "volume server stopped");
     Ok(())
 }

@@ -144,6 +144,25 @@ async fn lifecycle(url: &str) {
         h.controller.create_volume(block).await,
         Code::InvalidArgument,
     );
+    // A single writer is not enforced, so it is not offered.
+    let mut single = create_request(&format!("pvc-{tag}-single"), MIB, &[]);
+    single.volume_capabilities = vec![mount_cap(AccessMode::SingleNodeSingleWriter)];
+    let msg = code(
+        h.controller.create_volume(single).await,
+        Code::InvalidArgument,
+    );
+    assert!(msg.contains("SINGLE_NODE_SINGLE_WRITER"), "{msg}");
+    let unconfirmed = h
+        .controller
+        .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {
+            volume_id: created.volume_id.clone(),
+            volume_capabilities: vec![mount_cap(AccessMode::SingleNodeMultiWriter)],
+            ..Default::default()
+        })
+        .await
+        .expect("validate")
+        .into_inner();
+    assert!(unconfirmed.confirmed.is_none() && !unconfirmed.message.is_empty());
     code(
         h.controller
             .validate_volume_capabilities(ValidateVolumeCapabilitiesRequest {

@@ -152,7 +152,13 @@ impl Mounted {
 
 /// Whether `path` is a mount point, from `/proc/self/mountinfo`.
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(path) = path.canonicalize() else {
+    // The root of a FUSE mount whose server died cannot be stat'ed (ENOTCONN), so resolve the
+    // parent and append the name rather than resolving the mount point itself.
+    let resolved = path.canonicalize().ok().or_else(|| {
+        let parent = path.parent()?.canonicalize().ok()?;
+        Some(parent.join(path.file_name()?))
+    });
+    let Some(path) = resolved else {
         return false;
     };
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {

@@ -3,10 +3,13 @@
 //! the audit trail a delay, not records.
 //!
 //! Up to `held_capacity` events wait in memory; older ones beyond that go to a spill file of JSON
-//! lines (`<spill dir>/<sink>.jsonl`, the events oldest first) when a spill directory is
-//! configured, and are read back first on recovery, also by the next engine if this one stops
-//! before the sink comes back. Without a spill directory the oldest held events are dropped
-//! beyond the bound: the last resort, counted and logged. An outage is logged once when it
+//! lines when a spill directory is configured (`<spill dir>/<sink>.<pid>.<n>.jsonl`, this
+//! engine's own, the events oldest first), and are read back first on recovery. An engine
+//! starting on the directory claims the files earlier engines left for its sink (renaming each
+//! to a name of its own first, so no two engines deliver one file) and delivers them before
+//! anything newer. A delivery that fails half way rewrites the file with what is left, so
+//! nothing is sent twice. Without a spill directory the oldest held events are dropped beyond
+//! the bound: the last resort, counted and logged. An outage is logged once when it
 //! starts and once when it ends, never per batch.
 
 use std::collections::VecDeque;
@@ -48,8 +51,12 @@ pub(super) struct Held {
     in_memory: usize,
     capacity: usize,
     batch_size: usize,
-    /// Events in the spill file, which are older than every batch in memory.
+    /// Events in spill files (claimed ones, then this engine's own), all older than every
+    /// batch in memory.
     spilled: usize,
+    /// Files earlier engines left, claimed by this one, oldest first.
+    claimed: VecDeque<PathBuf>,
+    /// This engine's own spill file.
     spill_file: Option<PathBuf>,
     failing_since: Option<Instant>,
     retry_at: Instant,
@@ -64,8 +71,9 @@ impl Held {
         batch_size: usize,
         spill_dir: Option<&std::path::Path>,
     ) -> Held {
-        let spill_file = spill_dir.map(|d| d.join(format!("{}.jsonl", sink.name())));
-        let spilled = spill_file.as_deref().map_or(0, count_lines);
+        let spill_file = spill_dir.map(|d| own_file(d, sink.name()));
+        let claimed = spill_dir.map_or_else(VecDeque::new, |d| claim(d, sink.name()));
+        let spilled = claimed.iter().map(|p| count_lines(p)).sum();
         if spilled > 0 {
             info!(
                 sink = sink.name(),
@@ -80,6 +88,7 @@ impl Held {
             capacity: capacity.max(1),
             batch_size: batch_size.max(1),
             spilled,
+            claimed,
             spill_file,
             failing_since: None,
             retry_at: Instant::now(),
@@ -153,6 +162,7 @@ impl Held {
                 }
             }
         }
+        self.set_gauge();
         if let Some(since) = self.failing_since.take() {
             info!(
                 sink = self.sink.name(),
@@ -211,8 +221,7 @@ impl Held {
             self.in_memory -= oldest.len();
             out += self.spill_or_drop(oldest);
         }
-        metrics::gauge!("tarbox_audit_held_events", "sink" => self.sink.name())
-            .set(self.len() as f64);
+        self.set_gauge();
         out
     }
 
@@ -241,32 +250,93 @@ impl Held {
         }
     }
 
-    /// Deliver the spill file in batches, oldest first; it is removed once all are delivered.
-    /// A transient failure leaves it whole (a redelivered prefix is the lesser harm).
+    /// Deliver the spill files in batches, oldest first (claimed ones, then this engine's own),
+    /// removing each once delivered. A transient failure rewrites the file with the events not
+    /// yet delivered, so a retry sends nothing twice.
     async fn drain_spill(&mut self) -> Result<Outcome, SinkError> {
         let mut out = Outcome::default();
-        let Some(path) = self.spill_file.clone() else {
-            return Ok(out);
-        };
-        let events = read_events(&path);
-        for chunk in events.chunks(self.batch_size) {
-            match self.sink.write(chunk).await {
-                Ok(()) => out.delivered += chunk.len() as u64,
-                Err(e) if e.is_transient() => return Err(e),
-                Err(e) => {
-                    warn!(error = %e, events = chunk.len(), "audit sink refused spilled events: dropped");
-                    out.dropped += chunk.len() as u64;
+        let mut files: Vec<PathBuf> = self.claimed.iter().cloned().collect();
+        files.extend(self.spill_file.iter().filter(|p| p.exists()).cloned());
+        for path in files {
+            let (events, torn) = read_events(&path);
+            // Lines that did not parse (a torn last line after a crash) are counted as dropped.
+            out.dropped += torn as u64;
+            self.spilled = self.spilled.saturating_sub(torn);
+            let mut sent = 0;
+            for chunk in events.chunks(self.batch_size) {
+                match self.sink.write(chunk).await {
+                    Ok(()) => out.delivered += chunk.len() as u64,
+                    Err(e) if e.is_transient() => {
+                        if let Err(io) = rewrite(&path, &events[sent..]) {
+                            warn!(path = %path.display(), error = %io, "cannot rewrite an audit spill file");
+                        }
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, events = chunk.len(), "audit sink refused spilled events: dropped");
+                        out.dropped += chunk.len() as u64;
+                    }
                 }
+                sent += chunk.len();
+                self.spilled = self.spilled.saturating_sub(chunk.len());
             }
-        }
-        // Events that did not parse (a torn last line after a crash) are counted as dropped.
-        out.dropped += self.spilled.saturating_sub(events.len()) as u64;
-        if let Err(e) = std::fs::remove_file(&path) {
-            warn!(path = %path.display(), error = %e, "cannot remove the delivered audit spill file");
+            if let Err(e) = std::fs::remove_file(&path) {
+                warn!(path = %path.display(), error = %e, "cannot remove a delivered audit spill file");
+            }
+            self.claimed.retain(|p| *p != path);
         }
         self.spilled = 0;
         Ok(out)
     }
+
+    fn set_gauge(&self) {
+        metrics::gauge!("tarbox_audit_held_events", "sink" => self.sink.name())
+            .set(self.len() as f64);
+    }
+}
+
+static NEXT_FILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A spill file name of this process for `sink`, never used before in it.
+fn own_file(dir: &std::path::Path, sink: &str) -> PathBuf {
+    let n = NEXT_FILE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("{sink}.{}.{n}.jsonl", std::process::id()))
+}
+
+/// Claim the spill files earlier engines left in `dir` for `sink`, oldest first: each is renamed
+/// to a name of this process before it is read, so no two engines deliver the same file.
+fn claim(dir: &std::path::Path, sink: &str) -> VecDeque<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return VecDeque::new();
+    };
+    let prefix = format!("{sink}.");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".jsonl"))
+        })
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .collect();
+    found.sort();
+    let mut claimed = VecDeque::new();
+    for (_, path) in found {
+        let mine = own_file(dir, sink);
+        if std::fs::rename(&path, &mine).is_ok() {
+            claimed.push_back(mine);
+        }
+    }
+    claimed
+}
+
+/// Replace `path` with `events` (a temporary file renamed into place).
+fn rewrite(path: &std::path::Path, events: &[AuditEvent]) -> std::io::Result<()> {
+    let tmp = path.with_extension("jsonl.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    append(&tmp, events)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn count_lines(path: &std::path::Path) -> usize {
@@ -290,13 +360,114 @@ fn append(path: &std::path::Path, batch: &[AuditEvent]) -> std::io::Result<()> {
     file.sync_data()
 }
 
-fn read_events(path: &std::path::Path) -> Vec<AuditEvent> {
+/// The events of a spill file, and how many lines did not parse.
+fn read_events(path: &std::path::Path) -> (Vec<AuditEvent>, usize) {
     let Ok(file) = std::fs::File::open(path) else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
-    std::io::BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|line| serde_json::from_str(&line).ok())
-        .collect()
+    let (mut events, mut torn) = (Vec::new(), 0);
+    for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+        match serde_json::from_str(&line) {
+            Ok(event) => events.push(event),
+            Err(_) => torn += 1,
+        }
+    }
+    (events, torn)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::audit::AuditOp;
+    use crate::types::{LayerId, TenantId, Timestamp};
+
+    /// A sink that takes `budget` more events, then is unavailable until given more.
+    struct Flaky {
+        taken: Mutex<Vec<u64>>,
+        budget: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl AuditSink for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+
+        async fn write(&self, events: &[AuditEvent]) -> Result<(), SinkError> {
+            let left = self.budget.load(Ordering::SeqCst);
+            if left < events.len() {
+                return Err(SinkError::unavailable("flaky", "down"));
+            }
+            self.budget.store(left - events.len(), Ordering::SeqCst);
+            let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+            taken.extend(events.iter().map(|e| e.seq));
+            Ok(())
+        }
+    }
+
+    fn event(seq: u64) -> AuditEvent {
+        AuditEvent {
+            seq,
+            time: Timestamp(0),
+            tenant: "t".into(),
+            tenant_id: TenantId(1),
+            layer: LayerId(1),
+            op: AuditOp::Mkdir,
+            path: Some(format!("/d{seq}").into()),
+            path2: None,
+            ino: None,
+            offset: None,
+            bytes: 0,
+            duration_us: 0,
+            errno: 0,
+            uid: 0,
+            gid: 0,
+            pid: 0,
+            process: None,
+            node: "n".into(),
+            mount: "m".into(),
+            pod: None,
+            handle: None,
+            detail: None,
+            in_store: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn held_events_arrive_once_in_order_across_failures_and_engines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = Arc::new(Flaky {
+            taken: Mutex::new(Vec::new()),
+            budget: AtomicUsize::new(0),
+        });
+        // Two events in memory at most; the rest spill. The sink is down.
+        let mut held = Held::new(sink.clone(), 2, 2, Some(dir.path()));
+        for seq in 0..10 {
+            held.offer(&[event(seq)]).await;
+        }
+        assert_eq!(held.len(), 10);
+        // It comes back for three events only: a spilled prefix is delivered, the file keeps
+        // the rest.
+        sink.budget.store(3, Ordering::SeqCst);
+        held.retry(true).await;
+        // The engine stops; what it holds goes to disk; a new engine claims and delivers it.
+        held.shut_down();
+        sink.budget.store(100, Ordering::SeqCst);
+        let mut next = Held::new(sink.clone(), 2, 2, Some(dir.path()));
+        assert_eq!(next.len(), 8, "what the first engine did not deliver");
+        let out = next.retry(true).await;
+        assert_eq!(out.delivered, 8);
+        let taken = sink.taken.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(
+            taken,
+            (0..10).collect::<Vec<_>>(),
+            "every event once, in order"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+    }
 }

@@ -386,7 +386,8 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
     /// the store (no file data passes through the caller). The clone keeps the source's block
     /// size, compression and inode numbers; its usage is recounted the way the engine charges
     /// ([`Inode::charged_bytes`] per inode). The source may be active or retired. Fails with
-    /// [`BackendError::TenantExists`] if the name is taken.
+    /// [`BackendError::TenantExists`] if the name is taken, and with
+    /// [`BackendError::StaleView`] (creating nothing) if a layer of the source chain is gone.
     async fn clone_tenant(&self, new: &NewClone) -> BackendResult<TenantRecord>;
 
     /// The tenant of that name, active or deleted; `None` if absent.

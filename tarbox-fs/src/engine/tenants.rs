@@ -174,40 +174,46 @@ impl Engine {
         options: CloneOptions,
     ) -> FsResult<TenantInfo> {
         validate_tenant_name(name)?;
-        let record = self.tenant_record(source).await?;
-        let tree = LayerTree {
-            head: record.head_layer,
-            layers: self.shared.backend.layers(record.id).await?,
-        };
-        let at = match (record.state, layer) {
-            (TenantState::Deleted, _) => {
-                return Err(FsError::TenantNotFound(source.to_string()));
+        // A layer of the view may be dropped between reading the tree and cloning: read again.
+        let mut attempts = 0;
+        let (clone, at) = loop {
+            attempts += 1;
+            let record = self.tenant_record(source).await?;
+            let tree = LayerTree {
+                head: record.head_layer,
+                layers: self.shared.backend.layers(record.id).await?,
+            };
+            let at = match (record.state, layer) {
+                (TenantState::Deleted, _) => {
+                    return Err(FsError::TenantNotFound(source.to_string()));
+                }
+                (TenantState::Retired, None) => {
+                    return Err(FsError::BadInput(format!(
+                        "tenant {source} is retired: only its checkpoints can be cloned"
+                    )));
+                }
+                (_, Some(layer)) => tree.resolve(layer)?.id,
+                (TenantState::Active, None) => record.head_layer,
+            };
+            let new = NewClone {
+                source: build_view(self.shared.backend.as_ref(), record.id, at).await?,
+                name: name.to_string(),
+                quota: options.quota,
+                created_at: self.shared.now(),
+                owner: options.owner.clone(),
+            };
+            match self.shared.backend.clone_tenant(&new).await {
+                Ok(clone) => break (clone, at),
+                Err(BackendError::StaleView) if attempts < 3 => continue,
+                Err(BackendError::TenantExists) => {
+                    return Err(FsError::TenantExists(name.to_string()));
+                }
+                Err(BackendError::TenantGone) => {
+                    return Err(FsError::TenantNotFound(source.to_string()));
+                }
+                Err(e) => return Err(e.into()),
             }
-            (TenantState::Retired, None) => {
-                return Err(FsError::BadInput(format!(
-                    "tenant {source} is retired: only its checkpoints can be cloned"
-                )));
-            }
-            (_, Some(layer)) => tree.resolve(layer)?.id,
-            (TenantState::Active, None) => record.head_layer,
         };
-        let new = NewClone {
-            source: build_view(self.shared.backend.as_ref(), record.id, at).await?,
-            name: name.to_string(),
-            quota: options.quota,
-            created_at: self.shared.now(),
-            owner: options.owner,
-        };
-        let clone = self
-            .shared
-            .backend
-            .clone_tenant(&new)
-            .await
-            .map_err(|e| match e {
-                BackendError::TenantExists => FsError::TenantExists(name.to_string()),
-                BackendError::TenantGone => FsError::TenantNotFound(source.to_string()),
-                e => e.into(),
-            })?;
         info!(tenant = name, source, layer = at.0, "tenant cloned");
         self.info_of(clone).await
     }
@@ -324,10 +330,23 @@ impl Engine {
         Ok(())
     }
 
-    /// Remove the rows of every tenant marked deleted. Returns the names purged.
+    /// Remove the rows of every tenant marked deleted, and of retired tenants left without a
+    /// checkpoint. Returns the names purged.
     pub async fn purge_deleted_tenants(&self) -> FsResult<Vec<String>> {
         let mut purged = Vec::new();
         for record in self.shared.backend.list_tenants().await? {
+            // A retired tenant whose last checkpoint went while it was being retired (a volume
+            // and its last snapshot deleted at once) keeps nothing: delete it.
+            if record.state == TenantState::Retired {
+                let layers = self.shared.backend.layers(record.id).await?;
+                if !layers.iter().any(|l| l.name.is_some()) {
+                    self.shared.backend.mark_tenant_deleted(record.id).await?;
+                    self.shared.backend.purge_tenant(record.id).await?;
+                    info!(tenant = %record.name, "retired tenant without checkpoints purged");
+                    purged.push(record.name);
+                }
+                continue;
+            }
             if record.state == TenantState::Deleted {
                 self.shared.backend.purge_tenant(record.id).await?;
                 info!(tenant = %record.name, "tenant purged");

@@ -41,6 +41,13 @@ pub(super) fn clone_tenant(store: &mut Store, new: &NewClone) -> BackendResult<T
         .ok_or(BackendError::TenantGone)?
         .clone();
     let chain = &new.source.chain;
+    // A layer of the chain dropped since the view was built: the view shows another tree now.
+    if !chain
+        .iter()
+        .all(|l| store.layers.contains_key(&(source.id, *l)))
+    {
+        return Err(BackendError::StaleView);
+    }
     let src = store.data.get(&source.id).ok_or(BackendError::TenantGone)?;
 
     store.next_tenant += 1;

@@ -11,7 +11,8 @@ use crate::error::{BackendError, BackendResult};
 use crate::types::LayerId;
 
 /// $1 source tenant, $2 its chain (bigint[]), $3 name, $4/$5 quota, $6 created_at, $7 owner,
-/// $8 the source layer (for the base layer's description), $9 the deleted state.
+/// $8 the source layer (for the base layer's description), $9 the deleted state. Nothing is
+/// created if a layer of the chain is gone (dropped or discarded since the view was built).
 ///
 /// Each `v*` CTE is the newest row per key among the chain's layers (ancestors have smaller ids,
 /// so `ORDER BY layer_id DESC` puts the newest first), minus tombstones, whiteouts, holes and
@@ -20,7 +21,9 @@ use crate::types::LayerId;
 /// (`Inode::charged_bytes`).
 const CLONE_TENANT: &str = "WITH src AS ( \
        SELECT id, name, block_size, compression, next_ino FROM tenants \
-       WHERE id = $1 AND state <> $9), \
+       WHERE id = $1 AND state <> $9 \
+         AND (SELECT count(*) FROM layers WHERE tenant_id = $1 AND id = ANY($2)) \
+             = cardinality($2)), \
      l AS (SELECT nextval('layer_ids') AS id), \
      vi AS (SELECT * FROM ( \
          SELECT DISTINCT ON (ino) * FROM inodes \
@@ -91,7 +94,20 @@ pub(super) async fn clone_tenant(pool: &PgPool, new: &NewClone) -> BackendResult
         .fetch_optional(pool)
         .await
         .map_err(map_err)?;
-    let (id, head, block_size, compression) = row.ok_or(BackendError::TenantGone)?;
+    // No row: the tenant is gone, or a layer of the chain is (which the engine retries).
+    let Some((id, head, block_size, compression)) = row else {
+        let layers = super::layers::layers(pool, new.source.tenant).await?;
+        let chain_intact = new
+            .source
+            .chain
+            .iter()
+            .all(|l| layers.iter().any(|r| r.id == *l));
+        return Err(if chain_intact || layers.is_empty() {
+            BackendError::TenantGone
+        } else {
+            BackendError::StaleView
+        });
+    };
     Ok(TenantRecord {
         id: crate::types::TenantId(id),
         name: new.name.clone(),
