@@ -627,6 +627,8 @@ backend_tests! {
         let text = String::from_utf8(control.read(&me, fh, 0, 1 << 20).await.expect("read").to_vec()).expect("text");
         control.release(&me, fh).await.expect("release");
         assert!(text.contains("mkdir") && text.contains("/visible") && text.contains("pid=4242"), "{text}");
+        // It names every user's paths: other users of the mount may not read it.
+        assert_errno!(control.open(&tarbox_tests::alice(), recent.ino, libc::O_RDONLY).await, libc::EACCES);
         engine.close().await.expect("close");
     }
 

@@ -1,6 +1,6 @@
 //! The front door's own behaviour on every backend: `lseek` with `SEEK_DATA`/`SEEK_HOLE`, and
 //! wrappers of a [`Filesystem`]: a read-only guard, and the control directory over a guarded
-//! tree.
+//! tree, whose snapshots keep the permissions their files had.
 
 use std::sync::Arc;
 
@@ -8,7 +8,9 @@ use tarbox_fs::{
     Caller, ControlFs, FileType, Filesystem, Guarded, Ino, ReadOnly, RenameFlags, SetAttr, Whence,
     XattrMode,
 };
-use tarbox_tests::{SMALL_BLOCK, TestVolume, assert_errno, backend_tests, small_blocks};
+use tarbox_tests::{
+    SMALL_BLOCK, TestVolume, alice, assert_errno, backend_tests, bob, small_blocks,
+};
 
 const BS: u64 = SMALL_BLOCK as u64;
 
@@ -150,5 +152,25 @@ backend_tests! {
         assert!(!fs.read(&me, fh, 0, 4096).await.expect("read").is_empty());
         fs.release(&me, fh).await.expect("release");
         assert_eq!(t.volume.layers().tree().await.expect("tree").layers.len(), 1);
+    }
+
+    async fn snapshots_keep_the_permissions_of_their_checkpoint(t: TestVolume) {
+        t.write_file("/private", b"alice only").await;
+        t.chown("/private", 1000, 1000).await;
+        t.chmod("/private", 0o600).await;
+        t.volume.layers().checkpoint("cp", "").await.expect("checkpoint");
+        // Opened up in the live tree afterwards: the snapshot still holds the old permissions.
+        t.chmod("/private", 0o644).await;
+        let fs = ControlFs::with_control_dir(t.volume.clone(), true);
+        let me = Caller::root();
+        let control = fs.lookup(&me, Ino::ROOT, b".tarbox").await.expect("/.tarbox");
+        let snapshots = fs.lookup(&me, control.ino, b"snapshots").await.expect("snapshots");
+        let cp = fs.lookup(&me, snapshots.ino, b"cp").await.expect("snapshots/cp");
+        let private = fs.lookup(&bob(), cp.ino, b"private").await.expect("lookup as bob");
+        assert_eq!(private.perm, 0o600);
+        assert_errno!(fs.open(&bob(), private.ino, libc::O_RDONLY).await, libc::EACCES);
+        let fh = fs.open(&alice(), private.ino, libc::O_RDONLY).await.expect("alice reads her file");
+        assert_eq!(&fs.read(&alice(), fh, 0, 64).await.expect("read")[..], b"alice only");
+        fs.release(&alice(), fh).await.expect("release");
     }
 }

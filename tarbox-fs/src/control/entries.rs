@@ -8,7 +8,8 @@ use crate::types::{Caller, DirEntry, FileAttr, FileType, Ino, Inode};
 
 impl ControlFs {
     /// Attributes of a fixed control node: owned by the root directory's owner; command files are
-    /// writable by whoever may write the root (and not at all on a read-only volume).
+    /// writable by whoever may write the root (and not at all on a read-only volume); the audit
+    /// trail is readable by that owner (and root) only.
     pub(super) async fn control_attr(&self, caller: &Caller, node: Node) -> FsResult<FileAttr> {
         let root = self.inner.getattr(caller, Ino::ROOT).await?;
         let now = self.volume.now();
@@ -21,6 +22,9 @@ impl ControlFs {
             let writable = node.is_command() && !self.inner.is_read_only();
             let perm = if writable {
                 root.perm & 0o666 | 0o600
+            } else if node == Node::AuditRecent {
+                // It names every user's paths and processes: for the tree's owner only.
+                0o400
             } else {
                 0o444
             };
