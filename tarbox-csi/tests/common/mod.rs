@@ -103,6 +103,36 @@ impl Harness {
     }
 }
 
+/// A test that fails half way leaves no server and no mount behind: the FUSE servers run apart
+/// from the driver by design, so the harness stops those of its state directory (SIGTERM: they
+/// flush and unmount) and then detaches whatever is still mounted under its directory.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let volumes = self.dir.path().join("state/volumes");
+        for entry in std::fs::read_dir(&volumes).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "pid") {
+                if let Ok(pid) = std::fs::read_to_string(&path) {
+                    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+                }
+            }
+        }
+        let root = self.dir.path().display().to_string();
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounted: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        mounted.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounted {
+            let _ = std::process::Command::new("umount")
+                .args(["-l", m])
+                .status();
+        }
+    }
+}
+
 /// A gRPC channel to the driver listening on `socket`, waiting up to 10 s for it to listen.
 pub async fn channel(socket: PathBuf) -> Channel {
     for _ in 0..200 {
