@@ -9,7 +9,6 @@ use std::collections::HashMap;
 
 use common::*;
 use tarbox_csi::SECRET_DATABASE_URL;
-use tarbox_csi::csi::volume_capability::access_mode::Mode as AccessMode;
 use tarbox_csi::csi::*;
 use tonic::Code;
 
@@ -58,16 +57,9 @@ async fn a_secret_names_the_volumes_database() {
     assert!(!volume.volume_id.contains("postgres"));
 
     // The node needs the URL too (its FUSE server opens the database itself).
-    let cap = mount_cap(AccessMode::MultiNodeMultiWriter);
     let staging = h.path("staging");
     let target = h.path("pod");
-    let mut stage = NodeStageVolumeRequest {
-        volume_id: volume.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-        volume_capability: Some(cap.clone()),
-        volume_context: volume.volume_context.clone(),
-        ..Default::default()
-    };
+    let mut stage = stage_request(&volume, &staging);
     code(
         h.node.node_stage_volume(stage.clone()).await,
         Code::FailedPrecondition,
@@ -78,14 +70,7 @@ async fn a_secret_names_the_volumes_database() {
         .await
         .expect("stage with the secret");
     h.node
-        .node_publish_volume(NodePublishVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-            target_path: target.display().to_string(),
-            volume_capability: Some(cap),
-            volume_context: volume.volume_context.clone(),
-            ..Default::default()
-        })
+        .node_publish_volume(publish_request(&volume, &staging, &target))
         .await
         .expect("publish");
     write(target.join("f"), b"in the second database".to_vec())
@@ -106,27 +91,18 @@ async fn a_secret_names_the_volumes_database() {
         .expect("snapshot");
     assert!(snapshot.snapshot_id.starts_with(&volume.volume_id));
     h.node
-        .node_unpublish_volume(NodeUnpublishVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            target_path: target.display().to_string(),
-        })
+        .node_unpublish_volume(unpublish_request(&volume.volume_id, &target))
         .await
         .expect("unpublish");
     h.node
-        .node_unstage_volume(NodeUnstageVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-        })
+        .node_unstage_volume(unstage_request(&volume.volume_id, &staging))
         .await
         .expect("unstage");
     h.stop().await;
 
     // A driver that was never given the secret says what it needs; with it, it deletes.
     let mut fresh = Harness::start(&url).await;
-    let delete = DeleteVolumeRequest {
-        volume_id: volume.volume_id.clone(),
-        secrets: HashMap::new(),
-    };
+    let delete = delete_request(&volume.volume_id);
     let msg = code(
         fresh.controller.delete_volume(delete.clone()).await,
         Code::FailedPrecondition,

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -188,13 +187,7 @@ async fn lifecycle(url: &str) {
     let cap = mount_cap(AccessMode::MultiNodeMultiWriter);
     let staging = h.path("staging");
     let (t1, t2) = (h.path("pod1"), h.path("pod2"));
-    let stage = NodeStageVolumeRequest {
-        volume_id: created.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-        volume_capability: Some(cap.clone()),
-        volume_context: created.volume_context.clone(),
-        ..Default::default()
-    };
+    let stage = stage_request(&created, &staging);
     h.node
         .node_stage_volume(stage.clone())
         .await
@@ -202,13 +195,8 @@ async fn lifecycle(url: &str) {
     h.node.node_stage_volume(stage).await.expect("stage again");
     for (target, readonly) in [(&t1, false), (&t2, true)] {
         let publish = NodePublishVolumeRequest {
-            volume_id: created.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-            target_path: target.display().to_string(),
-            volume_capability: Some(cap.clone()),
             readonly,
-            volume_context: created.volume_context.clone(),
-            ..Default::default()
+            ..publish_request(&created, &staging, target)
         };
         h.node
             .node_publish_volume(publish.clone())
@@ -394,18 +382,12 @@ async fn lifecycle(url: &str) {
     for _ in 0..2 {
         for target in [&t1, &t2] {
             h.node
-                .node_unpublish_volume(NodeUnpublishVolumeRequest {
-                    volume_id: created.volume_id.clone(),
-                    target_path: target.display().to_string(),
-                })
+                .node_unpublish_volume(unpublish_request(&created.volume_id, target))
                 .await
                 .expect("unpublish");
         }
         h.node
-            .node_unstage_volume(NodeUnstageVolumeRequest {
-                volume_id: created.volume_id.clone(),
-                staging_target_path: staging.display().to_string(),
-            })
+            .node_unstage_volume(unstage_request(&created.volume_id, &staging))
             .await
             .expect("unstage");
     }
@@ -414,10 +396,7 @@ async fn lifecycle(url: &str) {
     for v in [&created, &a, &b, &raced] {
         for _ in 0..2 {
             h.controller
-                .delete_volume(DeleteVolumeRequest {
-                    volume_id: v.volume_id.clone(),
-                    secrets: HashMap::new(),
-                })
+                .delete_volume(delete_request(&v.volume_id))
                 .await
                 .expect("delete");
         }
@@ -443,10 +422,7 @@ async fn lifecycle(url: &str) {
         .expect("volume");
     assert_ne!(again.volume_id, created.volume_id);
     h.controller
-        .delete_volume(DeleteVolumeRequest {
-            volume_id: again.volume_id,
-            secrets: HashMap::new(),
-        })
+        .delete_volume(delete_request(&again.volume_id))
         .await
         .expect("delete");
     h.stop().await;
@@ -531,15 +507,9 @@ async fn pods_are_named(url: &str) {
         .into_inner()
         .volume
         .expect("volume");
-    let cap = mount_cap(AccessMode::MultiNodeMultiWriter);
     let staging = h.path("staging");
     h.node
-        .node_stage_volume(NodeStageVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-            volume_capability: Some(cap.clone()),
-            ..Default::default()
-        })
+        .node_stage_volume(stage_request(&volume, &staging))
         .await
         .expect("stage");
     let n = std::process::id();
@@ -573,12 +543,8 @@ async fn pods_are_named(url: &str) {
         ]);
         h.node
             .node_publish_volume(NodePublishVolumeRequest {
-                volume_id: volume.volume_id.clone(),
-                staging_target_path: staging.display().to_string(),
-                target_path: target.display().to_string(),
-                volume_capability: Some(cap.clone()),
                 volume_context: context,
-                ..Default::default()
+                ..publish_request(&volume, &staging, target)
             })
             .await
             .expect("publish");
@@ -603,18 +569,12 @@ async fn pods_are_named(url: &str) {
     // The servers write their audit trail before they stop.
     for (_, _, _, target) in &pods {
         h.node
-            .node_unpublish_volume(NodeUnpublishVolumeRequest {
-                volume_id: volume.volume_id.clone(),
-                target_path: target.display().to_string(),
-            })
+            .node_unpublish_volume(unpublish_request(&volume.volume_id, target))
             .await
             .expect("unpublish");
     }
     h.node
-        .node_unstage_volume(NodeUnstageVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            staging_target_path: staging.display().to_string(),
-        })
+        .node_unstage_volume(unstage_request(&volume.volume_id, &staging))
         .await
         .expect("unstage");
     h.engine.flush_audit().await;
@@ -644,10 +604,7 @@ async fn pods_are_named(url: &str) {
         );
     }
     h.controller
-        .delete_volume(DeleteVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            secrets: HashMap::new(),
-        })
+        .delete_volume(delete_request(&volume.volume_id))
         .await
         .expect("delete");
     h.stop().await;

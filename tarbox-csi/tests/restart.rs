@@ -16,7 +16,6 @@ use std::time::Duration;
 use common::*;
 use tarbox_csi::csi::controller_client::ControllerClient;
 use tarbox_csi::csi::node_client::NodeClient;
-use tarbox_csi::csi::volume_capability::access_mode::Mode as AccessMode;
 use tarbox_csi::csi::*;
 
 const RECORD: usize = 4096;
@@ -163,22 +162,8 @@ async fn a_killed_plugin_loses_no_mount_and_a_dead_server_is_replaced() {
         .volume
         .expect("volume");
     let (staging, target) = (dir.path().join("staging"), dir.path().join("pod"));
-    let cap = mount_cap(AccessMode::MultiNodeMultiWriter);
-    let stage = NodeStageVolumeRequest {
-        volume_id: volume.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-        volume_capability: Some(cap.clone()),
-        volume_context: volume.volume_context.clone(),
-        ..Default::default()
-    };
-    let publish = NodePublishVolumeRequest {
-        volume_id: volume.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-        target_path: target.display().to_string(),
-        volume_capability: Some(cap),
-        volume_context: volume.volume_context.clone(),
-        ..Default::default()
-    };
+    let stage = stage_request(&volume, &staging);
+    let publish = publish_request(&volume, &staging, &target);
     node.node_stage_volume(stage.clone()).await.expect("stage");
     node.node_publish_volume(publish.clone())
         .await
@@ -238,28 +223,19 @@ async fn a_killed_plugin_loses_no_mount_and_a_dead_server_is_replaced() {
     std::fs::write(target.join("after-repair"), b"ok").expect("write after the repair");
 
     // Undo: no mount is left behind.
-    node.node_unpublish_volume(NodeUnpublishVolumeRequest {
-        volume_id: volume.volume_id.clone(),
-        target_path: target.display().to_string(),
-    })
-    .await
-    .expect("unpublish");
-    node.node_unstage_volume(NodeUnstageVolumeRequest {
-        volume_id: volume.volume_id.clone(),
-        staging_target_path: staging.display().to_string(),
-    })
-    .await
-    .expect("unstage");
+    node.node_unpublish_volume(unpublish_request(&volume.volume_id, &target))
+        .await
+        .expect("unpublish");
+    node.node_unstage_volume(unstage_request(&volume.volume_id, &staging))
+        .await
+        .expect("unstage");
     assert!(
         !mounted(&target) && !mounted(&staging),
         "nothing stays mounted"
     );
     wait_until("the server is gone", || !pid_file.exists()).await;
     controller
-        .delete_volume(DeleteVolumeRequest {
-            volume_id: volume.volume_id.clone(),
-            secrets: Default::default(),
-        })
+        .delete_volume(delete_request(&volume.volume_id))
         .await
         .expect("delete");
     Command::new("kill")

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;
 
@@ -241,10 +240,7 @@ async fn restore_and_clone(url: &str) {
     // Deleting the source keeps its snapshot listed and restorable.
     h.unmount(&source, "src").await;
     h.controller
-        .delete_volume(DeleteVolumeRequest {
-            volume_id: source.volume_id.clone(),
-            secrets: HashMap::new(),
-        })
+        .delete_volume(delete_request(&source.volume_id))
         .await
         .expect("delete the source");
     let volumes = h
@@ -317,10 +313,7 @@ async fn restore_and_clone(url: &str) {
 
     for v in [&restored, &cloned, &late, &reborn] {
         h.controller
-            .delete_volume(DeleteVolumeRequest {
-                volume_id: v.volume_id.clone(),
-                secrets: HashMap::new(),
-            })
+            .delete_volume(delete_request(&v.volume_id))
             .await
             .expect("delete");
     }

@@ -226,47 +226,29 @@ impl Harness {
     /// Stage `volume` at `<name>-staging` and publish it read-write at `<name>`, as kubelet does
     /// for one pod; returns the pod's view.
     pub async fn mount(&mut self, volume: &Volume, name: &str) -> PathBuf {
-        let cap = mount_cap(AccessMode::MultiNodeMultiWriter);
         let staging = self.path(&format!("{name}-staging"));
         let target = self.path(name);
-        self.node
-            .node_stage_volume(NodeStageVolumeRequest {
-                volume_id: volume.volume_id.clone(),
-                staging_target_path: staging.display().to_string(),
-                volume_capability: Some(cap.clone()),
-                volume_context: volume.volume_context.clone(),
-                ..Default::default()
-            })
+        (self.node.node_stage_volume(stage_request(volume, &staging)))
             .await
             .expect("stage");
-        self.node
-            .node_publish_volume(NodePublishVolumeRequest {
-                volume_id: volume.volume_id.clone(),
-                staging_target_path: staging.display().to_string(),
-                target_path: target.display().to_string(),
-                volume_capability: Some(cap),
-                volume_context: volume.volume_context.clone(),
-                ..Default::default()
-            })
-            .await
-            .expect("publish");
+        (self
+            .node
+            .node_publish_volume(publish_request(volume, &staging, &target)))
+        .await
+        .expect("publish");
         target
     }
 
     /// Undo [`Harness::mount`].
     pub async fn unmount(&mut self, volume: &Volume, name: &str) {
+        let target = unpublish_request(&volume.volume_id, &self.path(name));
         self.node
-            .node_unpublish_volume(NodeUnpublishVolumeRequest {
-                volume_id: volume.volume_id.clone(),
-                target_path: self.path(name).display().to_string(),
-            })
+            .node_unpublish_volume(target)
             .await
             .expect("unpublish");
+        let staging = unstage_request(&volume.volume_id, &self.path(&format!("{name}-staging")));
         self.node
-            .node_unstage_volume(NodeUnstageVolumeRequest {
-                volume_id: volume.volume_id.clone(),
-                staging_target_path: self.path(&format!("{name}-staging")).display().to_string(),
-            })
+            .node_unstage_volume(staging)
             .await
             .expect("unstage");
     }
@@ -276,4 +258,49 @@ impl Harness {
 pub fn postgres_url() -> String {
     std::env::var("TARBOX_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/tarbox_test".into())
+}
+
+/// The NodeStageVolume kubelet sends for `volume` (a shared mount) at `staging`.
+pub fn stage_request(volume: &Volume, staging: &Path) -> NodeStageVolumeRequest {
+    NodeStageVolumeRequest {
+        volume_id: volume.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        volume_capability: Some(mount_cap(AccessMode::MultiNodeMultiWriter)),
+        volume_context: volume.volume_context.clone(),
+        ..Default::default()
+    }
+}
+
+/// The NodePublishVolume kubelet sends to publish `volume` staged at `staging` at `target`.
+pub fn publish_request(volume: &Volume, staging: &Path, target: &Path) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: volume.volume_id.clone(),
+        staging_target_path: staging.display().to_string(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(mount_cap(AccessMode::MultiNodeMultiWriter)),
+        volume_context: volume.volume_context.clone(),
+        ..Default::default()
+    }
+}
+
+pub fn unpublish_request(volume_id: &str, target: &Path) -> NodeUnpublishVolumeRequest {
+    NodeUnpublishVolumeRequest {
+        volume_id: volume_id.to_string(),
+        target_path: target.display().to_string(),
+    }
+}
+
+pub fn unstage_request(volume_id: &str, staging: &Path) -> NodeUnstageVolumeRequest {
+    NodeUnstageVolumeRequest {
+        volume_id: volume_id.to_string(),
+        staging_target_path: staging.display().to_string(),
+    }
+}
+
+/// DeleteVolume as the provisioner sends it without secrets.
+pub fn delete_request(volume_id: &str) -> DeleteVolumeRequest {
+    DeleteVolumeRequest {
+        volume_id: volume_id.to_string(),
+        secrets: Default::default(),
+    }
 }

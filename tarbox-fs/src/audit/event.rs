@@ -85,6 +85,38 @@ impl AuditEvent {
 }
 
 /// One line: time, operation, result, path(s), bytes, caller, duration.
+#[cfg(test)]
+impl AuditEvent {
+    /// A successful `mkdir` of `/d<seq>` with every other field plain, for tests.
+    pub(crate) fn sample(seq: u64) -> AuditEvent {
+        AuditEvent {
+            seq,
+            time: Timestamp(0),
+            tenant: "t".into(),
+            tenant_id: TenantId(1),
+            layer: LayerId(2),
+            op: AuditOp::Mkdir,
+            path: Some(format!("/d{seq}").into()),
+            path2: None,
+            ino: None,
+            offset: None,
+            bytes: 0,
+            duration_us: 0,
+            errno: 0,
+            uid: 0,
+            gid: 0,
+            pid: 0,
+            process: None,
+            node: "n".into(),
+            mount: "m".into(),
+            pod: None,
+            handle: None,
+            detail: None,
+            in_store: false,
+        }
+    }
+}
+
 impl std::fmt::Display for AuditEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let time = jiff::Timestamp::from_nanosecond(i128::from(self.time.0))
@@ -217,29 +249,14 @@ mod tests {
     #[test]
     fn times_keep_nanoseconds_in_json() {
         let e = AuditEvent {
-            seq: 0,
             time: Timestamp(1_764_500_000_123_456_789),
-            tenant: "t".into(),
-            tenant_id: TenantId(1),
-            layer: LayerId(2),
-            op: AuditOp::Mkdir,
             path: Some("/d".into()),
-            path2: None,
             ino: Some(Ino(5)),
-            offset: None,
-            bytes: 0,
             duration_us: 3,
-            errno: 0,
             uid: 1,
             gid: 2,
             pid: 3,
-            process: None,
-            node: "n".into(),
-            mount: "m".into(),
-            pod: None,
-            handle: None,
-            detail: None,
-            in_store: false,
+            ..AuditEvent::sample(0)
         };
         let json = serde_json::to_string(&e).expect("serialize");
         assert!(

@@ -383,8 +383,6 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::audit::AuditOp;
-    use crate::types::{LayerId, TenantId, Timestamp};
 
     /// A sink that takes `budget` more events, then is unavailable until given more.
     struct Flaky {
@@ -410,34 +408,6 @@ mod tests {
         }
     }
 
-    fn event(seq: u64) -> AuditEvent {
-        AuditEvent {
-            seq,
-            time: Timestamp(0),
-            tenant: "t".into(),
-            tenant_id: TenantId(1),
-            layer: LayerId(1),
-            op: AuditOp::Mkdir,
-            path: Some(format!("/d{seq}").into()),
-            path2: None,
-            ino: None,
-            offset: None,
-            bytes: 0,
-            duration_us: 0,
-            errno: 0,
-            uid: 0,
-            gid: 0,
-            pid: 0,
-            process: None,
-            node: "n".into(),
-            mount: "m".into(),
-            pod: None,
-            handle: None,
-            detail: None,
-            in_store: false,
-        }
-    }
-
     #[tokio::test]
     async fn held_events_arrive_once_in_order_across_failures_and_engines() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -448,7 +418,7 @@ mod tests {
         // Two events in memory at most; the rest spill. The sink is down.
         let mut held = Held::new(sink.clone(), 2, 2, Some(dir.path()));
         for seq in 0..10 {
-            held.offer(&[event(seq)]).await;
+            held.offer(&[AuditEvent::sample(seq)]).await;
         }
         assert_eq!(held.len(), 10);
         // It comes back for three events only: a spilled prefix is delivered, the file keeps
