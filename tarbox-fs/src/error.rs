@@ -45,6 +45,9 @@ pub enum BackendError {
         #[source]
         source: Option<BoxError>,
     },
+    /// A block that should be in the tenant's block store is not.
+    #[error("block {0:?} is missing from the block store")]
+    BlockMissing(crate::backend::BlockHash),
     /// Any other storage failure, with its source.
     #[error("storage error")]
     Other(#[source] BoxError),

@@ -205,6 +205,8 @@ pub struct TestVolume {
     pub tenant: String,
     /// `"memory"` or `"postgres"`.
     pub backend: &'static str,
+    /// Where this harness's tenants keep their file data (`None`: in the backend's rows).
+    pub data_url: Option<String>,
     /// Every tenant created through this harness for the test, deleted when it passes.
     created: Arc<Mutex<Vec<String>>>,
 }
@@ -217,6 +219,12 @@ impl TestVolume {
 
     /// An engine on `url` with one fresh tenant of default options.
     pub async fn open(url: &str) -> TestVolume {
+        TestVolume::open_with_data(url, None).await
+    }
+
+    /// An engine on `url` with one fresh tenant keeping its file data at `data_url` (and so will
+    /// every tenant [`TestVolume::new_tenant`] makes).
+    pub async fn open_with_data(url: &str, data_url: Option<String>) -> TestVolume {
         let backend = if url.starts_with("memory") {
             "memory"
         } else {
@@ -225,7 +233,23 @@ impl TestVolume {
         let engine = Engine::open(url, EngineConfig::default())
             .await
             .unwrap_or_else(|e| panic!("cannot open an engine on the {backend} store: {e}"));
-        TestVolume::with_tenant(engine, backend, Arc::default(), TenantOptions::default()).await
+        let options = TenantOptions {
+            data_url,
+            ..TenantOptions::default()
+        };
+        TestVolume::with_tenant(engine, backend, Arc::default(), options).await
+    }
+
+    /// A harness whose tenants keep their data in a block store in a directory of this test
+    /// process, over PostgreSQL when it is reachable (the deployment that matters) and the
+    /// memory backend otherwise.
+    pub async fn file_store() -> TestVolume {
+        let dir = std::env::temp_dir().join(format!("tarbox-test-blocks-{}", std::process::id()));
+        let data = Some(format!("file://{}", dir.display()));
+        match postgres_url().await {
+            Some(url) => TestVolume::open_with_data(&url, data).await,
+            None => TestVolume::open_with_data("memory://", data).await,
+        }
     }
 
     async fn with_tenant(
@@ -234,6 +258,7 @@ impl TestVolume {
         created: Arc<Mutex<Vec<String>>>,
         options: TenantOptions,
     ) -> TestVolume {
+        let data_url = options.data_url.clone();
         let tenant = unique_tenant_name();
         engine
             .create_tenant(&tenant, options)
@@ -252,13 +277,17 @@ impl TestVolume {
             volume,
             tenant,
             backend,
+            data_url,
             created,
         }
     }
 
     /// Another fresh tenant on the same engine (and so the same store), with `options`: a small
     /// block size, a quota, another root owner.
-    pub async fn new_tenant(&self, options: TenantOptions) -> TestVolume {
+    pub async fn new_tenant(&self, mut options: TenantOptions) -> TestVolume {
+        if options.data_url.is_none() {
+            options.data_url = self.data_url.clone();
+        }
         TestVolume::with_tenant(
             self.engine.clone(),
             self.backend,
@@ -285,6 +314,7 @@ impl TestVolume {
             volume,
             tenant: tenant.to_string(),
             backend: self.backend,
+            data_url: self.data_url.clone(),
             created: self.created.clone(),
         }
     }
@@ -398,6 +428,7 @@ impl TestVolume {
         Cleanup {
             engine: self.engine.clone(),
             created: self.created.clone(),
+            purge: self.data_url.is_some(),
         }
     }
 
@@ -627,6 +658,8 @@ impl TestVolume {
 pub struct Cleanup {
     engine: Engine,
     created: Arc<Mutex<Vec<String>>>,
+    /// Purge at once: tenants with a block store keep files in this machine's temp directory.
+    purge: bool,
 }
 
 impl Cleanup {
@@ -637,6 +670,12 @@ impl Cleanup {
                 // A test may have deleted or purged its tenant itself.
                 Ok(()) | Err(FsError::TenantNotFound(_)) => {}
                 Err(e) => panic!("cannot delete tenant {name} after the test: {e}"),
+            }
+            if self.purge {
+                match self.engine.purge_tenant(&name).await {
+                    Ok(()) | Err(FsError::TenantNotFound(_)) => {}
+                    Err(e) => panic!("cannot purge tenant {name} after the test: {e}"),
+                }
             }
         }
         if let Err(e) = self.engine.close().await {
@@ -651,7 +690,8 @@ fn components(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Generate, from `async fn name(t: TestVolume) { … }` items, one `#[tokio::test]` per backend:
-/// `memory::name` and `postgres::name`. The PostgreSQL variant returns early (after the skip
+/// `memory::name`, `postgres::name`, and `file_store::name` (file data in a block store in a
+/// directory, metadata in PostgreSQL when reachable). The PostgreSQL variant returns early (after the skip
 /// message of [`postgres_url`]) when no database is reachable outside CI.
 #[macro_export]
 macro_rules! backend_tests {
@@ -681,6 +721,18 @@ macro_rules! backend_tests {
                         return;
                     };
                     let t = $crate::TestVolume::open(&url).await;
+                    let cleanup = t.cleanup_handle();
+                    super::$name(t).await;
+                    cleanup.run().await;
+                }
+            )*
+        }
+
+        mod file_store {
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let t = $crate::TestVolume::file_store().await;
                     let cleanup = t.cleanup_handle();
                     super::$name(t).await;
                     cleanup.run().await;

@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    Backend, BlockHash, BlockWrite, DentryRecord, LayerChanges, LayerRecord, LayerSwitch,
-    LayerView, NewClone, NewTenant, Orphan, StoreRead, StoreTxn, StoredBlock, TenantAudit,
-    TenantRecord,
+    Backend, BlockHash, BlockWrite, CopyBlocks, DeadBlocks, DentryRecord, LayerChanges,
+    LayerRecord, LayerSwitch, LayerView, NewClone, NewTenant, Orphan, StoreRead, StoreTxn,
+    StoredBlock, TenantAudit, TenantRecord,
 };
 use crate::audit::{
     AuditEvent, AuditFilter, AuditPartition, AuditStore, ExpiryReport, SeriesPoint, StatsKey,
@@ -258,9 +258,13 @@ impl StoreTxn for Faulty<dyn StoreTxn> {
         ino: Ino,
         writes: &[BlockWrite],
         new_blocks: &[StoredBlock],
-    ) -> BackendResult<()> {
+    ) -> BackendResult<Vec<BlockHash>> {
         self.statement()?;
         self.inner.write_blocks(ino, writes, new_blocks).await
+    }
+    async fn reap_epoch(&mut self) -> BackendResult<u64> {
+        self.statement()?;
+        self.inner.reap_epoch().await
     }
     async fn truncate_blocks(&mut self, ino: Ino, first: u64) -> BackendResult<()> {
         self.statement()?;
@@ -352,9 +356,13 @@ impl Backend for FaultyBackend {
         self.faults.call()?;
         self.inner.create_tenant(new).await
     }
-    async fn clone_tenant(&self, new: &NewClone) -> BackendResult<TenantRecord> {
+    async fn clone_tenant(
+        &self,
+        new: &NewClone,
+        copy: Option<&dyn CopyBlocks>,
+    ) -> BackendResult<TenantRecord> {
         self.faults.call()?;
-        self.inner.clone_tenant(new).await
+        self.inner.clone_tenant(new, copy).await
     }
     async fn tenant_by_name(&self, name: &str) -> BackendResult<Option<TenantRecord>> {
         self.faults.call()?;
@@ -391,6 +399,32 @@ impl Backend for FaultyBackend {
     async fn alloc_inodes(&self, tenant: TenantId, count: u64) -> BackendResult<u64> {
         self.faults.call()?;
         self.inner.alloc_inodes(tenant, count).await
+    }
+    async fn reap_epoch(&self, tenant: TenantId) -> BackendResult<u64> {
+        self.faults.call()?;
+        self.inner.reap_epoch(tenant).await
+    }
+    async fn claim_dead_blocks(
+        &self,
+        tenant: TenantId,
+        grace: std::time::Duration,
+        limit: usize,
+    ) -> BackendResult<Box<dyn DeadBlocks>> {
+        self.faults.call()?;
+        self.inner.claim_dead_blocks(tenant, grace, limit).await
+    }
+    async fn adopt_blocks(&self, tenant: TenantId, hashes: &[BlockHash]) -> BackendResult<u64> {
+        self.faults.call()?;
+        self.inner.adopt_blocks(tenant, hashes).await
+    }
+    async fn block_hashes(
+        &self,
+        tenant: TenantId,
+        after: Option<BlockHash>,
+        limit: usize,
+    ) -> BackendResult<Vec<BlockHash>> {
+        self.faults.call()?;
+        self.inner.block_hashes(tenant, after, limit).await
     }
     async fn layers(&self, tenant: TenantId) -> BackendResult<Vec<LayerRecord>> {
         self.faults.call()?;

@@ -23,9 +23,15 @@
 //!
 //! # Content-addressed blocks
 //! File data is cut into blocks of the tenant's block size. A block is stored once per tenant under
-//! its BLAKE3 hash and reference-counted by the block mappings that name it; when its count drops to
-//! zero it is deleted in the same transaction. Inserting a block that already exists (even one
-//! inserted concurrently by another engine) only increments its count and never fails.
+//! its BLAKE3 hash and reference-counted by the block mappings that name it. Inserting a block that
+//! already exists (even one inserted concurrently by another engine) only increments its count and
+//! never fails. What happens at a count of zero depends on where the block's bytes are:
+//! - in the row (`data` not empty, tenants without a block store): the row is deleted in the
+//!   transaction that released the last reference;
+//! - in the tenant's [`crate::store::BlockStore`] (`data` empty): the row stays, *dead*, until
+//!   [`Backend::claim_dead_blocks`] hands it to the engine's reaper, which deletes the object and
+//!   then the row. Reviving a dead row (a new reference before the reaper claims it) needs no
+//!   new object. See [`crate::store`] for why this order is safe.
 
 pub mod faulty;
 pub mod memory;
@@ -62,7 +68,30 @@ pub struct StoredBlock {
     pub hash: BlockHash,
     /// Whether `data` is zstd-compressed.
     pub compressed: bool,
+    /// The stored bytes. Empty in the rows of a tenant with a block store: a block is never
+    /// empty (all-zero blocks are holes), so empty means "in the store".
     pub data: Bytes,
+}
+
+/// Copies blocks of a clone's source into the clone's block store (see
+/// [`Backend::clone_tenant`]).
+#[async_trait]
+pub trait CopyBlocks: Send + Sync {
+    /// Make `hashes` blocks of tenant `to`; fails with [`BackendError::BlockMissing`] when the
+    /// source no longer has one.
+    async fn copy(&self, to: TenantId, hashes: &[BlockHash]) -> BackendResult<()>;
+}
+
+/// Dead blocks claimed by the reaper: locked against revival until [`DeadBlocks::forget`] or
+/// drop (which releases them untouched).
+#[async_trait]
+pub trait DeadBlocks: Send {
+    /// The claimed blocks: no reference names them, and none can until the claim ends.
+    fn hashes(&self) -> &[BlockHash];
+
+    /// Delete the claimed rows and bump the tenant's reap epoch, atomically. Call only after the
+    /// blocks' objects were deleted.
+    async fn forget(self: Box<Self>) -> BackendResult<()>;
 }
 
 /// How block data is compressed for a tenant.
@@ -124,6 +153,9 @@ pub struct TenantRecord {
     /// What the tenant belongs to outside Tarbox (e.g. `pvc:<namespace>/<name>` for a Kubernetes
     /// volume), fixed at creation; `None` for tenants made by hand.
     pub owner: Option<String>,
+    /// Where the tenant's block contents live, fixed at creation: `None` in the backend itself
+    /// (the block rows), else the URL of a [`crate::store::BlockStore`].
+    pub data_url: Option<String>,
 }
 
 /// A tenant's audit settings.
@@ -145,6 +177,8 @@ pub struct NewTenant {
     pub created_at: Timestamp,
     /// See [`TenantRecord::owner`].
     pub owner: Option<String>,
+    /// See [`TenantRecord::data_url`].
+    pub data_url: Option<String>,
 }
 
 /// What [`Backend::clone_tenant`] needs.
@@ -330,13 +364,19 @@ pub trait StoreTxn: StoreRead {
 
     /// Store block mappings of `ino` in the head layer, replacing head rows of the same indexes and
     /// releasing the blocks they named. `new_blocks` are inserted (or their reference counts
-    /// incremented) first; every hash named by `writes` must be in `new_blocks` or already stored.
+    /// incremented, reviving dead rows) first; every hash named by `writes` must be in
+    /// `new_blocks` or already stored, else [`BackendError::Conflict`]. Returns the blocks of a
+    /// store (empty `data`) whose rows this call created rather than found: their objects were
+    /// stored before, and may have been reaped since if [`StoreTxn::reap_epoch`] moved.
     async fn write_blocks(
         &mut self,
         ino: Ino,
         writes: &[BlockWrite],
         new_blocks: &[StoredBlock],
-    ) -> BackendResult<()>;
+    ) -> BackendResult<Vec<BlockHash>>;
+
+    /// The tenant's reap epoch as committed now: how many reaps have deleted objects.
+    async fn reap_epoch(&mut self) -> BackendResult<u64>;
 
     /// Remove every block mapping of `ino` with index `>= first`: head rows are deleted (releasing
     /// their blocks) and indexes that older layers map get a hole row.
@@ -384,11 +424,17 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
     /// shows, flattened into that one layer: every inode with a link (orphans stay behind), its
     /// entries, block mappings and extended attributes, and the blocks they name, copied inside
     /// the store (no file data passes through the caller). The clone keeps the source's block
-    /// size, compression and inode numbers; its usage is recounted the way the engine charges
-    /// ([`Inode::charged_bytes`] per inode). The source may be active or retired. Fails with
+    /// size, compression, data location and inode numbers; its usage is recounted the way the
+    /// engine charges ([`Inode::charged_bytes`] per inode). The source may be active or retired.
+    /// When the source keeps its blocks in a block store, `copy` is given every block of the
+    /// clone before the clone becomes visible, and its failure creates nothing. Fails with
     /// [`BackendError::TenantExists`] if the name is taken, and with
     /// [`BackendError::StaleView`] (creating nothing) if a layer of the source chain is gone.
-    async fn clone_tenant(&self, new: &NewClone) -> BackendResult<TenantRecord>;
+    async fn clone_tenant(
+        &self,
+        new: &NewClone,
+        copy: Option<&dyn CopyBlocks>,
+    ) -> BackendResult<TenantRecord>;
 
     /// The tenant of that name, active or deleted; `None` if absent.
     async fn tenant_by_name(&self, name: &str) -> BackendResult<Option<TenantRecord>>;
@@ -415,6 +461,32 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
 
     /// Delete every row of a tenant marked deleted, including its record.
     async fn purge_tenant(&self, tenant: TenantId) -> BackendResult<()>;
+
+    /// The tenant's committed reap epoch (see [`StoreTxn::reap_epoch`]).
+    async fn reap_epoch(&self, tenant: TenantId) -> BackendResult<u64>;
+
+    /// Claim up to `limit` blocks of the tenant that have been dead for at least `grace`, for
+    /// the reaper. Blocks claimed by another reaper are skipped.
+    async fn claim_dead_blocks(
+        &self,
+        tenant: TenantId,
+        grace: std::time::Duration,
+        limit: usize,
+    ) -> BackendResult<Box<dyn DeadBlocks>>;
+
+    /// Record objects of the tenant's store that no row names (left by a crash between storing
+    /// and committing) as dead blocks, so the reaper deletes them; hashes that have a row are
+    /// left alone. Returns how many were adopted.
+    async fn adopt_blocks(&self, tenant: TenantId, hashes: &[BlockHash]) -> BackendResult<u64>;
+
+    /// Up to `limit` referenced blocks of the tenant with a hash greater than `after`, in
+    /// increasing order.
+    async fn block_hashes(
+        &self,
+        tenant: TenantId,
+        after: Option<BlockHash>,
+        limit: usize,
+    ) -> BackendResult<Vec<BlockHash>>;
 
     /// Reserve `count` consecutive unused inode numbers of the tenant; returns the first.
     async fn alloc_inodes(&self, tenant: TenantId, count: u64) -> BackendResult<u64>;

@@ -579,7 +579,13 @@ impl Volume {
             .await
             .into_iter()
             .collect();
-        let encoded = &encoded;
+        // With a block store, they are stored before the transaction too (see `data.rs`).
+        let epoch = self.data_epoch();
+        let prestored: Vec<StoredBlock> = encoded.values().flatten().cloned().collect();
+        self.store_blocks(&prestored).await?;
+        let prestored: std::collections::HashSet<BlockHash> =
+            prestored.iter().map(|b| b.hash).collect();
+        let (encoded, prestored) = (&encoded, &prestored);
         let state = &*st;
         let (size, writes, contents) = self
             .retrying(|| async move {
@@ -655,7 +661,14 @@ impl Volume {
                 if let Err(kind) = txn.charge(delta, 0).await? {
                     return Err(FsError::QuotaExceeded(kind));
                 }
-                txn.write_blocks(ino, &writes, &new_blocks).await?;
+                let extra: Vec<StoredBlock> = new_blocks
+                    .iter()
+                    .filter(|b| !prestored.contains(&b.hash))
+                    .cloned()
+                    .collect();
+                self.store_blocks(&extra).await?;
+                self.map_blocks(txn.as_mut(), ino, &writes, &new_blocks, epoch)
+                    .await?;
                 inode.size = size;
                 if let Some(t) = mtime {
                     inode.mtime = t;
@@ -746,7 +759,7 @@ impl Volume {
         }
         let bs = self.block_size();
         let mut decoded: HashMap<BlockHash, Bytes> = HashMap::new();
-        for block in r.blocks(&missing).await? {
+        for block in self.load_blocks(r, &missing).await? {
             let content = blocks::decode(&block, bs)?;
             cache.insert(tenant, block.hash, content.clone());
             decoded.insert(block.hash, content);

@@ -18,6 +18,7 @@ mod attr;
 mod audit;
 mod audit_trail;
 mod blocks;
+mod data;
 mod diff;
 mod dir;
 mod fsck;
@@ -43,6 +44,7 @@ use tracing::{debug, warn};
 pub(crate) use names::CONTROL_DIR;
 pub(crate) use perm::allowed as perm_allows;
 
+pub use data::{DataCheck, GarbageReport};
 pub use diff::{Change, ChangeKind, ContentDiff, LayerDiff, TEXT_DIFF_LIMIT};
 pub use fsck::{FsckProblem, FsckReport};
 pub use layers::{LayerRef, LayerSummary, LayerTree, Layers, validate_layer_name};
@@ -80,6 +82,10 @@ pub struct EngineConfig {
     /// How long an operation waits for an unavailable store (a database restart) before it
     /// fails with `EIO`; only where retrying is safe (reads, and starting a transaction).
     pub outage_wait: Duration,
+    /// How long a block of a block store stays dead (unreferenced, its object kept) before the
+    /// reaper deletes its object: a reader that looked up the block's mapping just before it
+    /// was overwritten can still read it meanwhile.
+    pub dead_block_grace: Duration,
 }
 
 impl Default for EngineConfig {
@@ -93,6 +99,7 @@ impl Default for EngineConfig {
             clock: Arc::new(SystemClock),
             audit: AuditConfig::default(),
             outage_wait: Duration::from_secs(15),
+            dead_block_grace: Duration::from_secs(60),
         }
     }
 }
@@ -113,6 +120,8 @@ struct Shared {
     op_metrics: audit::OpMetrics,
     /// Numbers the volumes of this engine, for their default mount names.
     volumes_opened: AtomicU64,
+    /// Block stores opened, by URL.
+    stores: Mutex<HashMap<String, Arc<dyn crate::store::BlockStore>>>,
 }
 
 impl Shared {
@@ -191,6 +200,7 @@ impl Engine {
             processes: Mutex::new(HashMap::new()),
             op_metrics: audit::OpMetrics::register(),
             volumes_opened: AtomicU64::new(0),
+            stores: Mutex::new(HashMap::new()),
         });
         spawn_heartbeat(Arc::downgrade(&shared));
         Ok(Engine { shared })
@@ -231,13 +241,20 @@ impl Engine {
             .level
             .unwrap_or(self.shared.config.audit.default_level);
         let audit = VolumeAudit::new(level, options.audit_level, mount.into());
+        let data = self.shared.data_path(record.data_url.as_deref()).await?;
+        let epoch = match data {
+            data::DataPath::Store(_) if !read_only => {
+                self.shared.backend.reap_epoch(record.id).await?
+            }
+            _ => 0,
+        };
         let volume = Volume::from_parts(
             self.shared.clone(),
             record,
             view,
-            options.layer.is_some(),
-            read_only,
+            (options.layer.is_some(), read_only),
             audit,
+            (data, epoch),
         );
         if !read_only {
             volume.reclaim_orphans().await?;
@@ -354,6 +371,10 @@ struct VolumeInner {
     dirs: Mutex<HashMap<Ino, (std::time::Instant, Inode)>>,
     /// Whether the tenant has a byte quota, and when that was read (see `has_byte_quota`).
     byte_quota: Mutex<Option<(std::time::Instant, bool)>>,
+    /// Where block contents go.
+    data: data::DataPath,
+    /// The tenant's reap epoch as last seen (see `data.rs`).
+    reap_epoch: AtomicU64,
 }
 
 /// What a handle refers to.
@@ -380,6 +401,8 @@ const DIR_CACHE_TTL: Duration = Duration::from_secs(1);
 const DIR_CACHE_ENTRIES: usize = 4096;
 /// The head watch publishes the tenant's usage metrics every this many checks.
 const USAGE_METRICS_TICKS: u64 = 10;
+/// The head watch of a writable volume reaps dead store blocks every this many checks.
+const REAP_TICKS: u64 = 10;
 /// How many inode numbers a volume reserves from the store at once.
 const INO_BATCH: u64 = 256;
 /// How often an operation is retried after conflicts before giving up with `EIO`.
@@ -424,19 +447,20 @@ impl Volume {
             self.inner.shared.clone(),
             self.inner.tenant.clone(),
             view,
-            true,
-            true,
+            (true, true),
             audit,
+            (self.inner.data.clone(), self.data_epoch()),
         ))
     }
 
+    /// `(pinned, read_only)`, and where blocks go with the reap epoch last seen.
     fn from_parts(
         shared: Arc<Shared>,
         tenant: TenantRecord,
         view: LayerView,
-        pinned: bool,
-        read_only: bool,
+        (pinned, read_only): (bool, bool),
         audit: VolumeAudit,
+        (data, reap_epoch): (data::DataPath, u64),
     ) -> Volume {
         Volume {
             inner: Arc::new(VolumeInner {
@@ -454,6 +478,8 @@ impl Volume {
                 commits: AtomicU64::new(0),
                 dirs: Mutex::new(HashMap::new()),
                 byte_quota: Mutex::new(None),
+                data,
+                reap_epoch: AtomicU64::new(reap_epoch),
             }),
         }
     }
@@ -584,6 +610,13 @@ impl Volume {
                 }
                 if tick % USAGE_METRICS_TICKS == 0 {
                     volume.publish_usage().await;
+                }
+                if tick % REAP_TICKS == REAP_TICKS - 1 && !volume.inner.read_only {
+                    match volume.reap_dead_blocks().await {
+                        Ok(0) => {}
+                        Ok(n) => debug!(blocks = n, "reaped dead blocks"),
+                        Err(e) => warn!(error = %e, "reaping dead blocks failed"),
+                    }
                 }
             }
         });

@@ -96,7 +96,10 @@ impl Volume {
                             block: stored.as_ref().map(|b| b.hash),
                         };
                         let new_blocks: Vec<StoredBlock> = stored.into_iter().collect();
-                        txn.write_blocks(ino, &[write], &new_blocks).await?;
+                        let epoch = self.data_epoch();
+                        self.store_blocks(&new_blocks).await?;
+                        self.map_blocks(txn.as_mut(), ino, &[write], &new_blocks, epoch)
+                            .await?;
                     }
                 }
             }

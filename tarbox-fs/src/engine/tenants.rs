@@ -32,6 +32,9 @@ pub struct TenantOptions {
     pub root_mode: u16,
     /// What the tenant belongs to outside Tarbox (see [`TenantRecord::owner`]).
     pub owner: Option<String>,
+    /// Where its file data lives, fixed for its life: `None` in the database, else a block store
+    /// URL (`file:///path`; see [`crate::store`]).
+    pub data_url: Option<String>,
 }
 
 impl Default for TenantOptions {
@@ -44,6 +47,7 @@ impl Default for TenantOptions {
             root_gid: 0,
             root_mode: 0o755,
             owner: None,
+            data_url: None,
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct TenantInfo {
     pub audit: TenantAudit,
     /// What the tenant belongs to outside Tarbox, if anything.
     pub owner: Option<String>,
+    /// Where its file data lives: `None` in the database, else the block store's URL.
+    pub data_url: Option<String>,
 }
 
 /// Check a tenant name (RFC 1123 subdomain, at most 253 characters), naming what is wrong.
@@ -146,7 +152,15 @@ impl Engine {
             root,
             created_at: now,
             owner: options.owner.clone(),
+            data_url: options.data_url.clone(),
         };
+        if let Some(url) = &new.data_url {
+            // Opened now, so a bad URL or an unusable directory fails the creation.
+            self.shared
+                .store(url)
+                .await
+                .map_err(|e| FsError::BadInput(e.to_string()))?;
+        }
         let record = self
             .shared
             .backend
@@ -202,9 +216,20 @@ impl Engine {
                 created_at: self.shared.now(),
                 owner: options.owner.clone(),
             };
-            match self.shared.backend.clone_tenant(&new).await {
+            let copier = self
+                .clone_copier(record.id, record.data_url.as_deref())
+                .await?;
+            match self
+                .shared
+                .backend
+                .clone_tenant(&new, copier.as_deref())
+                .await
+            {
                 Ok(clone) => break (clone, at),
-                Err(BackendError::StaleView) if attempts < 3 => continue,
+                // A source block reaped while the clone copied it: the tree moved on.
+                Err(BackendError::StaleView | BackendError::BlockMissing(_)) if attempts < 3 => {
+                    continue;
+                }
                 Err(BackendError::TenantExists) => {
                     return Err(FsError::TenantExists(name.to_string()));
                 }
@@ -325,7 +350,7 @@ impl Engine {
                 "tenant {name} is not deleted; delete it before purging it"
             )));
         }
-        self.shared.backend.purge_tenant(record.id).await?;
+        self.purge_record(&record).await?;
         info!(tenant = name, "tenant purged");
         Ok(())
     }
@@ -341,19 +366,28 @@ impl Engine {
                 let layers = self.shared.backend.layers(record.id).await?;
                 if !layers.iter().any(|l| l.name.is_some()) {
                     self.shared.backend.mark_tenant_deleted(record.id).await?;
-                    self.shared.backend.purge_tenant(record.id).await?;
+                    self.purge_record(&record).await?;
                     info!(tenant = %record.name, "retired tenant without checkpoints purged");
                     purged.push(record.name);
                 }
                 continue;
             }
             if record.state == TenantState::Deleted {
-                self.shared.backend.purge_tenant(record.id).await?;
+                self.purge_record(&record).await?;
                 info!(tenant = %record.name, "tenant purged");
                 purged.push(record.name);
             }
         }
         Ok(purged)
+    }
+
+    /// Purge a deleted tenant: its block store's objects first, then its rows, so a purge cut
+    /// short leaves rows to find again rather than objects nothing names.
+    async fn purge_record(&self, record: &TenantRecord) -> FsResult<()> {
+        self.purge_store(record.id, record.data_url.as_deref())
+            .await?;
+        self.shared.backend.purge_tenant(record.id).await?;
+        Ok(())
     }
 
     /// Start a background task that purges deleted tenants every `interval`.
@@ -398,6 +432,7 @@ impl Engine {
         let usage = self.shared.backend.usage(record.id).await?;
         Ok(TenantInfo {
             owner: record.owner.clone(),
+            data_url: record.data_url.clone(),
             id: record.id,
             name: record.name,
             state: record.state,

@@ -190,9 +190,9 @@ pub(super) fn drop_layer(
     d.block_map.retain(|k, _| k.2 != layer);
     for hash in released {
         if let Some((_, count)) = d.blocks.get_mut(&hash) {
-            *count -= 1;
+            *count = count.saturating_sub(1);
             if *count == 0 {
-                d.blocks.remove(&hash);
+                d.release(hash);
             }
         }
     }

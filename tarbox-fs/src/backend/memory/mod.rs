@@ -7,6 +7,7 @@
 //! without commit replays the log backwards.
 
 mod audit;
+mod blocks;
 mod clone;
 mod layers;
 mod read;
@@ -22,8 +23,9 @@ use async_trait::async_trait;
 use tokio::sync::Mutex as AsyncMutex;
 
 use super::{
-    Backend, BlockHash, LayerChanges, LayerRecord, LayerSwitch, LayerView, NewClone, NewTenant,
-    Orphan, StoreRead, StoreTxn, StoredBlock, TenantAudit, TenantRecord, TenantState,
+    Backend, BlockHash, CopyBlocks, DeadBlocks, LayerChanges, LayerRecord, LayerSwitch, LayerView,
+    NewClone, NewTenant, Orphan, StoreRead, StoreTxn, StoredBlock, TenantAudit, TenantRecord,
+    TenantState,
 };
 use crate::error::{BackendError, BackendResult};
 use crate::types::{FileType, Ino, Inode, LayerId, Quota, TenantId, Timestamp, Usage};
@@ -45,6 +47,29 @@ struct TenantData {
     next_ino: u64,
     /// ino -> session
     orphans: BTreeMap<Ino, u64>,
+    /// Store blocks whose count reached zero, and since when (an entry whose block was revived
+    /// or rolled back is stale: the reaper checks the count).
+    dead: HashMap<BlockHash, std::time::Instant>,
+    /// Reaps that deleted objects (see `Backend::reap_epoch`).
+    reap_epoch: u64,
+}
+
+impl TenantData {
+    /// A block lost its last reference: a row holding its data goes, a store block's row stays
+    /// dead for the reaper.
+    fn release(&mut self, hash: BlockHash) {
+        match self.blocks.get(&hash) {
+            Some((block, 0)) if block.data.is_empty() => {
+                self.dead
+                    .entry(hash)
+                    .or_insert_with(std::time::Instant::now);
+            }
+            Some((_, 0)) => {
+                self.blocks.remove(&hash);
+            }
+            _ => {}
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -122,6 +147,7 @@ impl Backend for MemoryBackend {
             auto_checkpoint_secs: None,
             audit: TenantAudit::default(),
             owner: new.owner.clone(),
+            data_url: new.data_url.clone(),
         };
         store.layers.insert(
             (id, layer),
@@ -151,11 +177,67 @@ impl Backend for MemoryBackend {
         Ok(record)
     }
 
-    async fn clone_tenant(&self, new: &NewClone) -> BackendResult<TenantRecord> {
-        // The source's gate: no transaction of it is half applied while its rows are read.
+    async fn clone_tenant(
+        &self,
+        new: &NewClone,
+        copy: Option<&dyn CopyBlocks>,
+    ) -> BackendResult<TenantRecord> {
+        // The source's gate: no transaction of it is half applied while its rows are read, and
+        // no reaper deletes its objects while they are copied.
         let gate = self.gate(new.source.tenant);
         let _pass = gate.lock().await;
-        clone::clone_tenant(&mut self.lock(), new)
+        let record = clone::clone_tenant(&mut self.lock(), new)?;
+        let (Some(copy), Some(_)) = (copy, &record.data_url) else {
+            return Ok(record);
+        };
+        let hashes: Vec<BlockHash> = {
+            let mut store = self.lock();
+            store
+                .tenant_data(record.id)?
+                .blocks
+                .keys()
+                .copied()
+                .collect()
+        };
+        if let Err(e) = copy.copy(record.id, &hashes).await {
+            // Nothing may be left of a clone whose blocks are not all there.
+            let mut store = self.lock();
+            store.tenants.remove(&record.id);
+            store.data.remove(&record.id);
+            store.layers.retain(|(t, _), _| *t != record.id);
+            return Err(e);
+        }
+        Ok(record)
+    }
+
+    async fn reap_epoch(&self, tenant: TenantId) -> BackendResult<u64> {
+        Ok(self.lock().tenant_data(tenant)?.reap_epoch)
+    }
+
+    async fn claim_dead_blocks(
+        &self,
+        tenant: TenantId,
+        grace: std::time::Duration,
+        limit: usize,
+    ) -> BackendResult<Box<dyn DeadBlocks>> {
+        blocks::claim_dead(self, tenant, grace, limit).await
+    }
+
+    async fn adopt_blocks(&self, tenant: TenantId, hashes: &[BlockHash]) -> BackendResult<u64> {
+        Ok(blocks::adopt(self.lock().tenant_data(tenant)?, hashes))
+    }
+
+    async fn block_hashes(
+        &self,
+        tenant: TenantId,
+        after: Option<BlockHash>,
+        limit: usize,
+    ) -> BackendResult<Vec<BlockHash>> {
+        Ok(blocks::referenced(
+            self.lock().tenant_data(tenant)?,
+            after,
+            limit,
+        ))
     }
 
     async fn tenant_by_name(&self, name: &str) -> BackendResult<Option<TenantRecord>> {

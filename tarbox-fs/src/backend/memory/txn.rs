@@ -57,16 +57,15 @@ impl MemoryTxn {
     }
 }
 
-/// Change a block's reference count by `delta`, deleting it at zero.
+/// Change a block's reference count by `delta`, releasing it at zero (see `TenantData::release`).
 pub(super) fn adjust_ref(d: &mut TenantData, hash: BlockHash, delta: i64, undo: &mut Vec<Undo>) {
     let prev = d.blocks.get(&hash).cloned();
     undo.push(Undo::Block(hash, prev.clone()));
     if let Some((block, count)) = prev {
-        let next = count as i64 + delta;
-        if next <= 0 {
-            d.blocks.remove(&hash);
-        } else {
-            d.blocks.insert(hash, (block, next as u64));
+        let next = (count as i64 + delta).max(0) as u64;
+        d.blocks.insert(hash, (block, next));
+        if next == 0 {
+            d.release(hash);
         }
     }
 }
@@ -205,18 +204,28 @@ impl StoreTxn for MemoryTxn {
         ino: Ino,
         writes: &[BlockWrite],
         new_blocks: &[StoredBlock],
-    ) -> BackendResult<()> {
+    ) -> BackendResult<Vec<BlockHash>> {
         let head = self.view.head();
         self.with(|d, _, undo| {
             // New blocks enter with a zero count; the mappings below take their references, and a
-            // block left at zero (named by no mapping) is dropped again at the end.
+            // block left at zero (named by no mapping) is released again at the end.
+            let mut fresh = Vec::new();
             for b in new_blocks {
                 if let std::collections::hash_map::Entry::Vacant(slot) = d.blocks.entry(b.hash) {
                     undo.push(Undo::Block(b.hash, None));
                     slot.insert((b.clone(), 0));
+                    if b.data.is_empty() {
+                        fresh.push(b.hash);
+                    }
                 }
             }
             for w in writes {
+                // A block named but neither new nor stored (reaped since the engine saw it).
+                if let Some(h) = w.block {
+                    if !d.blocks.contains_key(&h) {
+                        return Err(BackendError::Conflict);
+                    }
+                }
                 set_map(d, (ino, w.index, head), Some(w.block), undo);
             }
             for b in new_blocks {
@@ -224,7 +233,12 @@ impl StoreTxn for MemoryTxn {
                     adjust_ref(d, b.hash, 0, undo);
                 }
             }
-        })
+            Ok(fresh)
+        })?
+    }
+
+    async fn reap_epoch(&mut self) -> BackendResult<u64> {
+        self.with(|d, _, _| d.reap_epoch)
     }
 
     async fn truncate_blocks(&mut self, ino: Ino, first: u64) -> BackendResult<()> {

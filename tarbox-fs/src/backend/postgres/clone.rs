@@ -6,7 +6,7 @@
 use sqlx::postgres::PgPool;
 
 use super::convert::{STATE_DELETED, limit_to_sql, map_err};
-use crate::backend::{NewClone, TenantAudit, TenantRecord, TenantState};
+use crate::backend::{CopyBlocks, NewClone, TenantAudit, TenantRecord, TenantState};
 use crate::error::{BackendError, BackendResult};
 use crate::types::LayerId;
 
@@ -20,7 +20,7 @@ use crate::types::LayerId;
 /// Usage is recounted as the engine charges: each inode's size rounded up to 4 KiB
 /// (`Inode::charged_bytes`).
 const CLONE_TENANT: &str = "WITH src AS ( \
-       SELECT id, name, block_size, compression, next_ino FROM tenants \
+       SELECT id, name, block_size, compression, next_ino, data_url FROM tenants \
        WHERE id = $1 AND state <> $9 \
          AND (SELECT count(*) FROM layers WHERE tenant_id = $1 AND id = ANY($2)) \
              = cardinality($2)), \
@@ -43,8 +43,9 @@ const CLONE_TENANT: &str = "WITH src AS ( \
        WHERE value IS NOT NULL AND ino IN (SELECT ino FROM vi)), \
      t AS ( \
        INSERT INTO tenants (name, state, head_layer, block_size, compression, quota_bytes, \
-                            quota_inodes, next_ino, created_at, owner) \
-       SELECT $3, 0, l.id, src.block_size, src.compression, $4, $5, src.next_ino, $6, $7 \
+                            quota_inodes, next_ino, created_at, owner, data_url) \
+       SELECT $3, 0, l.id, src.block_size, src.compression, $4, $5, src.next_ino, $6, $7, \
+              src.data_url \
        FROM src, l \
        RETURNING id, head_layer), \
      base AS ( \
@@ -77,11 +78,18 @@ const CLONE_TENANT: &str = "WITH src AS ( \
      x AS ( \
        INSERT INTO xattrs (tenant_id, ino, name, layer_id, value) \
        SELECT t.id, vx.ino, vx.name, t.head_layer, vx.value FROM vx, t) \
-     SELECT t.id, t.head_layer, src.block_size, src.compression FROM t, src";
+     SELECT t.id, t.head_layer, src.block_size, src.compression, src.data_url FROM t, src";
 
-pub(super) async fn clone_tenant(pool: &PgPool, new: &NewClone) -> BackendResult<TenantRecord> {
+/// The clone's statement runs in a transaction that also copies the blocks of a store source
+/// (`copy`) before it commits: the clone is visible only once every object it names is there.
+pub(super) async fn clone_tenant(
+    pool: &PgPool,
+    new: &NewClone,
+    copy: Option<&dyn CopyBlocks>,
+) -> BackendResult<TenantRecord> {
     let chain: Vec<i64> = new.source.chain.iter().map(|l| l.0).collect();
-    let row: Option<(i64, i64, i32, i16)> = sqlx::query_as(CLONE_TENANT)
+    let mut tx = pool.begin().await.map_err(map_err)?;
+    let row: Option<(i64, i64, i32, i16, Option<String>)> = sqlx::query_as(CLONE_TENANT)
         .bind(new.source.tenant.0)
         .bind(&chain)
         .bind(&new.name)
@@ -91,11 +99,12 @@ pub(super) async fn clone_tenant(pool: &PgPool, new: &NewClone) -> BackendResult
         .bind(&new.owner)
         .bind(new.source.head().0)
         .bind(STATE_DELETED)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(map_err)?;
     // No row: the tenant is gone, or a layer of the chain is (which the engine retries).
-    let Some((id, head, block_size, compression)) = row else {
+    let Some((id, head, block_size, compression, data_url)) = row else {
+        drop(tx);
         let layers = super::layers::layers(pool, new.source.tenant).await?;
         let chain_intact = new
             .source
@@ -108,6 +117,28 @@ pub(super) async fn clone_tenant(pool: &PgPool, new: &NewClone) -> BackendResult
             BackendError::StaleView
         });
     };
+    if let (Some(copy), Some(_)) = (copy, &data_url) {
+        let mut after: Vec<u8> = Vec::new();
+        loop {
+            let page: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT hash FROM blocks WHERE tenant_id = $1 AND hash > $2 \
+                 ORDER BY hash LIMIT 4096",
+            )
+            .bind(id)
+            .bind(&after)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            let Some(last) = page.last() else { break };
+            after = last.clone();
+            let hashes = page
+                .into_iter()
+                .map(super::blocks::hash_of)
+                .collect::<BackendResult<Vec<_>>>()?;
+            copy.copy(crate::types::TenantId(id), &hashes).await?;
+        }
+    }
+    tx.commit().await.map_err(map_err)?;
     Ok(TenantRecord {
         id: crate::types::TenantId(id),
         name: new.name.clone(),
@@ -122,5 +153,6 @@ pub(super) async fn clone_tenant(pool: &PgPool, new: &NewClone) -> BackendResult
         auto_checkpoint_secs: None,
         audit: TenantAudit::default(),
         owner: new.owner.clone(),
+        data_url,
     })
 }

@@ -149,7 +149,7 @@ macro_rules! select_tenants {
         concat!(
             "SELECT id, name, state, head_layer, block_size, compression, quota_bytes, \
              quota_inodes, created_at, auto_checkpoint_secs, audit_level, \
-             audit_retention_days, owner FROM tenants ",
+             audit_retention_days, owner, data_url FROM tenants ",
             $rest
         )
     };
@@ -194,6 +194,7 @@ pub(super) fn tenant_from_row(row: &PgRow) -> Result<TenantRecord, BackendError>
                 .transpose()?,
         },
         owner: col(row, "owner")?,
+        data_url: col(row, "data_url")?,
     })
 }
 

@@ -311,7 +311,7 @@ pub(super) async fn drop_layer(
         .map(|(hash, _)| hash)
         .collect();
     if !unreferenced.is_empty() {
-        sqlx::query("DELETE FROM blocks WHERE tenant_id = $1 AND hash = ANY($2) AND refcount <= 0")
+        sqlx::query(super::blocks::RELEASE_DEAD_BLOCKS)
             .bind(tenant.0)
             .bind(&unreferenced)
             .execute(&mut *tx)

@@ -13,7 +13,7 @@
 //! | `inodes` | `(tenant_id, ino, layer_id)` | inode versions; `tombstone` hides older layers |
 //! | `dentries` | `(tenant_id, parent, name, layer_id)` | names; `ino IS NULL` is a whiteout |
 //! | `block_map` | `(tenant_id, ino, idx, layer_id)` | file blocks; `hash IS NULL` is a hole |
-//! | `blocks` | `(tenant_id, hash)` | content-addressed data with its reference count |
+//! | `blocks` | `(tenant_id, hash)` | content-addressed data (NULL: in the tenant's block store) with its reference count; `dead_since` marks a store block awaiting the reaper |
 //! | `xattrs` | `(tenant_id, ino, name, layer_id)` | extended attributes; `value IS NULL` removes |
 //! | `sessions`, `orphans` | `id`, `(tenant_id, ino)` | open-but-unlinked inodes per engine session |
 //! | `audit_events` | partitioned by `at_ns` (a day each) | the audit trail (`audit.rs`) |
@@ -37,6 +37,7 @@
 //! engines consistent without serialisable isolation.
 
 mod audit;
+mod blocks;
 mod clone;
 mod convert;
 mod layers;
@@ -54,8 +55,8 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::backend::{
-    Backend, LayerChanges, LayerRecord, LayerSwitch, LayerView, NewClone, NewTenant, Orphan,
-    StoreRead, StoreTxn, TenantAudit, TenantRecord,
+    Backend, BlockHash, CopyBlocks, DeadBlocks, LayerChanges, LayerRecord, LayerSwitch, LayerView,
+    NewClone, NewTenant, Orphan, StoreRead, StoreTxn, TenantAudit, TenantRecord,
 };
 use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId, Quota, TenantId, Timestamp, Usage};
@@ -135,8 +136,12 @@ impl Backend for PostgresBackend {
         tenants::create_tenant(&self.pool, new).await
     }
 
-    async fn clone_tenant(&self, new: &NewClone) -> BackendResult<TenantRecord> {
-        clone::clone_tenant(&self.pool, new).await
+    async fn clone_tenant(
+        &self,
+        new: &NewClone,
+        copy: Option<&dyn CopyBlocks>,
+    ) -> BackendResult<TenantRecord> {
+        clone::clone_tenant(&self.pool, new, copy).await
     }
 
     async fn tenant_by_name(&self, name: &str) -> BackendResult<Option<TenantRecord>> {
@@ -169,6 +174,32 @@ impl Backend for PostgresBackend {
 
     async fn purge_tenant(&self, tenant: TenantId) -> BackendResult<()> {
         tenants::purge_tenant(&self.pool, tenant).await
+    }
+
+    async fn reap_epoch(&self, tenant: TenantId) -> BackendResult<u64> {
+        blocks::reap_epoch(&self.pool, tenant).await
+    }
+
+    async fn claim_dead_blocks(
+        &self,
+        tenant: TenantId,
+        grace: std::time::Duration,
+        limit: usize,
+    ) -> BackendResult<Box<dyn DeadBlocks>> {
+        blocks::claim_dead(&self.pool, tenant, grace, limit).await
+    }
+
+    async fn adopt_blocks(&self, tenant: TenantId, hashes: &[BlockHash]) -> BackendResult<u64> {
+        blocks::adopt(&self.pool, tenant, hashes).await
+    }
+
+    async fn block_hashes(
+        &self,
+        tenant: TenantId,
+        after: Option<BlockHash>,
+        limit: usize,
+    ) -> BackendResult<Vec<BlockHash>> {
+        blocks::referenced(&self.pool, tenant, after, limit).await
     }
 
     async fn alloc_inodes(&self, tenant: TenantId, count: u64) -> BackendResult<u64> {

@@ -147,8 +147,7 @@ const BLOCK_MAP_N: &str = "SELECT idx, hash FROM ( \
        ORDER BY idx, layer_id DESC) m \
      WHERE hash IS NOT NULL ORDER BY idx";
 
-const BLOCKS: &str =
-    "SELECT hash, compressed, data FROM blocks WHERE tenant_id = $1 AND hash = ANY($2)";
+const BLOCKS: &str = "SELECT hash, compressed, COALESCE(data, '') FROM blocks WHERE tenant_id = $1 AND hash = ANY($2)";
 
 const XATTR_1: &str = "SELECT value FROM xattrs \
      WHERE tenant_id = $1 AND ino = $2 AND name = $3 AND layer_id = $4[1]";

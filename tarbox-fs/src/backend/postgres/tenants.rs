@@ -13,13 +13,13 @@ use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId, Quota, TenantId, Timestamp, Usage};
 
 /// $1 name, $2 block size, $3 compression, $4/$5 quota, $6 created_at, $7..$19 the root inode,
-/// $20 owner.
+/// $20 owner, $21 data URL.
 /// The base layer's id is drawn first so the tenant row can name it as head in the same insert.
 const CREATE_TENANT: &str = "WITH l AS (SELECT nextval('layer_ids') AS id), \
      t AS ( \
        INSERT INTO tenants (name, state, head_layer, block_size, compression, quota_bytes, \
-                            quota_inodes, next_ino, created_at, owner) \
-       SELECT $1, 0, l.id, $2, $3, $4, $5, 2, $6, $20 FROM l \
+                            quota_inodes, next_ino, created_at, owner, data_url) \
+       SELECT $1, 0, l.id, $2, $3, $4, $5, 2, $6, $20, $21 FROM l \
        RETURNING id, head_layer), \
      base AS ( \
        INSERT INTO layers (tenant_id, id, parent, name, description, created_at) \
@@ -85,6 +85,7 @@ pub(super) async fn create_tenant(pool: &PgPool, new: &NewTenant) -> BackendResu
         .bind(to_i64("inode number", root.parent.0)?)
         .bind(&root.target)
         .bind(&new.owner)
+        .bind(&new.data_url)
         .fetch_one(pool)
         .await
         .map_err(map_err)?;
@@ -100,6 +101,7 @@ pub(super) async fn create_tenant(pool: &PgPool, new: &NewTenant) -> BackendResu
         auto_checkpoint_secs: None,
         audit: TenantAudit::default(),
         owner: new.owner.clone(),
+        data_url: new.data_url.clone(),
     })
 }
 

@@ -190,8 +190,10 @@ const UNBIND: &str = "WITH hidden AS ( \
 /// $1 tenant, $2 ino, $3 head, $4 indexes, $5 hashes (NULL = hole), $6/$7/$8 new blocks'
 /// hashes, compressed flags and data. Upserts the mappings and moves each touched block's count
 /// by its net change (+1 per new mapping, -1 per replaced head mapping), inserting new blocks.
-/// Returns `(hash, refcount)` per changed block, and `(hash, NULL)` for a block that should
-/// exist but does not.
+/// Returns `(hash, refcount, fresh)` per changed block, and `(hash, NULL, false)` for a block
+/// that should exist but does not; `fresh` marks a row of a store block (no data) that this
+/// statement inserted rather than found (`xmax = 0` only on a row version the statement
+/// inserted). A dead row found is revived.
 const WRITE_BLOCKS: &str = "WITH w AS ( \
        SELECT * FROM UNNEST($4::bigint[], $5::bytea[]) AS w(idx, hash)), \
      old AS ( \
@@ -212,16 +214,19 @@ const WRITE_BLOCKS: &str = "WITH w AS ( \
        SELECT $1, n.hash, COALESCE(delta.d, 0), n.compressed, n.data \
        FROM UNNEST($6::bytea[], $7::bool[], $8::bytea[]) AS n(hash, compressed, data) \
        LEFT JOIN delta ON delta.hash = n.hash \
-       ON CONFLICT (tenant_id, hash) DO UPDATE SET refcount = b.refcount + EXCLUDED.refcount \
-       RETURNING b.hash, b.refcount), \
+       ON CONFLICT (tenant_id, hash) DO UPDATE \
+         SET refcount = b.refcount + EXCLUDED.refcount, dead_since = NULL \
+       RETURNING b.hash, b.refcount, (b.xmax = 0 AND b.data IS NULL) AS fresh), \
      upd AS ( \
-       UPDATE blocks b SET refcount = b.refcount + delta.d FROM delta \
+       UPDATE blocks b SET refcount = b.refcount + delta.d, \
+         dead_since = CASE WHEN b.refcount + delta.d > 0 THEN NULL ELSE b.dead_since END \
+       FROM delta \
        WHERE b.tenant_id = $1 AND b.hash = delta.hash AND delta.d <> 0 \
          AND delta.hash <> ALL($6) \
        RETURNING b.hash, b.refcount) \
-     SELECT hash, refcount FROM ins \
-     UNION ALL SELECT hash, refcount FROM upd \
-     UNION ALL SELECT delta.hash, NULL FROM delta \
+     SELECT hash, refcount, fresh FROM ins \
+     UNION ALL SELECT hash, refcount, false FROM upd \
+     UNION ALL SELECT delta.hash, NULL, false FROM delta \
        WHERE delta.d > 0 AND delta.hash <> ALL($6) \
          AND NOT EXISTS (SELECT 1 FROM upd WHERE upd.hash = delta.hash)";
 
@@ -286,9 +291,6 @@ const ADD_ORPHAN: &str = "INSERT INTO orphans (tenant_id, ino, session_id) VALUE
      ON CONFLICT (tenant_id, ino) DO UPDATE SET session_id = EXCLUDED.session_id";
 
 const REMOVE_ORPHAN: &str = "DELETE FROM orphans WHERE tenant_id = $1 AND ino = $2";
-
-const DELETE_DEAD_BLOCKS: &str =
-    "DELETE FROM blocks WHERE tenant_id = $1 AND hash = ANY($2) AND refcount <= 0";
 
 /// How often a refused charge is re-tried when the usage it was refused on changed before the
 /// refusal could be explained.
@@ -370,7 +372,7 @@ impl StoreTxn for PgTxn {
         ino: Ino,
         writes: &[BlockWrite],
         new_blocks: &[StoredBlock],
-    ) -> BackendResult<()> {
+    ) -> BackendResult<Vec<BlockHash>> {
         // One statement may not upsert a row twice: keep the last write per index and one copy
         // of each new block, and insert only new blocks that a mapping names (an unnamed block
         // would be deleted again at once).
@@ -379,7 +381,7 @@ impl StoreTxn for PgTxn {
             by_index.insert(w.index, w.block);
         }
         if by_index.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let named: BTreeSet<BlockHash> = by_index.values().flatten().copied().collect();
         let mut fresh: HashMap<BlockHash, &StoredBlock> = HashMap::new();
@@ -400,9 +402,13 @@ impl StoreTxn for PgTxn {
         let fresh: Vec<&StoredBlock> = fresh.into_values().collect();
         let fresh_hashes: Vec<&[u8]> = fresh.iter().map(|b| &b.hash.0[..]).collect();
         let fresh_compressed: Vec<bool> = fresh.iter().map(|b| b.compressed).collect();
-        let fresh_data: Vec<&[u8]> = fresh.iter().map(|b| &b.data[..]).collect();
+        // Blocks of a store have no data here (see `StoredBlock::data`).
+        let fresh_data: Vec<Option<&[u8]>> = fresh
+            .iter()
+            .map(|b| (!b.data.is_empty()).then_some(&b.data[..]))
+            .collect();
 
-        let rows: Vec<(Vec<u8>, Option<i64>)> = sqlx::query_as(WRITE_BLOCKS)
+        let rows: Vec<(Vec<u8>, Option<i64>, bool)> = sqlx::query_as(WRITE_BLOCKS)
             .bind(self.scope.tenant)
             .bind(to_i64("inode number", ino.0)?)
             .bind(self.head)
@@ -414,7 +420,26 @@ impl StoreTxn for PgTxn {
             .fetch_all(&mut *self.tx)
             .await
             .map_err(map_err)?;
-        self.note_released(rows)
+        let mut inserted = Vec::new();
+        let mut counts = Vec::with_capacity(rows.len());
+        for (hash, refcount, fresh) in rows {
+            if fresh {
+                inserted.push(super::blocks::hash_of(hash.clone())?);
+            }
+            counts.push((hash, refcount));
+        }
+        self.note_released(counts)?;
+        Ok(inserted)
+    }
+
+    async fn reap_epoch(&mut self) -> BackendResult<u64> {
+        let epoch: Option<i64> = sqlx::query_scalar(super::blocks::REAP_EPOCH)
+            .bind(self.scope.tenant)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        let epoch = epoch.ok_or(BackendError::TenantGone)?;
+        Ok(u64::try_from(epoch).unwrap_or(0))
     }
 
     async fn truncate_blocks(&mut self, ino: Ino, first: u64) -> BackendResult<()> {
@@ -538,7 +563,7 @@ impl StoreTxn for PgTxn {
         } = *self;
         if !dead.is_empty() {
             let dead: Vec<Vec<u8>> = dead.into_iter().collect();
-            sqlx::query(DELETE_DEAD_BLOCKS)
+            sqlx::query(super::blocks::RELEASE_DEAD_BLOCKS)
                 .bind(scope.tenant)
                 .bind(dead)
                 .execute(&mut *tx)

@@ -1,0 +1,322 @@
+//! Where a volume's block contents go, and the reaper of dead store blocks.
+//!
+//! A tenant without a block store keeps each block's bytes in its row: they travel inside the
+//! transaction that maps them. A tenant with a [`BlockStore`] has its blocks put into the store
+//! *before* that transaction, by hash; the row then holds only the reference count. The order,
+//! and why a writer racing the reaper never commits a mapping to a deleted object, is explained
+//! in [`crate::store`]; the writer's half of it is [`Volume::map_blocks`]: remember the tenant's
+//! reap epoch before storing, and if a reap happened since and a row had to be created afresh,
+//! store those blocks again before committing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use tracing::{debug, warn};
+
+use super::{Engine, Shared, Volume, lock};
+use crate::backend::{BlockHash, BlockWrite, CopyBlocks, StoreRead, StoreTxn, StoredBlock};
+use crate::error::{BackendResult, FsResult};
+use crate::store::BlockStore;
+use crate::types::{Ino, TenantId};
+
+/// Where a volume's block contents live.
+#[derive(Clone, Debug)]
+pub(crate) enum DataPath {
+    /// In the backend's block rows.
+    Inline,
+    /// In a block store; rows hold reference counts only.
+    Store(Arc<dyn BlockStore>),
+}
+
+/// Dead blocks claimed per round trip of the reaper.
+const REAP_BATCH: usize = 1024;
+/// Objects listed per page by the sweep and the data check.
+const LIST_PAGE: usize = 4096;
+
+impl Shared {
+    /// The block store at `url`, opened once per engine.
+    pub(crate) async fn store(&self, url: &str) -> BackendResult<Arc<dyn BlockStore>> {
+        if let Some(store) = lock(&self.stores).get(url) {
+            return Ok(store.clone());
+        }
+        let store = crate::store::open(url).await?;
+        Ok(lock(&self.stores)
+            .entry(url.to_string())
+            .or_insert(store)
+            .clone())
+    }
+
+    pub(crate) async fn data_path(&self, data_url: Option<&str>) -> BackendResult<DataPath> {
+        Ok(match data_url {
+            None => DataPath::Inline,
+            Some(url) => DataPath::Store(self.store(url).await?),
+        })
+    }
+}
+
+impl Volume {
+    /// The reap epoch to remember before storing blocks (see the module docs).
+    pub(super) fn data_epoch(&self) -> u64 {
+        self.inner.reap_epoch.load(Ordering::Acquire)
+    }
+
+    /// Put `blocks` into the tenant's block store (nothing to do when they live in rows).
+    pub(super) async fn store_blocks(&self, blocks: &[StoredBlock]) -> FsResult<()> {
+        if let DataPath::Store(store) = &self.inner.data {
+            if !blocks.is_empty() {
+                store.put(self.inner.tenant.id, blocks.to_vec()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Map `writes` in `txn`, inserting `new_blocks`, all of which were stored (see
+    /// [`Volume::store_blocks`]) after the reap epoch was `epoch`.
+    pub(super) async fn map_blocks(
+        &self,
+        txn: &mut dyn StoreTxn,
+        ino: Ino,
+        writes: &[BlockWrite],
+        new_blocks: &[StoredBlock],
+        epoch: u64,
+    ) -> FsResult<()> {
+        let DataPath::Store(store) = &self.inner.data else {
+            txn.write_blocks(ino, writes, new_blocks).await?;
+            return Ok(());
+        };
+        let rows: Vec<StoredBlock> = new_blocks
+            .iter()
+            .map(|b| StoredBlock {
+                hash: b.hash,
+                compressed: b.compressed,
+                data: bytes::Bytes::new(),
+            })
+            .collect();
+        let fresh = txn.write_blocks(ino, writes, &rows).await?;
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let now = txn.reap_epoch().await?;
+        if now != epoch {
+            // A reaper deleted objects since these were stored, maybe one of these: store them
+            // again. The rows this transaction created are locked, so no reaper can take them.
+            let fresh: HashSet<BlockHash> = fresh.into_iter().collect();
+            let again: Vec<StoredBlock> = new_blocks
+                .iter()
+                .filter(|b| fresh.contains(&b.hash))
+                .cloned()
+                .collect();
+            debug!(blocks = again.len(), "storing blocks again after a reap");
+            store.put(self.inner.tenant.id, again).await?;
+        }
+        self.inner.reap_epoch.fetch_max(now, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The stored form of blocks `hashes`, from their rows or the tenant's block store; hashes
+    /// not found are omitted.
+    pub(super) async fn load_blocks(
+        &self,
+        r: &mut dyn StoreRead,
+        hashes: &[BlockHash],
+    ) -> FsResult<Vec<StoredBlock>> {
+        match &self.inner.data {
+            DataPath::Inline => Ok(r.blocks(hashes).await?),
+            DataPath::Store(store) => Ok(store.get(self.inner.tenant.id, hashes).await?),
+        }
+    }
+
+    /// Delete the objects of blocks dead for longer than the grace period. Returns how many.
+    pub(crate) async fn reap_dead_blocks(&self) -> FsResult<u64> {
+        let DataPath::Store(store) = &self.inner.data else {
+            return Ok(0);
+        };
+        reap(
+            &self.inner.shared,
+            store.as_ref(),
+            self.inner.tenant.id,
+            self.inner.shared.config.dead_block_grace,
+        )
+        .await
+    }
+}
+
+/// Claim dead rows, delete their objects, then the rows, until none is left.
+async fn reap(
+    shared: &Shared,
+    store: &dyn BlockStore,
+    tenant: TenantId,
+    grace: Duration,
+) -> FsResult<u64> {
+    let mut reaped = 0;
+    loop {
+        let claim = shared
+            .backend
+            .claim_dead_blocks(tenant, grace, REAP_BATCH)
+            .await?;
+        let n = claim.hashes().len();
+        if n == 0 {
+            return Ok(reaped);
+        }
+        store.delete(tenant, claim.hashes()).await?;
+        claim.forget().await?;
+        reaped += n as u64;
+        if n < REAP_BATCH {
+            return Ok(reaped);
+        }
+    }
+}
+
+/// What [`Engine::collect_garbage`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GarbageReport {
+    /// Objects no row named, older than the grace period, handed to the reaper.
+    pub adopted: u64,
+    /// Dead blocks whose objects were deleted.
+    pub reaped: u64,
+}
+
+/// What [`Engine::check_data`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataCheck {
+    /// Referenced blocks read back and verified against their hash.
+    pub verified: u64,
+    /// Referenced blocks whose bytes are missing.
+    pub missing: Vec<BlockHash>,
+    /// Referenced blocks whose bytes do not match their hash or do not decode.
+    pub corrupt: Vec<BlockHash>,
+}
+
+impl DataCheck {
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.corrupt.is_empty()
+    }
+}
+
+/// Copies a clone's blocks inside one block store.
+struct StoreCopy {
+    store: Arc<dyn BlockStore>,
+    from: TenantId,
+}
+
+#[async_trait::async_trait]
+impl CopyBlocks for StoreCopy {
+    async fn copy(&self, to: TenantId, hashes: &[BlockHash]) -> BackendResult<()> {
+        self.store.copy(self.from, to, hashes).await
+    }
+}
+
+impl Engine {
+    /// The copier a clone of `source` needs: `None` when its blocks live in rows.
+    pub(crate) async fn clone_copier(
+        &self,
+        source: TenantId,
+        data_url: Option<&str>,
+    ) -> FsResult<Option<Box<dyn CopyBlocks>>> {
+        Ok(match self.shared.data_path(data_url).await? {
+            DataPath::Inline => None,
+            DataPath::Store(store) => Some(Box::new(StoreCopy {
+                store,
+                from: source,
+            })),
+        })
+    }
+
+    /// Collect the garbage of a tenant's block store: objects no row names that are older than
+    /// `orphan_grace` (left by a crash between storing and committing) are handed to the
+    /// reaper, then every block dead for longer than the engine's grace is deleted.
+    pub async fn collect_garbage(
+        &self,
+        tenant: &str,
+        orphan_grace: Duration,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> FsResult<GarbageReport> {
+        let record = self.tenant_record(tenant).await?;
+        let DataPath::Store(store) = self.shared.data_path(record.data_url.as_deref()).await?
+        else {
+            return Ok(GarbageReport::default());
+        };
+        let mut report = GarbageReport::default();
+        let cutoff = SystemTime::now()
+            .checked_sub(orphan_grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut after = None;
+        let mut listed = 0;
+        loop {
+            let page = store.list(record.id, after, LIST_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            listed += page.len() as u64;
+            progress(listed);
+            let old: Vec<BlockHash> = page
+                .iter()
+                .filter(|(_, stored)| *stored <= cutoff)
+                .map(|(h, _)| *h)
+                .collect();
+            report.adopted += self.shared.backend.adopt_blocks(record.id, &old).await?;
+        }
+        // Adopted objects are dead as of now; reap them at once, as an operator asked for it.
+        report.reaped = reap(&self.shared, store.as_ref(), record.id, Duration::ZERO).await?;
+        Ok(report)
+    }
+
+    /// Read back every block the tenant references and verify it against its hash.
+    pub async fn check_data(
+        &self,
+        tenant: &str,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> FsResult<DataCheck> {
+        let record = self.tenant_record(tenant).await?;
+        let data = self.shared.data_path(record.data_url.as_deref()).await?;
+        let view =
+            super::build_view(self.shared.backend.as_ref(), record.id, record.head_layer).await?;
+        let mut reader = self.shared.backend.reader(&view);
+        let bs = u64::from(record.block_size);
+        let mut check = DataCheck::default();
+        let mut after = None;
+        loop {
+            let page = self
+                .shared
+                .backend
+                .block_hashes(record.id, after, LIST_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(*last);
+            for chunk in page.chunks(64) {
+                let found = match &data {
+                    DataPath::Inline => reader.blocks(chunk).await?,
+                    DataPath::Store(store) => store.get(record.id, chunk).await?,
+                };
+                let have: HashSet<BlockHash> = found.iter().map(|b| b.hash).collect();
+                check
+                    .missing
+                    .extend(chunk.iter().filter(|h| !have.contains(h)).copied());
+                for block in &found {
+                    match super::blocks::decode(block, bs) {
+                        Ok(_) => check.verified += 1,
+                        Err(_) => check.corrupt.push(block.hash),
+                    }
+                }
+            }
+            progress(check.verified);
+        }
+        Ok(check)
+    }
+
+    /// Delete what a purged tenant kept in its block store.
+    pub(crate) async fn purge_store(
+        &self,
+        tenant: TenantId,
+        data_url: Option<&str>,
+    ) -> FsResult<()> {
+        if let DataPath::Store(store) = self.shared.data_path(data_url).await? {
+            if let Err(e) = store.delete_tenant(tenant).await {
+                warn!(tenant = tenant.0, error = %e, "cannot delete a purged tenant's blocks");
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+}
