@@ -196,8 +196,8 @@ pub fn check_errno<T: fmt::Debug>(result: FsResult<T>, errno: i32, what: &str) -
 }
 
 /// One test's filesystem: an engine, a fresh tenant on it, and a volume of that tenant, with
-/// path-based conveniences that act as root.
-#[derive(Debug)]
+/// path-based conveniences that act as root. A clone shares the engine, volume and tenant.
+#[derive(Debug, Clone)]
 pub struct TestVolume {
     pub engine: Engine,
     pub volume: Volume,
@@ -250,6 +250,12 @@ impl TestVolume {
             Some(url) => TestVolume::open_with_data(&url, data).await,
             None => TestVolume::open_with_data("memory://", data).await,
         }
+    }
+
+    /// A fresh tenant with `options` on an engine the test configured itself.
+    pub async fn with_engine(engine: Engine, options: TenantOptions) -> TestVolume {
+        let backend = engine.backend().kind();
+        TestVolume::with_tenant(engine, backend, Arc::default(), options).await
     }
 
     async fn with_tenant(
@@ -545,6 +551,14 @@ impl TestVolume {
     }
 
     /// Everything a file contains, read as root through a fresh handle.
+    pub async fn unlink(&self, path: &str) {
+        let (dir, name) = self.parent(path).await;
+        self.volume
+            .unlink(&Caller::root(), dir, &name)
+            .await
+            .unwrap_or_else(|e| panic!("unlink {path}: {e}"));
+    }
+
     pub async fn read_file(&self, path: &str) -> Vec<u8> {
         let root = Caller::root();
         let ino = self.ino(path).await;

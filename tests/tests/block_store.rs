@@ -1,0 +1,239 @@
+//! Tenants whose file data lives in a block store (a local directory): overwritten and dropped
+//! data is reclaimed while checkpoints keep theirs, a writer racing the reaper never commits a
+//! mapping to a deleted object, `check_data` finds missing and corrupt objects, garbage
+//! collection removes objects no row names, and a purge leaves nothing behind. Each test runs on
+//! the memory backend and on PostgreSQL (the POSIX suite runs on a block store as `file_store`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tarbox_fs::Filesystem as _;
+use tarbox_fs::backend::{BlockHash, StoredBlock};
+use tarbox_fs::store::{BlockStore, FileStore};
+use tarbox_fs::{Engine, EngineConfig, FsError, LayerRef, TenantId, TenantOptions};
+use tarbox_tests::{TestVolume, noise, postgres_url, unique_tenant_name};
+
+/// A tenant keeping its data in a fresh directory, on an engine whose reaper has no grace.
+struct Fixture {
+    t: TestVolume,
+    dir: tempfile::TempDir,
+    id: TenantId,
+}
+
+impl Fixture {
+    async fn new(url: &str) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = EngineConfig {
+            dead_block_grace: Duration::ZERO,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open(url, config).await.expect("engine");
+        let t = TestVolume::with_engine(
+            engine,
+            TenantOptions {
+                data_url: Some(format!("file://{}", dir.path().display())),
+                ..TenantOptions::default()
+            },
+        )
+        .await;
+        let id = t.engine.tenant_info(&t.tenant).await.expect("info").id;
+        Fixture { t, dir, id }
+    }
+
+    fn tenant_dir(&self) -> PathBuf {
+        self.dir.path().join(self.id.0.to_string())
+    }
+
+    /// Objects the store holds for the tenant.
+    fn objects(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if !entry.file_name().to_string_lossy().starts_with('.') {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.tenant_dir(), &mut out);
+        out
+    }
+
+    async fn gc(&self) -> tarbox_fs::GarbageReport {
+        self.t
+            .engine
+            .collect_garbage(&self.t.tenant, Duration::from_secs(3600), &|_| {})
+            .await
+            .expect("collect garbage")
+    }
+
+    async fn check(&self) -> tarbox_fs::DataCheck {
+        self.t
+            .engine
+            .check_data(&self.t.tenant, &|_| {})
+            .await
+            .expect("check data")
+    }
+
+    async fn store(&self) -> FileStore {
+        FileStore::open(self.dir.path().to_path_buf())
+            .await
+            .expect("store")
+    }
+}
+
+/// Run `test` on the memory backend and, when reachable, on PostgreSQL.
+macro_rules! on_every_backend {
+    ($($name:ident => $body:expr;)*) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn memory() {
+                    ($body)(Fixture::new("memory://").await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let Some(url) = postgres_url().await else { return };
+                    ($body)(Fixture::new(&url).await).await;
+                }
+            }
+        )*
+    };
+}
+
+const MIB: usize = 1 << 20;
+
+on_every_backend! {
+    overwritten_data_is_reclaimed_and_checkpoints_keep_theirs => |f: Fixture| async move {
+        let t = &f.t;
+        t.write_file("/model", &noise(MIB, 1)).await;
+        assert_eq!(f.objects().len(), 4, "1 MiB in 256 KiB blocks");
+        t.volume.layers().checkpoint("v1", "").await.expect("checkpoint");
+
+        t.write_file("/model", &noise(MIB, 2)).await;
+        f.gc().await;
+        assert_eq!(f.objects().len(), 8, "the checkpoint keeps its blocks");
+
+        t.write_file("/model", &noise(MIB, 3)).await;
+        let report = f.gc().await;
+        assert_eq!(report.reaped, 4, "the overwritten version goes: {report:?}");
+        assert_eq!(f.objects().len(), 8);
+
+        t.volume
+            .layers()
+            .drop_layer(&LayerRef::from("v1"), true)
+            .await
+            .expect("drop v1");
+        f.gc().await;
+        assert_eq!(f.objects().len(), 4, "the store holds the live tree and nothing else");
+        assert_eq!(t.read_file("/model").await, noise(MIB, 3));
+        let check = f.check().await;
+        assert!(check.is_clean() && check.verified == 4, "{check:?}");
+
+        t.engine.delete_tenant(&t.tenant).await.expect("delete");
+        t.engine.purge_tenant(&t.tenant).await.expect("purge");
+        assert!(!f.tenant_dir().exists(), "a purge deletes the tenant's objects");
+    };
+
+    a_writer_racing_the_reaper_stores_its_block_again => |f: Fixture| async move {
+        let t = &f.t;
+        let content = noise(256 * 1024, 7);
+        t.write_file("/a", &content).await;
+        t.unlink("/a").await;
+        t.write_file("/b", b"").await;
+        let b = t.ino("/b").await;
+        let root = tarbox_fs::Caller::root();
+        let fh = t.volume.open(&root, b, libc::O_WRONLY).await.expect("open");
+        // The reaper claims the dead block; a writer of the same content comes along, finds the
+        // object still there (so stores nothing), and must wait for the claim.
+        let claim = t
+            .engine
+            .backend()
+            .claim_dead_blocks(f.id, Duration::ZERO, 16)
+            .await
+            .expect("claim");
+        assert_eq!(claim.hashes().len(), 1);
+        let writer = {
+            let t = t.clone();
+            let content = content.clone();
+            tokio::spawn(async move {
+                t.volume.write(&root, fh, 0, &content).await.expect("write");
+                t.volume.release(&root, fh).await.expect("close");
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        f.store().await.delete(f.id, claim.hashes()).await.expect("delete object");
+        claim.forget().await.expect("forget");
+        writer.await.expect("writer");
+
+        let check = f.check().await;
+        assert!(check.is_clean(), "the writer stored its block again: {check:?}");
+        assert_eq!(f.objects().len(), 1);
+        assert_eq!(t.read_file("/b").await, content);
+    };
+
+    check_data_finds_missing_and_corrupt_blocks => |f: Fixture| async move {
+        let t = &f.t;
+        t.write_file("/one", &noise(100_000, 1)).await;
+        t.write_file("/two", &noise(100_000, 2)).await;
+        let mut objects = f.objects();
+        objects.sort();
+        assert_eq!(objects.len(), 2);
+        std::fs::remove_file(&objects[0]).expect("remove");
+        std::fs::write(&objects[1], b"\x00not the block").expect("corrupt");
+        let check = f.check().await;
+        assert_eq!((check.missing.len(), check.corrupt.len(), check.verified), (1, 1, 0));
+        assert!(!check.is_clean());
+    };
+
+    garbage_collection_deletes_objects_no_row_names => |f: Fixture| async move {
+        let t = &f.t;
+        t.write_file("/kept", &noise(300_000, 1)).await;
+        let stray = StoredBlock {
+            hash: BlockHash(*blake3::hash(b"left by a crash").as_bytes()),
+            compressed: false,
+            data: bytes::Bytes::from_static(b"left by a crash"),
+        };
+        f.store().await.put(f.id, vec![stray]).await.expect("put");
+        assert_eq!(f.objects().len(), 3);
+        let young = f.gc().await;
+        assert_eq!(young.adopted, 0, "an object younger than the grace may be a write in flight");
+        let report = t
+            .engine
+            .collect_garbage(&t.tenant, Duration::ZERO, &|_| {})
+            .await
+            .expect("gc");
+        assert_eq!((report.adopted, report.reaped), (1, 1));
+        assert_eq!(f.objects().len(), 2);
+        assert_eq!(t.read_file("/kept").await, noise(300_000, 1));
+        assert!(f.check().await.is_clean());
+    };
+}
+
+#[tokio::test]
+async fn bad_data_urls_name_themselves() {
+    let engine = Engine::open("memory://", EngineConfig::default())
+        .await
+        .expect("engine");
+    for (url, says) in [
+        ("file://relative", "absolute path"),
+        ("ftp://host/x", "\"ftp\""),
+    ] {
+        let options = TenantOptions {
+            data_url: Some(url.into()),
+            ..TenantOptions::default()
+        };
+        match engine.create_tenant(&unique_tenant_name(), options).await {
+            Err(FsError::BadInput(msg)) => assert!(msg.contains(says), "{url}: {msg}"),
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+}
