@@ -97,11 +97,14 @@ enum Command {
     Audit(audit::AuditCommand),
     /// Check a tenant's tree: names, link counts, blocks and usage (exit code 1 on problems).
     #[command(
-        after_help = "Examples:\n  tarbox fsck -t agent-1\n  tarbox fsck -t agent-1 --output json"
+        after_help = "Examples:\n  tarbox fsck -t agent-1\n  tarbox fsck -t agent-1 --check-data --output json"
     )]
     Fsck {
         #[arg(long, short = 't')]
         tenant: String,
+        /// Also read back every block the tenant references and verify it against its hash.
+        #[arg(long)]
+        check_data: bool,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
@@ -214,7 +217,11 @@ async fn run_command(ctx: &Context, command: Command) -> Result<()> {
         Command::Tenant(cmd) => tenant::run(ctx, cmd).await,
         Command::Layer(args) => layer::run(ctx, args).await,
         Command::Audit(cmd) => audit::run(ctx, cmd).await,
-        Command::Fsck { tenant, output } => fsck::run(ctx, &tenant, output).await,
+        Command::Fsck {
+            tenant,
+            check_data,
+            output,
+        } => fsck::run(ctx, &tenant, check_data, output).await,
         Command::Fs(args) => fs::run(ctx, args).await,
         Command::Export(args) => transfer::export(ctx, args).await,
         Command::Import(args) => transfer::import(ctx, args).await,

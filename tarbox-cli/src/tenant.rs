@@ -11,7 +11,7 @@ use crate::{Context, Output};
 pub enum TenantCommand {
     /// Create a tenant (a DNS-style name, up to 253 characters).
     #[command(
-        after_help = "Example:\n  tarbox tenant create agent-1 --quota-bytes 10GiB --quota-inodes 1000000"
+        after_help = "Examples:\n  tarbox tenant create agent-1 --quota-bytes 10GiB --quota-inodes 1000000\n  tarbox tenant create trainer-1 --data file:///srv/tarbox-blocks"
     )]
     Create {
         name: String,
@@ -27,6 +27,10 @@ pub enum TenantCommand {
         /// Block compression.
         #[arg(long, value_enum, default_value = "zstd")]
         compression: CompressionArg,
+        /// Where file data lives, fixed for the tenant's life: "postgres" (in the database) or a
+        /// block store, file:///path (a local or shared directory).
+        #[arg(long, value_name = "URL", default_value = "postgres")]
+        data: String,
     },
     /// Create a tenant holding exactly the tree of another one, now or at a checkpoint. The
     /// database copies the rows itself; the clone starts without history.
@@ -71,6 +75,16 @@ pub enum TenantCommand {
     /// Delete a tenant: refused for new access at once, data removed in the background.
     #[command(after_help = "Example:\n  tarbox tenant delete agent-1")]
     Delete { name: String },
+    /// Collect the garbage of a tenant's block store: delete objects no file references (left by
+    /// a crash between storing and committing) and blocks whose last reference went.
+    #[command(after_help = "Example:\n  tarbox tenant gc trainer-1 --orphan-grace 1h")]
+    Gc {
+        name: String,
+        /// Only objects stored longer ago than this count as left behind (younger ones may
+        /// belong to a write in flight).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+        orphan_grace: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -98,8 +112,14 @@ pub async fn run(ctx: &Context, cmd: TenantCommand) -> Result<()> {
             quota_inodes,
             block_size,
             compression,
+            data,
         } => {
             let mut options = TenantOptions::default();
+            if !data.eq_ignore_ascii_case("postgres") {
+                tarbox_fs::store::validate_data_url(&data)
+                    .map_err(|e| anyhow::anyhow!("invalid --data: {e}"))?;
+                options.data_url = Some(data);
+            }
             if let Some(b) = quota_bytes {
                 options.quota.bytes = limit("quota-bytes", &b, parse_size)?;
             }
@@ -182,6 +202,24 @@ pub async fn run(ctx: &Context, cmd: TenantCommand) -> Result<()> {
             };
             print_one(&engine.set_quota(&name, quota).await?, Output::Table)
         }
+        TenantCommand::Gc { name, orphan_grace } => {
+            let bar = indicatif::ProgressBar::new_spinner().with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} listed {pos} objects ({per_sec})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            let report = engine
+                .collect_garbage(&name, orphan_grace, &|n| bar.set_position(n))
+                .await;
+            bar.finish_and_clear();
+            let report = report?;
+            println!(
+                "{name}: {} objects left behind adopted, {} dead blocks deleted",
+                report.adopted, report.reaped
+            );
+            Ok(())
+        }
         TenantCommand::Delete { name } => {
             engine.delete_tenant(&name).await?;
             let purged = engine.purge_deleted_tenants().await?;
@@ -215,6 +253,10 @@ fn print_one(t: &TenantInfo, output: Output) -> Result<()> {
             }
             println!("block size:  {}", human(u64::from(t.block_size)));
             println!("compression: {:?}", t.compression);
+            match &t.data_url {
+                None => println!("data:        postgres (in the database)"),
+                Some(url) => println!("data:        {url}"),
+            }
             println!(
                 "bytes:       {} of {}",
                 human(t.usage.bytes),

@@ -195,3 +195,72 @@ fn tenant_clone_copies_a_checkpoint_or_the_live_tree() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn tenant_with_a_block_store_is_checked_and_collected() {
+    let Some(t) = Tenant::new("blocks") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = format!("{}-files", t.name);
+    let url = format!("file://{}", dir.path().display());
+    t.run(&["tenant", "create", &name, "--data", &url]);
+    let info = String::from_utf8_lossy(&t.run(&["tenant", "info", &name])).into_owned();
+    assert!(info.contains(&format!("data:        {url}")), "{info}");
+    let base = String::from_utf8_lossy(&t.run(&["tenant", "info", &t.name])).into_owned();
+    assert!(
+        base.contains("data:        postgres (in the database)"),
+        "{base}"
+    );
+
+    let data = noise(700_000, 3);
+    let local = dir.path().join("weights.bin");
+    std::fs::write(&local, &data).expect("write local file");
+    t.run(&[
+        "fs",
+        "put",
+        "-t",
+        &name,
+        local.to_str().expect("utf-8"),
+        "/weights.bin",
+    ]);
+    assert!(t.run(&["fs", "cat", "-t", &name, "/weights.bin"]) == data);
+    let checked =
+        String::from_utf8_lossy(&t.run(&["fsck", "-t", &name, "--check-data"])).into_owned();
+    assert!(
+        checked.contains("3 blocks read back and verified"),
+        "{checked}"
+    );
+    t.run(&["tenant", "gc", &name]);
+
+    // Lose one object: fsck --check-data names the problem and exits non-zero.
+    let id = serde_json::from_slice::<serde_json::Value>(
+        &t.run(&["tenant", "info", &name, "--output", "json"]),
+    )
+    .expect("json")["id"]
+        .to_string();
+    let shard = std::fs::read_dir(dir.path().join(&id))
+        .expect("tenant directory")
+        .flatten()
+        .next()
+        .expect("a shard directory");
+    let object = std::fs::read_dir(shard.path())
+        .expect("shard")
+        .flatten()
+        .next()
+        .expect("an object");
+    std::fs::remove_file(object.path()).expect("remove object");
+    let out = t.output(&mut t.command(&["fsck", "-t", &name, "--check-data"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("missing from the data store"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let out = t.output(&mut t.command(&["tenant", "create", "x-bad", "--data", "ftp://host/x"]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--data") && err.contains("ftp"), "{err}");
+    t.run(&["tenant", "delete", &name]);
+}

@@ -346,6 +346,11 @@ impl Driver {
                             "volume {name:?} exists with another capacity"
                         )));
                     }
+                    if tag.is_none() && existing.data_url != params.data_url {
+                        return Err(Status::already_exists(format!(
+                            "volume {name:?} exists with another dataStore"
+                        )));
+                    }
                     let existing_tag = existing
                         .owner
                         .as_deref()
@@ -382,6 +387,7 @@ impl Driver {
                         .block_size
                         .unwrap_or(TenantOptions::default().block_size),
                     compression: params.compression.unwrap_or_default(),
+                    data_url: params.data_url.clone(),
                     quota,
                     root_mode: ROOT_MODE,
                     owner: Some(owner.to_string()),

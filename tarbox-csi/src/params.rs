@@ -19,6 +19,7 @@ pub(crate) const BLOCK_SIZE: &str = "blockSize";
 pub(crate) const COMPRESSION: &str = "compression";
 pub(crate) const INODE_QUOTA: &str = "inodeQuota";
 pub(crate) const CACHE_SIZE: &str = "cacheSize";
+pub(crate) const DATA_STORE: &str = "dataStore";
 
 /// The smallest block cache a volume server may be given.
 const MIN_CACHE: u64 = 4 << 20;
@@ -38,6 +39,8 @@ pub(crate) struct VolumeParams {
     pub inode_quota: Option<u64>,
     /// Block cache of each node's FUSE server for the volume, in bytes.
     pub cache_bytes: Option<u64>,
+    /// Where the volume's file data lives (`None`: in the database).
+    pub data_url: Option<String>,
 }
 
 impl VolumeParams {
@@ -120,6 +123,12 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
                 }
                 p.cache_bytes = Some(size);
             }
+            DATA_STORE => {
+                if value != "postgres" {
+                    tarbox_fs::store::validate_data_url(value).map_err(|e| bad(&e.to_string()))?;
+                    p.data_url = Some(value.to_string());
+                }
+            }
             crate::databases::SECRET_DATABASE_URL => {
                 return Err(format!(
                     "parameter {key} is refused: a URL here is readable by anyone who can read \
@@ -133,7 +142,7 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
                 return Err(format!(
                     "unknown parameter {key:?} (known: {AUDIT_LEVEL}, {AUDIT_RETENTION_DAYS}, \
                      {AUTO_CHECKPOINT}, {CHECKPOINT_INTERVAL}, {BLOCK_SIZE}, {COMPRESSION}, \
-                     {INODE_QUOTA}, {CACHE_SIZE})"
+                     {INODE_QUOTA}, {CACHE_SIZE}, {DATA_STORE})"
                 ));
             }
         }
@@ -224,5 +233,16 @@ mod tests {
         }
         let e = parse(&map(&[("blocksize", "4096")])).expect_err("unknown");
         assert!(e.contains("unknown parameter \"blocksize\""), "{e}");
+        let store = |v: &str| parse(&HashMap::from([(DATA_STORE.to_string(), v.to_string())]));
+        assert_eq!(store("postgres").expect("default").data_url, None);
+        assert_eq!(
+            store("file:///srv/blocks")
+                .expect("file")
+                .data_url
+                .as_deref(),
+            Some("file:///srv/blocks")
+        );
+        let e = store("file://srv").unwrap_err();
+        assert!(e.contains("dataStore") && e.contains("absolute"), "{e}");
     }
 }

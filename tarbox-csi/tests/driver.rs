@@ -625,3 +625,89 @@ async fn pods_are_named_in_the_audit_trail_on_postgres() {
         pods_are_named(&postgres_url()).await;
     }
 }
+
+/// A StorageClass with `dataStore` puts the volume's file data in that store: a pod's fsynced
+/// file is there as objects and reads back whole; the same volume name with another store is
+/// another request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_keeps_its_data_in_its_data_store() {
+    if !fuse_available() {
+        return;
+    }
+    let mut h = Harness::start(&postgres_url()).await;
+    let tag = h.tag();
+    let blocks = h.path("blocks");
+    let store = format!("file://{}", blocks.display());
+    let name = format!("pvc-{tag}-store");
+    let params = [("dataStore", store.as_str())];
+    let volume = h
+        .controller
+        .create_volume(create_request(&name, 64 * MIB, &params))
+        .await
+        .expect("create")
+        .into_inner()
+        .volume
+        .expect("volume");
+    code(
+        h.controller
+            .create_volume(create_request(&name, 64 * MIB, &[]))
+            .await,
+        Code::AlreadyExists,
+    );
+    code(
+        h.controller
+            .create_volume(create_request(
+                &name,
+                64 * MIB,
+                &[("dataStore", "file://x")],
+            ))
+            .await,
+        Code::InvalidArgument,
+    );
+
+    let pod = h.mount(&volume, "pod").await;
+    let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+    let data: Vec<u8> = (0..900_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    write(pod.join("weights.bin"), data.clone())
+        .await
+        .expect("write");
+    let objects = walkdir(&blocks);
+    assert_eq!(
+        objects, 4,
+        "900 kB in 256 KiB blocks, as objects in the store"
+    );
+    let back = tokio::fs::read(pod.join("weights.bin"))
+        .await
+        .expect("read");
+    assert!(back == data, "the file reads back whole");
+    h.unmount(&volume, "pod").await;
+    h.controller
+        .delete_volume(delete_request(&volume.volume_id))
+        .await
+        .expect("delete");
+    h.stop().await;
+}
+
+/// Files under `dir`, at any depth, not counting temporary ones.
+fn walkdir(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walkdir(&e.path())
+            } else {
+                usize::from(!e.file_name().to_string_lossy().starts_with('.'))
+            }
+        })
+        .sum()
+}
