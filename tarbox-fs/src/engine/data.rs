@@ -239,7 +239,9 @@ impl Engine {
             return Ok(GarbageReport::default());
         };
         let mut report = GarbageReport::default();
-        let cutoff = SystemTime::now()
+        let now = SystemTime::UNIX_EPOCH
+            + Duration::from_nanos(u64::try_from(self.shared.now().0).unwrap_or(0));
+        let cutoff = now
             .checked_sub(orphan_grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut after = None;
