@@ -242,7 +242,7 @@ mod tests {
                 .as_deref(),
             Some("file:///srv/blocks")
         );
-        let e = store("file://srv").unwrap_err();
+        let e = store("file://srv").expect_err("relative path");
         assert!(e.contains("dataStore") && e.contains("absolute"), "{e}");
     }
 }
