@@ -172,11 +172,11 @@ mod tests {
     fn data_urls_are_checked_and_name_themselves() {
         assert!(validate_data_url("file:///srv/tarbox").is_ok());
         let e = validate_data_url("file://relative/dir")
-            .unwrap_err()
+            .expect_err("relative")
             .to_string();
         assert!(e.contains("absolute"), "{e}");
         let e = validate_data_url("s4://secret@host/b")
-            .unwrap_err()
+            .expect_err("scheme")
             .to_string();
         assert!(e.contains("\"s4\"") && !e.contains("secret"), "{e}");
     }

@@ -115,6 +115,7 @@ async fn create_tenant(b: &PostgresBackend, test: &str, quota: Quota) -> TenantR
         created_at: Timestamp(42),
         // Read back with every record below: the owner survives the round trip.
         owner: Some(format!("test:{test}")),
+        data_url: None,
     })
     .await
     .expect("create tenant")
@@ -219,6 +220,7 @@ async fn tenant_lifecycle_and_root_inode() {
             root: inode(1, FileType::Directory, 1),
             created_at: Timestamp(0),
             owner: None,
+            data_url: None,
         })
         .await;
     assert!(
