@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Every test of the project, on a fresh Debian machine as on a developer's:
-#   formatting and lints, the engine suites on memory and PostgreSQL, FUSE end-to-end tests, the
+#   formatting and lints, the engine suites on memory and PostgreSQL (file data in the database,
+#   a local directory and an S3 server), FUSE end-to-end tests, the
 #   CSI driver over its socket, the Helm chart (lint, render, schema validation), and the
 #   pjdfstest POSIX suite on a mount backed by PostgreSQL.
 #
 # Provisions what it needs: uses the PostgreSQL named by TARBOX_TEST_DATABASE_URL, else one
 # answering on 127.0.0.1:5432 (starting the local Debian cluster if it is down), else a throwaway
 # cluster of its own (initdb into target/tarbox-pg, installing the postgresql package if root and
-# missing); installs fuse3 if fusermount3 is missing (root only), and pjdfstest/fsx with cargo.
+# missing); installs fuse3 if fusermount3 is missing (root only), and pjdfstest/fsx and the
+# s3s-fs S3 server with cargo.
 # Never skips the PostgreSQL suites: they fail if PostgreSQL cannot be provided.
 #
 # Usage: scripts/test.sh [--quick]   (--quick: no pjdfstest/fsx)
@@ -81,6 +83,32 @@ provision_fuse() {
   fi
 }
 
+# An S3-compatible server for the S3 block store suites: TARBOX_TEST_S3_URL if given (with
+# AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), else s3s-fs (cargo install) on a loopback port,
+# storing in target/tarbox-s3 and stopped when the script exits. The outage tests start their
+# own servers from TARBOX_TEST_S3_SERVER.
+provision_s3() {
+  if ! command -v s3s-fs >/dev/null; then
+    say "cargo install s3s-fs"
+    cargo install -q --locked s3s-fs@0.14.1 --features binary
+  fi
+  export TARBOX_TEST_S3_SERVER; TARBOX_TEST_S3_SERVER=$(command -v s3s-fs)
+  if [[ -n "${TARBOX_TEST_S3_URL:-}" ]]; then
+    say "S3: using TARBOX_TEST_S3_URL"; return
+  fi
+  local port root="$ROOT/target/tarbox-s3"
+  for port in $(seq 19014 19040); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break; done
+  mkdir -p "$root/tarbox"
+  export AWS_ACCESS_KEY_ID=tarbox-test AWS_SECRET_ACCESS_KEY=tarbox-test-secret
+  "$TARBOX_TEST_S3_SERVER" --host 127.0.0.1 --port "$port" --access-key "$AWS_ACCESS_KEY_ID" \
+    --secret-key "$AWS_SECRET_ACCESS_KEY" "$root" >"$root.log" 2>&1 &
+  S3_PID=$!
+  trap 'kill $S3_PID 2>/dev/null || true' EXIT
+  for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  export TARBOX_TEST_S3_URL="s3://tarbox/test?endpoint=http://127.0.0.1:$port"
+  say "S3: s3s-fs on 127.0.0.1:$port"
+}
+
 provision_chart_tools() {
   python3 -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null && return
   say "pip install helm-python-sdk kubernetes-validate pyyaml"
@@ -94,6 +122,7 @@ provision_conformance_tools() {
 
 provision_postgres
 provision_fuse
+provision_s3
 export TARBOX_REQUIRE_POSTGRES=1
 
 say "cargo fmt --check"

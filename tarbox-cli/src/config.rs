@@ -18,6 +18,9 @@ pub struct ConfigFile {
     pub audit_level: Option<tarbox_fs::AuditLevel>,
     /// Address mounts serve Prometheus metrics on when `--metrics-addr` is not given.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Keys of S3 data stores (`[s3] access_key_id = …, secret_access_key = …`); without them
+    /// the `AWS_*` environment variables are used.
+    pub s3: Option<tarbox_fs::store::S3Credentials>,
 }
 
 impl ConfigFile {

@@ -149,8 +149,20 @@ impl Context {
 
     async fn engine(&self) -> Result<Engine> {
         let url = self.database_url()?;
-        let engine = self.engine.get_or_try_init(|| open_engine(&url)).await?;
+        let config = self.engine_config();
+        let engine = self
+            .engine
+            .get_or_try_init(|| open_engine(&url, config))
+            .await?;
         Ok(engine.clone())
+    }
+
+    /// Engine settings from the config file.
+    fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            s3_credentials: self.file.s3.clone(),
+            ..EngineConfig::default()
+        }
     }
 
     /// End the invocation's engine session, writing its queued audit events.
@@ -165,8 +177,8 @@ impl Context {
     }
 }
 
-async fn open_engine(url: &str) -> Result<Engine> {
-    Engine::open(url, EngineConfig::default())
+async fn open_engine(url: &str, config: EngineConfig) -> Result<Engine> {
+    Engine::open(url, config)
         .await
         .with_context(|| format!("cannot open storage {}", redact(url)))
 }
@@ -234,7 +246,7 @@ async fn run_command(ctx: &Context, command: Command) -> Result<()> {
             if !url.starts_with("postgres") {
                 bail!("db migrate needs a PostgreSQL URL, got {}", redact(&url));
             }
-            open_engine(&url).await?;
+            open_engine(&url, EngineConfig::default()).await?;
             println!("schema is up to date");
             Ok(())
         }

@@ -153,7 +153,7 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
     let config = tarbox_fs::EngineConfig {
         block_cache_bytes: cache_bytes,
         audit,
-        ..tarbox_fs::EngineConfig::default()
+        ..ctx.engine_config()
     };
     let engine = tarbox_fs::Engine::open(&url, config)
         .await

@@ -64,6 +64,29 @@ pub async fn postgres_url() -> Option<String> {
     }
 }
 
+/// The S3 block store of the tests (`TARBOX_TEST_S3_URL`, e.g.
+/// `s3://tarbox/test?endpoint=http://127.0.0.1:9014`, with `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY` set; `scripts/test.sh` starts one); `None` after a loud message when
+/// unset outside CI.
+///
+/// # Panics
+/// When unset and `CI=true` or `TARBOX_REQUIRE_POSTGRES=1` (the full suite must run it).
+pub fn s3_url() -> Option<String> {
+    match std::env::var("TARBOX_TEST_S3_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if postgres_required() => {
+            panic!("TARBOX_TEST_S3_URL is required in CI: scripts/test.sh starts an S3 server")
+        }
+        _ => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: TARBOX_TEST_S3_URL not set; set it to run the S3 block store variants"
+            );
+            None
+        }
+    }
+}
+
 fn postgres_required() -> bool {
     let set = |var: &str, values: &[&str]| {
         std::env::var(var).is_ok_and(|v| values.iter().any(|x| v.eq_ignore_ascii_case(x)))
@@ -256,6 +279,16 @@ impl TestVolume {
     pub async fn with_engine(engine: Engine, options: TenantOptions) -> TestVolume {
         let backend = engine.backend().kind();
         TestVolume::with_tenant(engine, backend, Arc::default(), options).await
+    }
+
+    /// A harness whose tenants keep their data in the S3 store of [`s3_url`], over PostgreSQL
+    /// when reachable; `None` when no S3 store is configured outside CI.
+    pub async fn s3_store() -> Option<TestVolume> {
+        let data = Some(s3_url()?);
+        Some(match postgres_url().await {
+            Some(url) => TestVolume::open_with_data(&url, data).await,
+            None => TestVolume::open_with_data("memory://", data).await,
+        })
     }
 
     async fn with_tenant(
@@ -704,8 +737,9 @@ fn components(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Generate, from `async fn name(t: TestVolume) { … }` items, one `#[tokio::test]` per backend:
-/// `memory::name`, `postgres::name`, and `file_store::name` (file data in a block store in a
-/// directory, metadata in PostgreSQL when reachable). The PostgreSQL variant returns early (after the skip
+/// `memory::name`, `postgres::name`, `file_store::name` (file data in a block store in a
+/// directory, metadata in PostgreSQL when reachable) and `s3_store::name` (file data in the S3
+/// store of [`s3_url`]). The PostgreSQL variant returns early (after the skip
 /// message of [`postgres_url`]) when no database is reachable outside CI.
 #[macro_export]
 macro_rules! backend_tests {
@@ -747,6 +781,20 @@ macro_rules! backend_tests {
                 #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     let t = $crate::TestVolume::file_store().await;
+                    let cleanup = t.cleanup_handle();
+                    super::$name(t).await;
+                    cleanup.run().await;
+                }
+            )*
+        }
+
+        mod s3_store {
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(t) = $crate::TestVolume::s3_store().await else {
+                        return;
+                    };
                     let cleanup = t.cleanup_handle();
                     super::$name(t).await;
                     cleanup.run().await;

@@ -138,6 +138,18 @@ on_every_backend! {
         let check = f.check().await;
         assert!(check.is_clean() && check.verified == 4, "{check:?}");
 
+        // A file removed after a checkpoint: dropping the checkpoint frees its data too.
+        t.write_file("/scratch", &noise(MIB, 4)).await;
+        t.volume.layers().checkpoint("v2", "").await.expect("checkpoint");
+        t.unlink("/scratch").await;
+        t.volume
+            .layers()
+            .drop_layer(&LayerRef::from("v2"), true)
+            .await
+            .expect("drop v2");
+        f.gc().await;
+        assert_eq!(f.objects().len(), 4, "nothing of the removed file is kept");
+
         t.engine.delete_tenant(&t.tenant).await.expect("delete");
         t.engine.purge_tenant(&t.tenant).await.expect("purge");
         assert!(!f.tenant_dir().exists(), "a purge deletes the tenant's objects");

@@ -41,7 +41,7 @@ impl Shared {
         if let Some(store) = lock(&self.stores).get(url) {
             return Ok(store.clone());
         }
-        let store = crate::store::open(url).await?;
+        let store = crate::store::open(url, self.config.s3_credentials.as_ref()).await?;
         Ok(lock(&self.stores)
             .entry(url.to_string())
             .or_insert(store)

@@ -86,6 +86,8 @@ pub struct EngineConfig {
     /// reaper deletes its object: a reader that looked up the block's mapping just before it
     /// was overwritten can still read it meanwhile.
     pub dead_block_grace: Duration,
+    /// Keys of S3 block stores; `None` takes them from the environment (`AWS_ACCESS_KEY_ID`…).
+    pub s3_credentials: Option<crate::store::S3Credentials>,
 }
 
 impl Default for EngineConfig {
@@ -100,6 +102,7 @@ impl Default for EngineConfig {
             audit: AuditConfig::default(),
             outage_wait: Duration::from_secs(15),
             dead_block_grace: Duration::from_secs(60),
+            s3_credentials: None,
         }
     }
 }

@@ -5,7 +5,8 @@
 //!   written in the same transaction as the mappings that name it;
 //! - **an external [`BlockStore`]**: the row keeps only the block's reference count, and the
 //!   bytes are an object named by the tenant and the block's hash: a local directory
-//!   ([`FileStore`], `file:///path`).
+//!   ([`FileStore`], `file:///path`) or an S3-compatible bucket ([`S3Store`],
+//!   `s3://bucket/prefix?endpoint=http://host:port&region=…`).
 //!
 //! # Order of store and commit
 //! A block is put into the store *before* the transaction that first references it commits, so
@@ -22,6 +23,7 @@
 //! Every method may be called concurrently, from many engines on many nodes.
 
 mod file;
+mod s3;
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use file::FileStore;
+pub use s3::{RETRY_FOR, S3Credentials, S3Store};
 
 use crate::backend::{BlockHash, StoredBlock};
 use crate::error::{BackendError, BackendResult};
@@ -81,6 +84,7 @@ pub fn validate_data_url(url: &str) -> BackendResult<()> {
 /// What a data URL names.
 enum DataUrl {
     File(std::path::PathBuf),
+    S3(s3::S3Location),
 }
 
 fn parse(url: &str) -> BackendResult<DataUrl> {
@@ -97,17 +101,26 @@ fn parse(url: &str) -> BackendResult<DataUrl> {
         }
         return Ok(DataUrl::File(path.into()));
     }
+    if url.starts_with("s3://") {
+        return s3::S3Location::parse(url)
+            .map(DataUrl::S3)
+            // The URL itself is not repeated: it may carry credentials, which is the error.
+            .map_err(|why| BackendError::config(format!("data store s3://…: {why}")));
+    }
     // Only the scheme is shown: the rest of a URL may carry credentials.
     let scheme = url.split_once("://").map_or(url, |(s, _)| s);
     Err(BackendError::config(format!(
-        "unsupported data store scheme {scheme:?}: expected postgres (in the database) or file:///path"
+        "unsupported data store scheme {scheme:?}: expected postgres (in the database), \
+         file:///path or s3://bucket/prefix"
     )))
 }
 
-/// Open the block store a data URL names.
-pub async fn open(url: &str) -> BackendResult<Arc<dyn BlockStore>> {
+/// Open the block store a data URL names; S3 keys come from `s3` when given, else from the
+/// environment.
+pub async fn open(url: &str, s3: Option<&S3Credentials>) -> BackendResult<Arc<dyn BlockStore>> {
     match parse(url)? {
         DataUrl::File(root) => Ok(Arc::new(FileStore::open(root).await?)),
+        DataUrl::S3(location) => Ok(Arc::new(S3Store::open(&location, s3)?)),
     }
 }
 

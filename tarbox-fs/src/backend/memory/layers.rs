@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{Store, TenantData};
 use crate::backend::{LayerChanges, LayerRecord, LayerSwitch, TenantState};
 use crate::error::{BackendError, BackendResult};
-use crate::types::{LayerId, TenantId, Timestamp};
+use crate::types::{Ino, LayerId, TenantId, Timestamp};
 
 /// The tenant's record must be active (or also retired, with `retired_too`) with `head` as its
 /// head layer.
@@ -150,27 +150,36 @@ pub(super) fn drop_layer(
     }
     let d = store.tenant_data(tenant)?;
     for &child in children {
-        copy_rows(&mut d.inodes, |k| k.1, |k, l| (k.0, l), layer, child);
+        // Inodes the child removed: their data and attributes below are hidden for good, and
+        // must not resurface as rows of the child (they would hold their blocks forever).
+        let gone: BTreeSet<Ino> = d
+            .inodes
+            .iter()
+            .filter(|((_, l), v)| *l == child && v.is_none())
+            .map(|((ino, _), _)| *ino)
+            .collect();
+        let pair = (layer, child);
+        copy_rows(&mut d.inodes, |k| k.1, |k, l| (k.0, l), pair, |_| true);
         copy_rows(
             &mut d.dentries,
             |k| k.2,
             |k, l| (k.0, k.1.clone(), l),
-            layer,
-            child,
+            pair,
+            |_| true,
         );
         copy_rows(
             &mut d.xattrs,
             |k| k.2,
             |k, l| (k.0, k.1.clone(), l),
-            layer,
-            child,
+            pair,
+            |k| !gone.contains(&k.0),
         );
         let copied = copy_rows(
             &mut d.block_map,
             |k| k.2,
             |k, l| (k.0, k.1, l),
-            layer,
-            child,
+            pair,
+            |k| !gone.contains(&k.0),
         );
         for hash in copied.into_iter().flatten() {
             if let Some((_, count)) = d.blocks.get_mut(&hash) {
@@ -211,12 +220,12 @@ fn copy_rows<K: Ord + Clone, V: Clone>(
     map: &mut BTreeMap<K, V>,
     layer_of: impl Fn(&K) -> LayerId,
     with_layer: impl Fn(&K, LayerId) -> K,
-    from: LayerId,
-    to: LayerId,
+    (from, to): (LayerId, LayerId),
+    keep: impl Fn(&K) -> bool,
 ) -> Vec<V> {
     let rows: Vec<(K, V)> = map
         .iter()
-        .filter(|(k, _)| layer_of(k) == from)
+        .filter(|(k, _)| layer_of(k) == from && keep(k))
         .map(|(k, v)| (with_layer(k, to), v.clone()))
         .filter(|(k, _)| !map.contains_key(k))
         .collect();

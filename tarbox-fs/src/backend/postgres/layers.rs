@@ -220,7 +220,8 @@ pub(super) async fn switch(
 }
 
 /// Copy the rows of layer `$2` into layer `$3` where `$3` has no row of the same key; block
-/// mappings add a reference to the blocks they name.
+/// mappings add a reference to the blocks they name. Mappings and attributes of inodes `$3`
+/// removed (a tombstone) stay behind: hidden for good, they would only hold their blocks.
 const COPY_INTO_CHILD: &str = "WITH \
      i AS (INSERT INTO inodes (tenant_id, ino, layer_id, tombstone, kind, perm, uid, gid, nlink, \
                                size, atime, mtime, ctime, btime, rdev, parent, target) \
@@ -233,12 +234,16 @@ const COPY_INTO_CHILD: &str = "WITH \
            WHERE tenant_id = $1 AND layer_id = $2 \
            ON CONFLICT DO NOTHING), \
      x AS (INSERT INTO xattrs (tenant_id, ino, name, layer_id, value) \
-           SELECT tenant_id, ino, name, $3, value FROM xattrs \
-           WHERE tenant_id = $1 AND layer_id = $2 \
+           SELECT tenant_id, ino, name, $3, value FROM xattrs s \
+           WHERE tenant_id = $1 AND layer_id = $2 AND NOT EXISTS ( \
+             SELECT 1 FROM inodes c WHERE c.tenant_id = $1 AND c.layer_id = $3 \
+               AND c.ino = s.ino AND c.tombstone) \
            ON CONFLICT DO NOTHING), \
      m AS (INSERT INTO block_map (tenant_id, ino, idx, layer_id, hash) \
-           SELECT tenant_id, ino, idx, $3, hash FROM block_map \
-           WHERE tenant_id = $1 AND layer_id = $2 \
+           SELECT tenant_id, ino, idx, $3, hash FROM block_map s \
+           WHERE tenant_id = $1 AND layer_id = $2 AND NOT EXISTS ( \
+             SELECT 1 FROM inodes c WHERE c.tenant_id = $1 AND c.layer_id = $3 \
+               AND c.ino = s.ino AND c.tombstone) \
            ON CONFLICT DO NOTHING RETURNING hash) \
      UPDATE blocks b SET refcount = b.refcount + n.refs \
      FROM (SELECT hash, count(*) AS refs FROM m WHERE hash IS NOT NULL GROUP BY hash) n \
