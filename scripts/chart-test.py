@@ -102,6 +102,15 @@ def main():
             params = kinds["StorageClass"][0]["parameters"]
             if params.get("auditLevel") != "full" or params.get("inodeQuota") != "1000000":
                 fail(f"{path.name}: StorageClass parameters not passed as strings: {params}")
+            # S3 keys reach every process that opens a data store, from the named Secret.
+            pods = [kinds["Deployment"][0]] + kinds["DaemonSet"]
+            for workload in pods:
+                env = workload["spec"]["template"]["spec"]["containers"][0].get("env", [])
+                keys = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+                        for e in env}
+                if keys.get("AWS_ACCESS_KEY_ID") != "tarbox-s3-keys" \
+                        or keys.get("AWS_SECRET_ACCESS_KEY") != "tarbox-s3-keys":
+                    fail(f"{path.name}: {workload['metadata']['name']} lacks the S3 keys: {keys}")
     # A bad value is refused by the schema, naming it.
     try:
         objects({"fsGroupPolicy": "Sometimes"})

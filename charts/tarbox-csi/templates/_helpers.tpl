@@ -36,4 +36,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     secretKeyRef:
       name: {{ include "tarbox-csi.secretName" . }}
       key: {{ .Values.database.secretKey }}
+{{- with .Values.dataStore.credentialsSecret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: accessKeyID
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: secretAccessKey
+{{- end }}
 {{- end -}}
