@@ -285,6 +285,43 @@ backend_tests! {
         assert_eq!(t.stat("/f").await.size, max);
     }
 
+    async fn data_on_its_way_to_the_store_reads_back(t: TestVolume) {
+        // More than two write buffers (16 MiB each): whole blocks leave the buffer in the
+        // background and a later flush commits them; until then reads through any handle,
+        // rewrites and SEEK_DATA see them.
+        const MIB: usize = 1 << 20;
+        let root = Caller::root();
+        let mut data = noise(40 * MIB, 5);
+        let (attr, fh) = t.volume.create(&root, Ino::ROOT, b"ckpt", 0o644, libc::O_RDWR).await.expect("create");
+        for (i, chunk) in data.chunks(MIB).enumerate() {
+            pwrite(&t, fh, (i * MIB) as u64, chunk).await;
+        }
+        let other = t.volume.open(&root, attr.ino, libc::O_RDONLY).await.expect("open");
+        for (offset, len) in [(0, 100), (262_134, 20), (5 * MIB + 3, MIB), (17 * MIB, 70_000), (39 * MIB, MIB)] {
+            let got = pread(&t, other, offset as u64, len as u32).await;
+            assert!(got == data[offset..offset + len], "read of {len} at {offset}");
+        }
+        let patch = noise(4096, 6);
+        pwrite(&t, fh, (3 * MIB + 100) as u64, &patch).await;
+        data[3 * MIB + 100..3 * MIB + 100 + 4096].copy_from_slice(&patch);
+        let got = pread(&t, other, (3 * MIB) as u64, 8192).await;
+        assert!(got == data[3 * MIB..3 * MIB + 8192], "a rewritten block reads back");
+        let next = t.volume.lseek(&root, other, 0, tarbox_fs::Whence::Data).await.expect("lseek");
+        assert_eq!(next, 0);
+        release(&t, other).await;
+        release(&t, fh).await;
+        let fresh = t.reopen().await;
+        let fh = fresh.open(&root, attr.ino, libc::O_RDONLY).await.expect("open");
+        let mut back = Vec::with_capacity(data.len());
+        while back.len() < data.len() {
+            let got = fresh.read(&root, fh, back.len() as u64, MIB as u32).await.expect("read");
+            assert!(!got.is_empty(), "short at {}", back.len());
+            back.extend_from_slice(&got);
+        }
+        fresh.release(&root, fh).await.expect("release");
+        assert!(back == data, "the file reads back from a fresh volume");
+    }
+
     async fn a_file_of_many_blocks_reads_back_exactly(t: TestVolume) {
         let s = small_blocks(&t).await;
         let root = Caller::root();

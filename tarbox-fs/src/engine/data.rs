@@ -62,14 +62,24 @@ impl Volume {
         self.inner.reap_epoch.load(Ordering::Acquire)
     }
 
-    /// Put `blocks` into the tenant's block store (nothing to do when they live in rows).
+    /// Put `blocks` into the tenant's block store durably (nothing to do when they live in
+    /// rows).
     pub(super) async fn store_blocks(&self, blocks: &[StoredBlock]) -> FsResult<()> {
         if let DataPath::Store(store) = &self.inner.data {
             if !blocks.is_empty() {
                 store.put(self.inner.tenant.id, blocks.to_vec()).await?;
+                store.sync().await?;
             }
         }
         Ok(())
+    }
+
+    /// The tenant's block store, if its blocks do not live in rows.
+    pub(super) fn block_store(&self) -> Option<&Arc<dyn BlockStore>> {
+        match &self.inner.data {
+            DataPath::Inline => None,
+            DataPath::Store(store) => Some(store),
+        }
     }
 
     /// Map `writes` in `txn`, inserting `new_blocks`, all of which were stored (see
@@ -110,6 +120,7 @@ impl Volume {
                 .collect();
             debug!(blocks = again.len(), "storing blocks again after a reap");
             store.put(self.inner.tenant.id, again).await?;
+            store.sync().await?;
         }
         self.inner.reap_epoch.fetch_max(now, Ordering::AcqRel);
         Ok(())

@@ -22,8 +22,9 @@ use tokio::sync::Mutex as AsyncMutex;
 use super::attr::{MAX_FILE_SIZE, kill_priv};
 use super::audit::HandleStats;
 use super::namespace::NodeSpec;
+use super::writeback::Writeback;
 use super::{Handle, Volume, align4k, blocks, lock, perm};
-use crate::backend::{BlockHash, BlockWrite, StoreRead, StoredBlock};
+use crate::backend::{BlockHash, StoreRead};
 use crate::error::{BackendError, FsError, FsResult};
 use crate::types::{Caller, FileAttr, FileHandle, FileType, Ino, Inode, Timestamp};
 
@@ -55,14 +56,16 @@ pub(super) struct FileState {
     /// The byte ranges of each dirty block this volume wrote (sorted, disjoint). A flush applies
     /// only these onto the block as currently stored, so writes of other engines to the rest of
     /// a shared block are not overwritten with stale bytes.
-    written: BTreeMap<u64, Vec<(usize, usize)>>,
+    pub(super) written: BTreeMap<u64, Vec<(usize, usize)>>,
     /// End of the furthest write since the last flush (0 if none): a flush never makes the file
     /// shorter than the store has it, only longer up to here.
-    write_end: u64,
+    pub(super) write_end: u64,
     /// Modification time of the buffered writes.
-    mtime: Option<Timestamp>,
+    pub(super) mtime: Option<Timestamp>,
     /// Stored mappings seen so far (`None`: a hole).
     pub(super) map: HashMap<u64, Option<BlockHash>>,
+    /// Whole blocks on their way to the store, and stored ones awaiting the next flush.
+    pub(super) wb: Writeback,
 }
 
 impl OpenFile {
@@ -82,6 +85,7 @@ impl OpenFile {
                 write_end: 0,
                 mtime: None,
                 map: HashMap::new(),
+                wb: Writeback::default(),
             }),
         }
     }
@@ -364,9 +368,16 @@ impl Volume {
             let block_start = idx * bs;
             let from = offset.max(block_start) - block_start;
             let to = end.min(block_start + bs) - block_start;
+            let held;
             let content: &[u8] = match st.dirty.get(&idx) {
                 Some(buf) => buf,
-                None => stored.get(&idx).map(|b| &b[..]).unwrap_or(&[]),
+                None => match st.wb.content(idx) {
+                    Some(c) => {
+                        held = c;
+                        &held
+                    }
+                    None => stored.get(&idx).map(|b| &b[..]).unwrap_or(&[]),
+                },
             };
             append_padded(&mut out, content, from as usize, to as usize);
         }
@@ -407,7 +418,7 @@ impl Volume {
             .into_iter()
             .filter(|&idx| {
                 let covers = offset <= idx * bs && end >= (idx + 1) * bs;
-                !covers && !st.dirty.contains_key(&idx)
+                !covers && !st.dirty.contains_key(&idx) && !st.wb.holds(idx)
             })
             .collect();
         let mut stored = if partial.is_empty() {
@@ -421,6 +432,13 @@ impl Volume {
             let block_start = idx * bs;
             let from = offset.max(block_start);
             let to = end.min(block_start + bs);
+            if !st.dirty.contains_key(&idx) {
+                // A whole block on its way to the store, written again: start from it.
+                if let Some(held) = st.wb.content(idx) {
+                    st.dirty.insert(idx, BytesMut::from(&held[..]));
+                    st.written.insert(idx, vec![(0, bs as usize)]);
+                }
+            }
             let buf = st.dirty.entry(idx).or_insert_with(|| {
                 let mut buf = BytesMut::zeroed(bs as usize);
                 if let Some(old) = stored.remove(&idx) {
@@ -440,7 +458,7 @@ impl Volume {
         st.write_end = st.write_end.max(end);
         st.mtime = Some(self.now());
         if st.dirty.len() as u64 * bs >= self.shared().config.write_buffer_bytes {
-            self.flush_file(file.ino, &mut st).await?;
+            self.write_behind(file.ino, &mut st).await?;
         }
         Ok(data.len() as u32)
     }
@@ -557,145 +575,6 @@ impl Volume {
         flushed
     }
 
-    /// Write the buffered blocks and size of a file in one transaction.
-    pub(super) async fn flush_file(&self, ino: Ino, st: &mut FileState) -> FsResult<()> {
-        if st.dirty.is_empty() && st.mtime.is_none() && st.charged == align4k(st.stored_size) {
-            return Ok(());
-        }
-        let bs = self.block_size();
-        let compression = self.inner.tenant.compression;
-        let mtime = st.mtime;
-        // Bytes reserved in the store for this file ahead of the flush (under a byte quota).
-        let reserved = st.charged.saturating_sub(align4k(st.stored_size));
-        // Blocks written whole are encoded before the transaction, in parallel; the others need
-        // the stored block to merge with, read inside it.
-        let whole: Vec<(u64, Bytes)> = st
-            .dirty
-            .iter()
-            .filter(|(idx, _)| covers_block(st.written.get(idx), bs))
-            .map(|(&idx, buf)| (idx, Bytes::copy_from_slice(buf)))
-            .collect();
-        let encoded: HashMap<u64, Option<StoredBlock>> = blocks::encode_all(whole, compression)
-            .await
-            .into_iter()
-            .collect();
-        // With a block store, they are stored before the transaction too (see `data.rs`).
-        let epoch = self.data_epoch();
-        let prestored: Vec<StoredBlock> = encoded.values().flatten().cloned().collect();
-        self.store_blocks(&prestored).await?;
-        let prestored: std::collections::HashSet<BlockHash> =
-            prestored.iter().map(|b| b.hash).collect();
-        let (encoded, prestored) = (&encoded, &prestored);
-        let state = &*st;
-        let (size, writes, contents) = self
-            .retrying(|| async move {
-                let mut txn = self.begin(&[ino]).await?;
-                let mut inode = Volume::inode_in(txn.as_mut(), ino).await?;
-                // Another engine may have resized the file since this one looked at it. A flush
-                // never shrinks it (truncation is applied at once, never buffered); it only
-                // extends it to the end of the writes it carries.
-                let size = inode.size.max(state.write_end);
-                // Blocks written only in part here: their other bytes are taken from the block as
-                // stored now, not as this volume last saw it, so concurrent writers of other
-                // engines to other parts of the block keep their data.
-                let partial: Vec<u64> = state
-                    .dirty
-                    .keys()
-                    .copied()
-                    .filter(|idx| !covers_block(state.written.get(idx), bs))
-                    .collect();
-                let mut base = HashMap::new();
-                if let (Some(&lo), Some(&hi)) = (partial.first(), partial.last()) {
-                    let hashes: Vec<(u64, BlockHash)> = txn
-                        .block_map(ino, lo..hi + 1)
-                        .await?
-                        .into_iter()
-                        .filter(|(idx, _)| partial.binary_search(idx).is_ok())
-                        .collect();
-                    base = self.fetch_blocks(txn.as_mut(), &hashes).await?;
-                }
-                let mut writes = Vec::with_capacity(state.dirty.len());
-                let mut new_blocks: Vec<StoredBlock> = Vec::new();
-                let mut contents: Vec<(BlockHash, Bytes)> = Vec::new();
-                for (&idx, buf) in &state.dirty {
-                    let start = idx * bs;
-                    if start >= size {
-                        continue;
-                    }
-                    let len = (size - start).min(bs) as usize;
-                    let merged;
-                    let content: &[u8] = match state.written.get(&idx) {
-                        Some(ranges) if partial.binary_search(&idx).is_ok() => {
-                            let mut block = vec![0u8; bs as usize];
-                            if let Some(old) = base.get(&idx) {
-                                block[..old.len()].copy_from_slice(old);
-                            }
-                            for &(a, b) in ranges {
-                                block[a..b].copy_from_slice(&buf[a..b]);
-                            }
-                            merged = block;
-                            &merged[..len]
-                        }
-                        _ => &buf[..len],
-                    };
-                    let stored = match encoded.get(&idx) {
-                        Some(stored) if content.len() == bs as usize => stored.clone(),
-                        _ => blocks::encode(content, compression),
-                    };
-                    writes.push(BlockWrite {
-                        index: idx,
-                        block: stored.as_ref().map(|b| b.hash),
-                    });
-                    if let Some(b) = stored {
-                        if !new_blocks.iter().any(|n| n.hash == b.hash) {
-                            let trimmed =
-                                content.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
-                            contents.push((b.hash, Bytes::copy_from_slice(&content[..trimmed])));
-                            new_blocks.push(b);
-                        }
-                    }
-                }
-                // The store charged this file for its stored size plus this volume's
-                // reservation; afterwards it must be charged for exactly the new size.
-                let delta = align4k(size) as i64 - align4k(inode.size) as i64 - reserved as i64;
-                if let Err(kind) = txn.charge(delta, 0).await? {
-                    return Err(FsError::QuotaExceeded(kind));
-                }
-                let extra: Vec<StoredBlock> = new_blocks
-                    .iter()
-                    .filter(|b| !prestored.contains(&b.hash))
-                    .cloned()
-                    .collect();
-                self.store_blocks(&extra).await?;
-                self.map_blocks(txn.as_mut(), ino, &writes, &new_blocks, epoch)
-                    .await?;
-                inode.size = size;
-                if let Some(t) = mtime {
-                    inode.mtime = t;
-                    inode.ctime = t;
-                }
-                txn.put_inode(&inode).await?;
-                self.commit(txn).await?;
-                Ok((size, writes, contents))
-            })
-            .await?;
-        for w in &writes {
-            st.map.insert(w.index, w.block);
-        }
-        let tenant = self.inner.tenant.id;
-        for (hash, content) in contents {
-            self.shared().cache.insert(tenant, hash, content);
-        }
-        st.dirty.clear();
-        st.written.clear();
-        st.write_end = 0;
-        st.mtime = None;
-        st.size = size;
-        st.stored_size = size;
-        st.charged = align4k(size);
-        Ok(())
-    }
-
     /// Stored contents (trimmed) of the blocks in `range` that are not holes, using and filling
     /// the file's mapping cache and the engine's block cache.
     async fn stored_blocks(
@@ -712,7 +591,7 @@ impl Volume {
         }
         let wanted: Vec<u64> = range
             .clone()
-            .filter(|i| !st.dirty.contains_key(i))
+            .filter(|i| !st.dirty.contains_key(i) && !st.wb.holds(*i))
             .collect();
         if wanted.iter().any(|i| !st.map.contains_key(i)) {
             let mut r = self.reader();
@@ -778,7 +657,7 @@ impl Volume {
 }
 
 /// Whether `ranges` (of one dirty block) cover the whole block.
-fn covers_block(ranges: Option<&Vec<(usize, usize)>>, bs: u64) -> bool {
+pub(super) fn covers_block(ranges: Option<&Vec<(usize, usize)>>, bs: u64) -> bool {
     ranges.is_some_and(|r| r.as_slice() == [(0, bs as usize)])
 }
 

@@ -30,6 +30,7 @@ mod patience;
 mod perm;
 mod ranges;
 mod tenants;
+mod writeback;
 mod xattr;
 
 use std::collections::HashMap;

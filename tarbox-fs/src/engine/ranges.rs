@@ -203,7 +203,8 @@ impl Volume {
                 stored.insert(idx);
             }
         }
-        let is_data = |idx: u64| st.dirty.contains_key(&idx) || stored.contains(&idx);
+        let is_data =
+            |idx: u64| st.dirty.contains_key(&idx) || st.wb.holds(idx) || stored.contains(&idx);
         let found = (first..blocks).find(|idx| is_data(*idx) == (whence == Whence::Data));
         match (whence, found) {
             (Whence::Data, Some(idx)) => Ok(offset.max(idx * bs)),

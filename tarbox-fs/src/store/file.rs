@@ -2,9 +2,9 @@
 //!
 //! Layout: `<root>/<tenant id>/<first two hex digits>/<hash in hex>`, each file a header byte
 //! and the block as stored. A block is written to a temporary name and renamed into place, so a
-//! reader never sees half an object; `put` returns after one `syncfs` of the store's filesystem
-//! made every object of the batch (and the renames) durable, which costs one flush of the disk
-//! per batch instead of one per block.
+//! reader never sees half an object; `sync` is one `syncfs` of the store's filesystem, which
+//! makes every object put before it (and the renames) durable: one flush of the disk per
+//! transaction instead of one per block.
 
 use std::io::{ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
@@ -96,7 +96,7 @@ impl FileStore {
     }
 
     /// Flush everything written to the store's filesystem to disk.
-    fn sync(&self) -> BackendResult<()> {
+    fn sync_all(&self) -> BackendResult<()> {
         let root = &self.inner.root;
         let dir = std::fs::File::open(root).map_err(|e| io_err("cannot open", root, e))?;
         rustix::fs::syncfs(&dir).map_err(|e| io_err("cannot sync", root, e.into()))
@@ -146,8 +146,12 @@ impl BlockStore for FileStore {
         for result in futures::future::join_all(tasks).await {
             result?;
         }
+        Ok(())
+    }
+
+    async fn sync(&self) -> BackendResult<()> {
         let store = self.clone();
-        blocking(move || store.sync()).await
+        blocking(move || store.sync_all()).await
     }
 
     async fn get(&self, tenant: TenantId, hashes: &[BlockHash]) -> BackendResult<Vec<StoredBlock>> {
@@ -274,7 +278,7 @@ impl BlockStore for FileStore {
             result?;
         }
         let store = self.clone();
-        blocking(move || store.sync()).await
+        blocking(move || store.sync_all()).await
     }
 
     async fn delete_tenant(&self, tenant: TenantId) -> BackendResult<()> {

@@ -45,9 +45,12 @@ pub trait BlockStore: Send + Sync + fmt::Debug + 'static {
     fn kind(&self) -> &'static str;
 
     /// Store `blocks` of `tenant`, each under its hash. Idempotent: a block already stored is
-    /// left as it is (its content is the same, by its name). Every block is durable when this
-    /// returns `Ok`; on an error, any subset may have been stored.
+    /// left as it is (its content is the same, by its name). Readable when this returns `Ok`,
+    /// durable after the next [`BlockStore::sync`]; on an error, any subset may have been stored.
     async fn put(&self, tenant: TenantId, blocks: Vec<StoredBlock>) -> BackendResult<()>;
+
+    /// Make every block put so far durable (a crash of the machine keeps them).
+    async fn sync(&self) -> BackendResult<()>;
 
     /// The stored blocks of `tenant` with these hashes, in any order; a hash that is not stored
     /// is omitted. Contents are returned as stored (the engine verifies them against the hash).

@@ -98,7 +98,9 @@ impl S3Location {
                         "true" => true,
                         "false" => false,
                         _ => {
-                            return Err(format!("virtual_hosted={value:?}: expected true or false"));
+                            return Err(format!(
+                                "virtual_hosted={value:?}: expected true or false"
+                            ));
                         }
                     }
                 }
@@ -198,6 +200,11 @@ impl BlockStore for S3Store {
             .buffer_unordered(PARALLEL)
             .try_collect::<Vec<_>>()
             .await?;
+        Ok(())
+    }
+
+    /// An S3 PUT is durable when it is acknowledged.
+    async fn sync(&self) -> BackendResult<()> {
         Ok(())
     }
 

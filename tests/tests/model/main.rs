@@ -115,6 +115,8 @@ fn compare(step: usize, ops: &[Op], got: &ERes<Out>, want: &MRes) -> Result<(), 
 struct Engines {
     default: Engine,
     small_buffer: Engine,
+    /// Where the tenants' file data lives (`None`: in the backend).
+    data_url: Option<String>,
 }
 
 impl Engines {
@@ -139,6 +141,7 @@ impl Engines {
         Engines {
             default: default.expect("open engine"),
             small_buffer: small_buffer.expect("open engine"),
+            data_url: None,
         }
     }
 
@@ -158,6 +161,7 @@ async fn run_sequence(engines: &Engines, small_buffer: bool, ops: &[Op]) -> Resu
     let options = TenantOptions {
         block_size: BLOCK as u32,
         root_mode: 0o1777,
+        data_url: engines.data_url.clone(),
         ..TenantOptions::default()
     };
     let tenant = unique_tenant_name();
@@ -173,7 +177,14 @@ async fn run_sequence(engines: &Engines, small_buffer: bool, ops: &[Op]) -> Resu
     engine
         .delete_tenant(&tenant)
         .await
-        .map_err(|e| format!("delete tenant: {e}"))
+        .map_err(|e| format!("delete tenant: {e}"))?;
+    if engines.data_url.is_some() {
+        engine
+            .purge_tenant(&tenant)
+            .await
+            .map_err(|e| format!("purge tenant: {e}"))?;
+    }
+    Ok(())
 }
 
 async fn check_sequence(
@@ -276,8 +287,13 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn run_model(url: Option<&str>, cases: u32) {
+    run_model_on(url, None, cases);
+}
+
+fn run_model_on(url: Option<&str>, data_url: Option<String>, cases: u32) {
     let rt = runtime();
-    let engines = rt.block_on(Engines::open(url));
+    let mut engines = rt.block_on(Engines::open(url));
+    engines.data_url = data_url;
     let config = Config {
         cases,
         failure_persistence: None,
@@ -306,5 +322,17 @@ mod postgres {
             return;
         };
         super::run_model(Some(&url), super::cases(16));
+    }
+}
+
+/// File data in a block store in a directory: write-behind stores blocks before the flush that
+/// maps them, and reads are served from what is on its way.
+mod file_store {
+    #[test]
+    fn model_sequences() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = Some(format!("file://{}", dir.path().display()));
+        let url = super::runtime().block_on(tarbox_tests::postgres_url());
+        super::run_model_on(url.as_deref(), data, super::cases(16));
     }
 }
