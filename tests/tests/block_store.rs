@@ -200,7 +200,7 @@ on_every_backend! {
         objects.sort();
         assert_eq!(objects.len(), 2);
         std::fs::remove_file(&objects[0]).expect("remove");
-        std::fs::write(&objects[1], b"\x00not the block").expect("corrupt");
+        std::fs::write(&objects[1], b"not the block\x00").expect("corrupt");
         let check = f.check().await;
         assert_eq!((check.missing.len(), check.corrupt.len(), check.verified), (1, 1, 0));
         assert!(!check.is_clean());

@@ -25,7 +25,7 @@ pub(crate) fn encode(content: &[u8], compression: Compression) -> Option<StoredB
     let content = &content[..len];
     let hash = BlockHash(*blake3::hash(content).as_bytes());
     if compression == Compression::Zstd && worth_compressing(content) {
-        if let Ok(packed) = zstd::bulk::compress(content, ZSTD_LEVEL) {
+        if let Ok(packed) = compress(content) {
             // Keep compression only where it saves at least an eighth.
             if packed.len() < content.len() - content.len() / 8 {
                 return Some(StoredBlock {
@@ -53,7 +53,26 @@ fn worth_compressing(content: &[u8]) -> bool {
     }
     let mid = content.len() / 2;
     let sample = &content[mid - SAMPLE / 2..mid + SAMPLE / 2];
-    zstd::bulk::compress(sample, ZSTD_LEVEL).is_ok_and(|p| p.len() < SAMPLE - SAMPLE / 8)
+    compress(sample).is_ok_and(|p| p.len() < SAMPLE - SAMPLE / 8)
+}
+
+/// zstd at [`ZSTD_LEVEL`] with a compressor kept per thread: creating a context per block costs
+/// as much as compressing a small one.
+fn compress(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
+        }
+        match slot.as_mut() {
+            Some(c) => c.compress(data),
+            None => zstd::bulk::compress(data, ZSTD_LEVEL),
+        }
+    })
 }
 
 /// Encode whole blocks `(index, content)` in parallel, off the async threads: hashing and

@@ -432,12 +432,19 @@ impl Volume {
             let block_start = idx * bs;
             let from = offset.max(block_start);
             let to = end.min(block_start + bs);
-            if !st.dirty.contains_key(&idx) {
-                // A whole block on its way to the store, written again: start from it.
+            if to - from != bs && !st.dirty.contains_key(&idx) {
+                // A whole block on its way to the store, written again in part: start from it.
                 if let Some(held) = st.wb.content(idx) {
                     st.dirty.insert(idx, BytesMut::from(&held[..]));
                     st.written.insert(idx, vec![(0, bs as usize)]);
                 }
+            }
+            let src = &data[(from - offset) as usize..(to - offset) as usize];
+            if to - from == bs && !st.dirty.contains_key(&idx) {
+                // A whole block written afresh: taken as it is, without zeroing a buffer first.
+                st.dirty.insert(idx, BytesMut::from(src));
+                st.written.insert(idx, vec![(0, bs as usize)]);
+                continue;
             }
             let buf = st.dirty.entry(idx).or_insert_with(|| {
                 let mut buf = BytesMut::zeroed(bs as usize);
@@ -446,7 +453,6 @@ impl Volume {
                 }
                 buf
             });
-            let src = &data[(from - offset) as usize..(to - offset) as usize];
             buf[(from - block_start) as usize..(to - block_start) as usize].copy_from_slice(src);
             add_range(
                 st.written.entry(idx).or_default(),

@@ -44,10 +44,13 @@ pub(super) struct Writeback {
     epoch: Option<u64>,
 }
 
+/// Blocks as encoded, by index (`None`: a hole).
+type Encoded = Vec<(u64, Option<StoredBlock>)>;
+
 struct Batch {
     /// What is being stored, for reads meanwhile.
     contents: BTreeMap<u64, Bytes>,
-    task: JoinHandle<FsResult<Vec<(u64, Option<StoredBlock>)>>>,
+    task: JoinHandle<FsResult<Encoded>>,
 }
 
 #[derive(Clone)]
@@ -233,23 +236,26 @@ impl Volume {
                 let mut writes = Vec::with_capacity(state.dirty.len() + staged_ref.len());
                 let mut new_blocks: Vec<StoredBlock> = Vec::new();
                 let mut contents: Vec<(BlockHash, Bytes)> = Vec::new();
-                let mut add = |index: u64, stored: Option<StoredBlock>, content: &[u8]| {
-                    writes.push(BlockWrite {
-                        index,
-                        block: stored.as_ref().map(|b| b.hash),
-                    });
-                    if let Some(b) = stored {
-                        if !new_blocks.iter().any(|n| n.hash == b.hash) {
-                            let trimmed =
-                                content.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
-                            contents.push((b.hash, Bytes::copy_from_slice(&content[..trimmed])));
-                            new_blocks.push(b);
+                // `content` is produced only for a block not seen yet in this flush.
+                let mut add =
+                    |index: u64, stored: Option<StoredBlock>, content: &dyn Fn() -> Bytes| {
+                        writes.push(BlockWrite {
+                            index,
+                            block: stored.as_ref().map(|b| b.hash),
+                        });
+                        if let Some(b) = stored {
+                            if !new_blocks.iter().any(|n| n.hash == b.hash) {
+                                let content = content();
+                                let trimmed =
+                                    content.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
+                                contents.push((b.hash, content.slice(..trimmed)));
+                                new_blocks.push(b);
+                            }
                         }
-                    }
-                };
+                    };
                 for (&idx, s) in staged_ref {
                     if idx * bs < size {
-                        add(idx, s.block.clone(), &s.content);
+                        add(idx, s.block.clone(), &|| s.content.clone());
                     }
                 }
                 for (&idx, buf) in &state.dirty {
@@ -277,7 +283,7 @@ impl Volume {
                         Some(stored) if content.len() == bs as usize => stored.clone(),
                         _ => blocks::encode(content, compression),
                     };
-                    add(idx, stored, content);
+                    add(idx, stored, &|| Bytes::copy_from_slice(content));
                 }
                 // The store charged this file for its stored size plus this volume's
                 // reservation; afterwards it must be charged for exactly the new size.

@@ -1,7 +1,7 @@
 //! A block store in a local directory (one node, or a shared filesystem mounted on every node).
 //!
-//! Layout: `<root>/<tenant id>/<first two hex digits>/<hash in hex>`, each file a header byte
-//! and the block as stored. A block is written to a temporary name and renamed into place, so a
+//! Layout: `<root>/<tenant id>/<first two hex digits>/<hash in hex>`, each file the block as
+//! stored and a trailer byte. A block is written to a temporary name and renamed into place, so a
 //! reader never sees half an object; `sync` is one `syncfs` of the store's filesystem, which
 //! makes every object put before it (and the renames) durable: one flush of the disk per
 //! transaction instead of one per block.
@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::{BlockStore, from_object, hex, object_bytes, parse_hex};
+use super::{BlockStore, from_object, hex, object_trailer, parse_hex};
 use crate::backend::{BlockHash, StoredBlock};
 use crate::error::{BackendError, BackendResult};
 use crate::types::TenantId;
@@ -28,6 +28,8 @@ pub struct FileStore {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
+    /// Whether `sync` flushes the filesystem to disk (see [`FileStore::without_fsync`]).
+    fsync: bool,
     /// Distinguishes the temporary files of concurrent puts of this process.
     temp_seq: AtomicU64,
 }
@@ -50,9 +52,24 @@ impl FileStore {
         Ok(FileStore {
             inner: Arc::new(Inner {
                 root,
+                fsync: true,
                 temp_seq: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// A store whose `sync` only orders, without flushing to disk (`file:///path?fsync=false`):
+    /// objects survive a crash of Tarbox (they are in the kernel's page cache) but not of the
+    /// machine, as with JuiceFS's local storage. For scratch data, and for a directory on a
+    /// filesystem that is durable by other means.
+    pub fn without_fsync(self) -> FileStore {
+        FileStore {
+            inner: Arc::new(Inner {
+                root: self.inner.root.clone(),
+                fsync: false,
+                temp_seq: AtomicU64::new(0),
+            }),
+        }
     }
 
     fn tenant_dir(&self, tenant: TenantId) -> PathBuf {
@@ -75,7 +92,8 @@ impl FileStore {
         let temp = dir.join(format!(".tmp-{}-{seq}", std::process::id()));
         let write = |temp: &Path| -> std::io::Result<()> {
             let mut f = std::fs::File::create(temp)?;
-            f.write_all(&object_bytes(block))?;
+            f.write_all(&block.data)?;
+            f.write_all(&[object_trailer(block)])?;
             Ok(())
         };
         if let Err(e) = write(&temp) {
@@ -97,6 +115,9 @@ impl FileStore {
 
     /// Flush everything written to the store's filesystem to disk.
     fn sync_all(&self) -> BackendResult<()> {
+        if !self.inner.fsync {
+            return Ok(());
+        }
         let root = &self.inner.root;
         let dir = std::fs::File::open(root).map_err(|e| io_err("cannot open", root, e))?;
         rustix::fs::syncfs(&dir).map_err(|e| io_err("cannot sync", root, e.into()))

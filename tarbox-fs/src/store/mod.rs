@@ -86,7 +86,8 @@ pub fn validate_data_url(url: &str) -> BackendResult<()> {
 
 /// What a data URL names.
 enum DataUrl {
-    File(std::path::PathBuf),
+    /// A directory, and whether `sync` flushes it to disk.
+    File(std::path::PathBuf, bool),
     S3(s3::S3Location),
 }
 
@@ -97,12 +98,17 @@ fn parse(url: &str) -> BackendResult<DataUrl> {
                 "data store {url:?}: a file:// URL needs an absolute path (file:///srv/tarbox)"
             )));
         }
-        if path.contains('?') || path.contains('#') {
-            return Err(BackendError::config(format!(
-                "data store {url:?}: a file:// URL takes no query or fragment"
-            )));
-        }
-        return Ok(DataUrl::File(path.into()));
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let fsync = match query {
+            "" | "fsync=true" => true,
+            "fsync=false" => false,
+            other => {
+                return Err(BackendError::config(format!(
+                    "data store {url:?}: unknown option {other:?} (known: fsync=true|false)"
+                )));
+            }
+        };
+        return Ok(DataUrl::File(path.into(), fsync));
     }
     if url.starts_with("s3://") {
         return s3::S3Location::parse(url)
@@ -122,36 +128,37 @@ fn parse(url: &str) -> BackendResult<DataUrl> {
 /// environment.
 pub async fn open(url: &str, s3: Option<&S3Credentials>) -> BackendResult<Arc<dyn BlockStore>> {
     match parse(url)? {
-        DataUrl::File(root) => Ok(Arc::new(FileStore::open(root).await?)),
+        DataUrl::File(root, fsync) => {
+            let store = FileStore::open(root).await?;
+            Ok(Arc::new(if fsync { store } else { store.without_fsync() }))
+        }
         DataUrl::S3(location) => Ok(Arc::new(S3Store::open(&location, s3)?)),
     }
 }
 
-/// The one-byte header of a stored object: how its content is encoded.
+/// The one-byte trailer of a stored object: how its content is encoded. A trailer rather than a
+/// header keeps the data at offset 0, page-aligned in the page cache.
 pub(crate) const RAW: u8 = 0;
 pub(crate) const ZSTD: u8 = 1;
 
-/// Object bytes for a block: a header byte then the data as stored.
-pub(crate) fn object_bytes(block: &StoredBlock) -> Vec<u8> {
-    let mut out = Vec::with_capacity(block.data.len() + 1);
-    out.push(if block.compressed { ZSTD } else { RAW });
-    out.extend_from_slice(&block.data);
-    out
+/// The trailer byte of a block's object (it follows the data as stored).
+pub(crate) fn object_trailer(block: &StoredBlock) -> u8 {
+    if block.compressed { ZSTD } else { RAW }
 }
 
 /// The block an object holds.
 pub(crate) fn from_object(hash: BlockHash, object: Vec<u8>) -> BackendResult<StoredBlock> {
-    let compressed = match object.first() {
+    let compressed = match object.last() {
         Some(&RAW) => false,
         Some(&ZSTD) => true,
         _ => {
             return Err(BackendError::Corrupt(format!(
-                "object of block {hash:?} has no valid header"
+                "object of block {hash:?} has no valid trailer"
             )));
         }
     };
     let mut data = bytes::Bytes::from(object);
-    let _ = data.split_to(1);
+    data.truncate(data.len() - 1);
     Ok(StoredBlock {
         hash,
         compressed,
@@ -187,6 +194,11 @@ mod tests {
     #[test]
     fn data_urls_are_checked_and_name_themselves() {
         assert!(validate_data_url("file:///srv/tarbox").is_ok());
+        assert!(validate_data_url("file:///srv/tarbox?fsync=false").is_ok());
+        let e = validate_data_url("file:///srv?fsync=maybe")
+            .expect_err("bad option")
+            .to_string();
+        assert!(e.contains("fsync=maybe"), "{e}");
         let e = validate_data_url("file://relative/dir")
             .expect_err("relative")
             .to_string();

@@ -1,8 +1,8 @@
 //! A block store in an S3-compatible object store (AWS S3, MinIO, Ceph RGW), through the
 //! `object_store` crate.
 //!
-//! Layout: `<prefix>/<tenant id>/<first two hex digits>/<hash in hex>`, each object a header byte
-//! and the block as stored, so listing a tenant returns its blocks in hash order. Credentials come
+//! Layout: `<prefix>/<tenant id>/<first two hex digits>/<hash in hex>`, each object the block as
+//! stored and a trailer byte, so listing a tenant returns its blocks in hash order. Credentials come
 //! from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, or
 //! the instance's role), never from the URL: a URL is shown in `tenant info` and logs. Requests
 //! that fail for a reason worth retrying (a refused connection, a 5xx) are retried with backoff
@@ -17,7 +17,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload, RetryConfig};
 
-use super::{BlockStore, from_object, hex, object_bytes, parse_hex};
+use super::{BlockStore, from_object, hex, object_trailer, parse_hex};
 use crate::backend::{BlockHash, StoredBlock};
 use crate::error::{BackendError, BackendResult};
 use crate::types::TenantId;
@@ -191,7 +191,8 @@ impl BlockStore for S3Store {
     async fn put(&self, tenant: TenantId, blocks: Vec<StoredBlock>) -> BackendResult<()> {
         futures::stream::iter(blocks)
             .map(|block| async move {
-                let payload = PutPayload::from(object_bytes(&block));
+                let trailer = bytes::Bytes::from(vec![object_trailer(&block)]);
+                let payload: PutPayload = [block.data.clone(), trailer].into_iter().collect();
                 self.store
                     .put(&self.path(tenant, &block.hash), payload)
                     .await
