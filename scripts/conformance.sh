@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# POSIX conformance on a real FUSE mount backed by PostgreSQL: pjdfstest (crates.io) and fsx.
+# POSIX conformance on real FUSE mounts backed by PostgreSQL, with file data in the database, in
+# a block store in a directory, and in S3 (when TARBOX_TEST_S3_URL is set): pjdfstest
+# (crates.io) and fsx.
 # Known failures are listed with their reasons in docs/posix.md and in conformance/pjdfstest.toml
 # (expected_failures); any other failure fails this script.
 #
 # Needs: root (pjdfstest switches users), TARBOX_TEST_DATABASE_URL, pjdfstest and fsx on PATH.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT_DIR="$PWD"
 URL="${TARBOX_TEST_DATABASE_URL:?set TARBOX_TEST_DATABASE_URL (scripts/test.sh does)}"
 [[ $(id -u) -eq 0 ]] || { echo "conformance.sh: pjdfstest needs root" >&2; exit 1; }
 
@@ -14,34 +17,42 @@ psql "${URL%/*}/postgres" -qAtc "select 1 from pg_database where datname='${URL#
 
 cargo build -q -p tarbox-cli
 BIN="$PWD/target/debug/tarbox"
-MNT=$(mktemp -d /tmp/tarbox-conformance.XXXXXX)
-LOG=$(mktemp /tmp/tarbox-conformance-log.XXXXXX)
-TENANT="conformance-$$-$(date +%s)"
-PID=""
+# Each data location in turn: the database (default), a block store in a directory, and the S3
+# store of TARBOX_TEST_S3_URL when scripts/test.sh provides one.
+STORES=("postgres" "file://$ROOT_DIR/target/tarbox-conformance-blocks")
+[[ -n "${TARBOX_TEST_S3_URL:-}" ]] && STORES+=("$TARBOX_TEST_S3_URL")
+MNT="" PID="" TENANT=""
 cleanup() {
-  if mountpoint -q "$MNT"; then fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true; fi
+  if [[ -n "$MNT" ]] && mountpoint -q "$MNT"; then fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT" 2>/dev/null || true; fi
   [[ -n "$PID" ]] && { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
-  "$BIN" --database "$URL" tenant delete "$TENANT" >/dev/null 2>&1 || true
-  rmdir "$MNT" 2>/dev/null || true
+  [[ -n "$TENANT" ]] && "$BIN" --database "$URL" tenant delete "$TENANT" >/dev/null 2>&1 || true
+  [[ -n "$MNT" ]] && rmdir "$MNT" 2>/dev/null || true
+  MNT="" PID="" TENANT=""
 }
 trap cleanup EXIT
 
-"$BIN" --database "$URL" tenant create "$TENANT" >/dev/null
-"$BIN" --database "$URL" mount --tenant "$TENANT" --allow-other "$MNT" >"$LOG" 2>&1 &
-PID=$!
-for _ in $(seq 100); do mountpoint -q "$MNT" && break; sleep 0.1; done
-mountpoint -q "$MNT" || { cat "$LOG" >&2; echo "conformance.sh: mount did not come up" >&2; exit 1; }
+for DATA in "${STORES[@]}"; do
+  MNT=$(mktemp -d /tmp/tarbox-conformance.XXXXXX)
+  LOG=$(mktemp /tmp/tarbox-conformance-log.XXXXXX)
+  TENANT="conformance-$$-$(date +%s)"
+  "$BIN" --database "$URL" tenant create "$TENANT" --data "$DATA" >/dev/null
+  "$BIN" --database "$URL" mount --tenant "$TENANT" --allow-other "$MNT" >"$LOG" 2>&1 &
+  PID=$!
+  for _ in $(seq 100); do mountpoint -q "$MNT" && break; sleep 0.1; done
+  mountpoint -q "$MNT" || { cat "$LOG" >&2; echo "conformance.sh: mount did not come up" >&2; exit 1; }
 
-echo "pjdfstest on $MNT (tenant $TENANT)"
-set +e
-(cd /tmp && pjdfstest -c "$OLDPWD/conformance/pjdfstest.toml" -p "$MNT") >"$LOG.pjdfstest" 2>&1
-PJD=$?
-set -e
-tail -n 30 "$LOG.pjdfstest"
-[[ $PJD -eq 0 ]] || { echo "conformance.sh: pjdfstest failed (full log: $LOG.pjdfstest)" >&2; exit 1; }
+  echo "pjdfstest on $MNT (tenant $TENANT, data ${DATA%%\?*})"
+  set +e
+  (cd /tmp && pjdfstest -c "$OLDPWD/conformance/pjdfstest.toml" -p "$MNT") >"$LOG.pjdfstest" 2>&1
+  PJD=$?
+  set -e
+  tail -n 30 "$LOG.pjdfstest"
+  [[ $PJD -eq 0 ]] || { echo "conformance.sh: pjdfstest failed (full log: $LOG.pjdfstest)" >&2; exit 1; }
 
-echo "fsx on $MNT"
-fsx -f conformance/fsx.toml -N "${FSX_OPS:-10000}" "$MNT/fsx.file" >"$LOG.fsx" 2>&1 \
-  || { tail -n 40 "$LOG.fsx" >&2; echo "conformance.sh: fsx failed (full log: $LOG.fsx)" >&2; exit 1; }
-tail -n 3 "$LOG.fsx"
-echo "conformance: pjdfstest and fsx passed"
+  echo "fsx on $MNT"
+  fsx -f conformance/fsx.toml -N "${FSX_OPS:-10000}" "$MNT/fsx.file" >"$LOG.fsx" 2>&1 \
+    || { tail -n 40 "$LOG.fsx" >&2; echo "conformance.sh: fsx failed (full log: $LOG.fsx)" >&2; exit 1; }
+  tail -n 3 "$LOG.fsx"
+  cleanup
+done
+echo "conformance: pjdfstest and fsx passed on every data store"

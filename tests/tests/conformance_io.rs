@@ -322,6 +322,31 @@ backend_tests! {
         assert!(back == data, "the file reads back from a fresh volume");
     }
 
+    async fn a_sequential_reader_sees_writes_made_ahead_of_it(t: TestVolume) {
+        // A sequential reader gets blocks fetched ahead of it; a write (and flush) through
+        // another handle to where it has not read yet must still show when it gets there.
+        const MIB: usize = 1 << 20;
+        let root = Caller::root();
+        let mut data = noise(12 * MIB, 8);
+        t.write_file("/seq", &data).await;
+        let ino = t.ino("/seq").await;
+        let reader = t.volume.open(&root, ino, libc::O_RDONLY).await.expect("open");
+        let writer = t.volume.open(&root, ino, libc::O_WRONLY).await.expect("open");
+        let mut back = Vec::with_capacity(data.len());
+        for i in 0..12 {
+            if i == 2 {
+                let patch = noise(3 * MIB, 9);
+                pwrite(&t, writer, (6 * MIB + 7) as u64, &patch).await;
+                t.volume.fsync(&root, writer, false).await.expect("fsync");
+                data[6 * MIB + 7..9 * MIB + 7].copy_from_slice(&patch);
+            }
+            back.extend(pread(&t, reader, (i * MIB) as u64, MIB as u32).await);
+        }
+        assert!(back == data, "the reader saw every write made ahead of it");
+        release(&t, writer).await;
+        release(&t, reader).await;
+    }
+
     async fn a_file_of_many_blocks_reads_back_exactly(t: TestVolume) {
         let s = small_blocks(&t).await;
         let root = Caller::root();

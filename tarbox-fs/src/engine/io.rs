@@ -22,6 +22,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use super::attr::{MAX_FILE_SIZE, kill_priv};
 use super::audit::HandleStats;
 use super::namespace::NodeSpec;
+use super::readahead::ReadAhead;
 use super::writeback::Writeback;
 use super::{Handle, Volume, align4k, blocks, lock, perm};
 use crate::backend::{BlockHash, StoreRead};
@@ -66,6 +67,8 @@ pub(super) struct FileState {
     pub(super) map: HashMap<u64, Option<BlockHash>>,
     /// Whole blocks on their way to the store, and stored ones awaiting the next flush.
     pub(super) wb: Writeback,
+    /// Where a sequential reader is (see `readahead.rs`).
+    pub(super) readahead: ReadAhead,
 }
 
 impl OpenFile {
@@ -86,6 +89,7 @@ impl OpenFile {
                 mtime: None,
                 map: HashMap::new(),
                 wb: Writeback::default(),
+                readahead: ReadAhead::default(),
             }),
         }
     }
@@ -381,6 +385,7 @@ impl Volume {
             };
             append_padded(&mut out, content, from as usize, to as usize);
         }
+        self.read_ahead(&file, &mut st, offset, end);
         Ok(out.freeze())
     }
 

@@ -29,6 +29,7 @@ mod namespace;
 mod patience;
 mod perm;
 mod ranges;
+mod readahead;
 mod tenants;
 mod writeback;
 mod xattr;

@@ -42,6 +42,9 @@ pub(super) struct Writeback {
     staged_bytes: u64,
     /// The reap epoch read before the first staged or in-flight block was stored.
     epoch: Option<u64>,
+    /// Blocks of a batch that failed (the store was down): back to the buffer at the next
+    /// write or flush, so a later flush stores them.
+    failed: BTreeMap<u64, Bytes>,
 }
 
 /// Blocks as encoded, by index (`None`: a hole).
@@ -67,11 +70,16 @@ impl Writeback {
                 return Some(c.clone());
             }
         }
-        self.staged.get(&idx).map(|s| s.content.clone())
+        if let Some(s) = self.staged.get(&idx) {
+            return Some(s.content.clone());
+        }
+        self.failed.get(&idx).cloned()
     }
 
     pub(super) fn holds(&self, idx: u64) -> bool {
-        self.staged.contains_key(&idx) || self.batches.iter().any(|b| b.contents.contains_key(&idx))
+        self.staged.contains_key(&idx)
+            || self.failed.contains_key(&idx)
+            || self.batches.iter().any(|b| b.contents.contains_key(&idx))
     }
 
     /// Move the oldest batch's blocks to `staged`, waiting for it.
@@ -79,10 +87,18 @@ impl Writeback {
         let Some(batch) = self.batches.pop_front() else {
             return Ok(());
         };
-        let encoded = match batch.task.await {
-            Ok(result) => result?,
+        let outcome = match batch.task.await {
+            Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => return Err(BackendError::Other(Box::new(e)).into()),
+            Err(e) => Err(BackendError::Other(Box::new(e)).into()),
+        };
+        let encoded = match outcome {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                // Nothing of this batch is lost: it goes back to the buffer.
+                self.failed.extend(batch.contents);
+                return Err(e);
+            }
         };
         for (idx, block) in encoded {
             let content = batch.contents.get(&idx).cloned().unwrap_or_default();
@@ -103,10 +119,22 @@ impl Writeback {
     }
 }
 
+/// Put blocks of failed batches back into the buffer (where they were not written again).
+fn return_failed(st: &mut FileState) {
+    let bs = st.wb.failed.values().map(Bytes::len).max().unwrap_or(0);
+    for (idx, content) in std::mem::take(&mut st.wb.failed) {
+        if let std::collections::btree_map::Entry::Vacant(slot) = st.dirty.entry(idx) {
+            slot.insert(bytes::BytesMut::from(&content[..]));
+            st.written.insert(idx, vec![(0, bs.max(content.len()))]);
+        }
+    }
+}
+
 impl Volume {
     /// The buffer of `ino` is full: hand its whole blocks to the background, and flush when too
     /// much is staged or nothing could be handed off (a buffer of partly written blocks).
     pub(super) async fn write_behind(&self, ino: Ino, st: &mut FileState) -> FsResult<()> {
+        return_failed(st);
         let bs = self.block_size();
         let whole: Vec<u64> = st
             .dirty
@@ -153,7 +181,9 @@ impl Volume {
 
     /// Commit a file's staged blocks, buffered blocks and size in one transaction.
     pub(super) async fn flush_file(&self, ino: Ino, st: &mut FileState) -> FsResult<()> {
-        st.wb.drain().await?;
+        let drained = st.wb.drain().await;
+        return_failed(st);
+        drained?;
         if st.dirty.is_empty()
             && st.wb.staged.is_empty()
             && st.mtime.is_none()
