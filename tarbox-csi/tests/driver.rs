@@ -582,7 +582,10 @@ async fn pods_are_named(url: &str) {
         ("/from-trainer", "ml/trainer-0", "trainer"),
         ("/from-eval", "ml/eval-0", "evaluator"),
     ] {
+        // This volume's events only: other tests (and earlier runs) share the database and
+        // the pod names.
         let filter = AuditFilter {
+            tenant: volume.volume_context.get(CONTEXT_TENANT).cloned(),
             pod: Some(pod.to_string()),
             limit: 1000,
             ..AuditFilter::default()
