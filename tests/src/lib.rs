@@ -849,3 +849,21 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Files under `dir`, at any depth, without temporary ones (names starting with `.`): the
+/// objects a block store or an S3 server keeps there.
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if !entry.file_name().to_string_lossy().starts_with('.') {
+            out.push(path);
+        }
+    }
+    out
+}

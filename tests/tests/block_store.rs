@@ -4,14 +4,14 @@
 //! collection removes objects no row names, and a purge leaves nothing behind. Each test runs on
 //! the memory backend and on PostgreSQL (the POSIX suite runs on a block store as `file_store`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tarbox_fs::Filesystem as _;
 use tarbox_fs::backend::{BlockHash, StoredBlock};
 use tarbox_fs::store::{BlockStore, FileStore};
 use tarbox_fs::{Engine, EngineConfig, FsError, LayerRef, TenantId, TenantOptions};
-use tarbox_tests::{TestVolume, noise, postgres_url, unique_tenant_name};
+use tarbox_tests::{TestVolume, files_under, noise, postgres_url, unique_tenant_name};
 
 /// A tenant keeping its data in a fresh directory, on an engine whose reaper has no grace.
 struct Fixture {
@@ -46,22 +46,7 @@ impl Fixture {
 
     /// Objects the store holds for the tenant.
     fn objects(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    walk(&path, out);
-                } else if !entry.file_name().to_string_lossy().starts_with('.') {
-                    out.push(path);
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(&self.tenant_dir(), &mut out);
-        out
+        files_under(&self.tenant_dir())
     }
 
     async fn gc(&self) -> tarbox_fs::GarbageReport {

@@ -7,7 +7,6 @@
 //! by `scripts/test.sh`, else `s3s-fs` on the PATH); without one the test is skipped with a
 //! message outside CI.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -93,22 +92,7 @@ impl Server {
     }
 
     fn objects(&self) -> usize {
-        fn count(dir: &Path) -> usize {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return 0;
-            };
-            entries
-                .flatten()
-                .map(|e| {
-                    if e.path().is_dir() {
-                        count(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        }
-        count(&self.root.path().join("bucket"))
+        tarbox_tests::files_under(&self.root.path().join("bucket")).len()
     }
 }
 

@@ -120,12 +120,12 @@ impl Writeback {
 }
 
 /// Put blocks of failed batches back into the buffer (where they were not written again).
+/// They are whole blocks, so each is written over its whole length.
 fn return_failed(st: &mut FileState) {
-    let bs = st.wb.failed.values().map(Bytes::len).max().unwrap_or(0);
     for (idx, content) in std::mem::take(&mut st.wb.failed) {
         if let std::collections::btree_map::Entry::Vacant(slot) = st.dirty.entry(idx) {
+            st.written.insert(idx, vec![(0, content.len())]);
             slot.insert(bytes::BytesMut::from(&content[..]));
-            st.written.insert(idx, vec![(0, bs.max(content.len()))]);
         }
     }
 }
@@ -265,6 +265,7 @@ impl Volume {
                 }
                 let mut writes = Vec::with_capacity(state.dirty.len() + staged_ref.len());
                 let mut new_blocks: Vec<StoredBlock> = Vec::new();
+                let mut named: HashSet<BlockHash> = HashSet::new();
                 let mut contents: Vec<(BlockHash, Bytes)> = Vec::new();
                 // `content` is produced only for a block not seen yet in this flush.
                 let mut add =
@@ -274,7 +275,7 @@ impl Volume {
                             block: stored.as_ref().map(|b| b.hash),
                         });
                         if let Some(b) = stored {
-                            if !new_blocks.iter().any(|n| n.hash == b.hash) {
+                            if named.insert(b.hash) {
                                 let content = content();
                                 let trimmed =
                                     content.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);

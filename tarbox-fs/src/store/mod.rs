@@ -78,8 +78,8 @@ pub trait BlockStore: Send + Sync + fmt::Debug + 'static {
     async fn delete_tenant(&self, tenant: TenantId) -> BackendResult<()>;
 }
 
-/// Where a tenant's blocks live, as recorded on the tenant: `None` in the database, else the URL
-/// of a block store.
+/// Check a block store URL (`file:///path[?fsync=false]`, `s3://bucket/prefix?…`) without opening
+/// the store; the error names what is wrong, never a credential.
 pub fn validate_data_url(url: &str) -> BackendResult<()> {
     parse(url).map(|_| ())
 }
