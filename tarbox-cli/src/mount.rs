@@ -50,9 +50,17 @@ pub struct MountArgs {
     /// Seconds the kernel caches name lookups.
     #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
     entry_timeout: f64,
-    /// Decoded block cache size (e.g. 256MiB).
+    /// Memory for decoded blocks (e.g. 256MiB).
     #[arg(long, default_value = "256MiB", value_name = "SIZE")]
-    cache_size: String,
+    memory_cache: String,
+    /// Keep decoded blocks on local disk in DIR too (one directory per mount), so data read
+    /// once from S3, a shared directory or the database is read locally next time, also
+    /// after a remount.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Bound of the --cache-dir cache [default: 10GiB].
+    #[arg(long, value_name = "SIZE", requires = "cache_dir")]
+    cache_size: Option<String>,
     /// Hide the /.tarbox control directory.
     #[arg(long)]
     no_control_dir: bool,
@@ -105,8 +113,18 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
         attr: seconds("attr-timeout", args.attr_timeout)?,
         entry: seconds("entry-timeout", args.entry_timeout)?,
     };
-    let cache_bytes =
-        crate::config::parse_size(&args.cache_size).context("invalid --cache-size")?;
+    let memory_cache =
+        crate::config::parse_size(&args.memory_cache).context("invalid --memory-cache")?;
+    let disk_cache = match &args.cache_dir {
+        None => None,
+        Some(dir) => Some(tarbox_fs::DiskCacheConfig {
+            dir: dir.clone(),
+            capacity_bytes: crate::config::parse_size(
+                args.cache_size.as_deref().unwrap_or("10GiB"),
+            )
+            .context("invalid --cache-size")?,
+        }),
+    };
     // `-o ro` and `-o allow_other` mean what the flags mean.
     args.options.retain(|o| match o.as_str() {
         "ro" => {
@@ -151,7 +169,8 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
             })?)),
     }
     let config = tarbox_fs::EngineConfig {
-        block_cache_bytes: cache_bytes,
+        block_cache_bytes: memory_cache,
+        disk_cache,
         audit,
         ..ctx.engine_config()
     };

@@ -805,3 +805,63 @@ fn a_killed_pipelined_write_keeps_what_was_fsynced() {
         String::from_utf8_lossy(&fsck.stdout)
     );
 }
+
+/// `--cache-dir`: a remounted tenant whose blocks live in a directory reads them once from the
+/// store, then from the cache, which outlives the mount; `--cache-size` alone is refused,
+/// naming the flag it needs.
+#[test]
+fn a_disk_cache_keeps_what_was_read_across_mounts() {
+    if !fuse_available() {
+        return;
+    }
+    let refused = Command::new(BIN)
+        .args(["mount", "--cache-size", "1GiB", "/nonexistent"])
+        .output()
+        .expect("run tarbox mount");
+    assert!(!refused.status.success());
+    let says = String::from_utf8_lossy(&refused.stderr);
+    assert!(says.contains("--cache-dir"), "{says}");
+
+    let blocks = tempfile::tempdir().expect("block store");
+    let cache = tempfile::tempdir().expect("cache dir");
+    let data_url = format!("file://{}", blocks.path().display());
+    let cache_dir = cache.path().display().to_string();
+    let flags = ["--cache-dir", cache_dir.as_str(), "--cache-size", "64MiB"];
+    let Some(mut m) = Mount::with_flags(Store::PostgresWithData(data_url), &flags) else {
+        return;
+    };
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(m.path("dataset.bin"), &data).expect("write");
+    m.stop();
+    assert!(
+        tarbox_tests::files_under(cache.path()).is_empty(),
+        "written blocks are not cached"
+    );
+    m.start();
+    assert!(std::fs::read(m.path("dataset.bin")).expect("read") == data);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tarbox_tests::files_under(cache.path()).len() < 12 {
+        assert!(Instant::now() < deadline, "the cache is never filled");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m.stop();
+    // Remounted with the store's objects gone: every block comes from the cache.
+    let tenant_objects = std::fs::read_dir(blocks.path())
+        .expect("store")
+        .flatten()
+        .map(|e| e.path())
+        .collect::<Vec<_>>();
+    for dir in &tenant_objects {
+        std::fs::rename(dir, dir.with_extension("away")).expect("hide the store");
+    }
+    m.start();
+    assert!(
+        std::fs::read(m.path("dataset.bin")).expect("read from the cache") == data,
+        "{}",
+        m.log()
+    );
+    m.stop();
+    for dir in &tenant_objects {
+        std::fs::rename(dir.with_extension("away"), dir).expect("bring the store back");
+    }
+}

@@ -29,7 +29,8 @@ use crate::databases::VolumeId;
 use crate::naming;
 use crate::params::{self, VolumeParams};
 use crate::server::Driver;
-use crate::{CONTEXT_CACHE_BYTES, CONTEXT_TENANT};
+use crate::store_keys;
+use crate::{CONTEXT_CACHE_BYTES, CONTEXT_MEMORY_CACHE_BYTES, CONTEXT_TENANT};
 
 /// Root directory of a new volume: writable by every pod's user (the sticky bit keeps them from
 /// removing each other's files), as an `emptyDir` is.
@@ -240,6 +241,13 @@ impl Driver {
             .tenant_info_by_id(TenantId(id.tenant))
             .await
             .map_err(status)?;
+        // Deleting, cloning or snapshotting it may touch its block store: with these keys.
+        if let (Some(url), Some(keys)) = (
+            info.as_ref().and_then(|i| i.data_url.as_ref()),
+            store_keys::from_secrets(secrets)?,
+        ) {
+            engine.set_store_keys(url, keys);
+        }
         Ok(info
             .filter(|i| states.contains(&i.state) && is_ours(i))
             .map(|info| Vol { engine, info, id }))
@@ -480,6 +488,10 @@ impl Controller for Driver {
         check_capabilities(&req.volume_capabilities).map_err(invalid)?;
         let params = params::parse(&req.parameters).map_err(invalid)?;
         let database = self.databases().named_by(&req.secrets).await?;
+        if let (Some(url), Some(keys)) = (&params.data_url, store_keys::from_secrets(&req.secrets)?)
+        {
+            database.1.set_store_keys(url, keys);
+        }
         let source = match &req.volume_content_source {
             Some(s) => Some(self.content_source(s, &req.secrets).await?),
             None => None,
@@ -505,6 +517,10 @@ impl Controller for Driver {
         let mut volume = volume_of(&made);
         if let Some(bytes) = params.cache_bytes {
             (volume.volume_context).insert(CONTEXT_CACHE_BYTES.to_string(), bytes.to_string());
+        }
+        if let Some(bytes) = params.memory_cache_bytes {
+            (volume.volume_context)
+                .insert(CONTEXT_MEMORY_CACHE_BYTES.to_string(), bytes.to_string());
         }
         Ok(Response::new(CreateVolumeResponse {
             volume: Some(volume),

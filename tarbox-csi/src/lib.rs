@@ -34,6 +34,7 @@ mod pods;
 pub mod server;
 mod snapshots;
 pub mod state;
+mod store_keys;
 pub mod volume_server;
 
 /// The CSI specification's messages and services (package `csi.v1`), generated from
@@ -47,6 +48,7 @@ pub use databases::SECRET_DATABASE_URL;
 pub use mounter::{Mounter, MounterConfig};
 pub use observe::ObserveLayer;
 pub use server::{Driver, Mode, Placement, ServeError, serve};
+pub use store_keys::{SECRET_ACCESS_KEY_ID, SECRET_SECRET_ACCESS_KEY, SECRET_SESSION_TOKEN};
 
 /// The driver's name, as StorageClasses and the CSIDriver object name it.
 pub const DRIVER_NAME: &str = "tarbox.csi.io";
@@ -54,6 +56,10 @@ pub const DRIVER_NAME: &str = "tarbox.csi.io";
 /// The volume context key carrying the tenant's name to the node.
 pub const CONTEXT_TENANT: &str = "tarbox.csi.io/tenant";
 
-/// The volume context key carrying the block cache size (bytes) of the volume's FUSE servers,
-/// from the StorageClass's `cacheSize`.
+/// The volume context key carrying the on-disk block cache size (bytes) of the volume's FUSE
+/// servers, from the StorageClass's `cacheSize`.
 pub const CONTEXT_CACHE_BYTES: &str = "tarbox.csi.io/cacheBytes";
+
+/// The volume context key carrying the in-memory block cache size (bytes) of the volume's FUSE
+/// servers, from the StorageClass's `memoryCacheSize`.
+pub const CONTEXT_MEMORY_CACHE_BYTES: &str = "tarbox.csi.io/memoryCacheBytes";

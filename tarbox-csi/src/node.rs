@@ -32,7 +32,7 @@ use crate::mounter::{self, detach};
 use crate::pods::pod_of_context;
 use crate::server::Driver;
 use crate::state::{PublishRecord, VolumeRecord};
-use crate::{CONTEXT_CACHE_BYTES, CONTEXT_TENANT};
+use crate::{CONTEXT_CACHE_BYTES, CONTEXT_MEMORY_CACHE_BYTES, CONTEXT_TENANT};
 
 /// How long stage and unstage wait for the mounter to start or stop a server.
 const SERVER_WAIT: Duration = Duration::from_secs(30);
@@ -266,14 +266,17 @@ impl Node for Driver {
                 )));
             }
         }
-        let cache_bytes = match req.volume_context.get(CONTEXT_CACHE_BYTES) {
-            Some(v) => Some(v.parse::<u64>().map_err(|_| {
+        let bytes = |key: &str| match req.volume_context.get(key) {
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
                 invalid(format!(
-                    "volume context {CONTEXT_CACHE_BYTES}={v:?} is not a number of bytes"
+                    "volume context {key}={v:?} is not a number of bytes"
                 ))
-            })?),
-            None => None,
+            }),
+            None => Ok(None),
         };
+        let cache_bytes = bytes(CONTEXT_CACHE_BYTES)?;
+        let memory_cache_bytes = bytes(CONTEXT_MEMORY_CACHE_BYTES)?;
+        let store_keys = crate::store_keys::from_secrets(&req.secrets)?;
         std::fs::create_dir_all(&path)
             .map_err(|e| Status::internal(format!("cannot create {}: {e}", path.display())))?;
         let record = VolumeRecord {
@@ -282,6 +285,8 @@ impl Node for Driver {
             staging_path: path.clone(),
             mount_name: format!("csi:{}:{}", self.node_id(), req.volume_id),
             cache_bytes,
+            memory_cache_bytes,
+            store_keys,
             database_url,
         };
         self.state().put_volume(&record).map_err(state_error)?;
@@ -315,6 +320,14 @@ impl Node for Driver {
                     .remove_volume(&req.volume_id)
                     .map_err(state_error)?;
                 self.unserve_volume(&record).await?;
+                // Its cached blocks are of no use any more (a later stage fills them again).
+                if let Ok(cache) = self.state().cache_dir(&req.volume_id) {
+                    if let Err(e) = std::fs::remove_dir_all(&cache) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            warn!(volume = req.volume_id, error = %e, "cannot remove the volume's block cache");
+                        }
+                    }
+                }
             }
             // Not ours (any more): a mount left there by an ended server goes too.
             _ => detach(&path),

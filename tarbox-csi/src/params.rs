@@ -19,9 +19,11 @@ pub(crate) const BLOCK_SIZE: &str = "blockSize";
 pub(crate) const COMPRESSION: &str = "compression";
 pub(crate) const INODE_QUOTA: &str = "inodeQuota";
 pub(crate) const CACHE_SIZE: &str = "cacheSize";
+pub(crate) const MEMORY_CACHE_SIZE: &str = "memoryCacheSize";
 pub(crate) const DATA_STORE: &str = "dataStore";
 
-/// The smallest block cache a volume server may be given.
+/// The smallest cache (memory or disk) a volume server may be given; `cacheSize: 0` turns the
+/// disk cache off.
 const MIN_CACHE: u64 = 4 << 20;
 
 /// Automatic checkpoints when `autoCheckpoint` is on without an interval.
@@ -37,8 +39,10 @@ pub(crate) struct VolumeParams {
     pub block_size: Option<u32>,
     pub compression: Option<Compression>,
     pub inode_quota: Option<u64>,
-    /// Block cache of each node's FUSE server for the volume, in bytes.
+    /// The on-disk block cache of each node's FUSE server for the volume, in bytes (0: none).
     pub cache_bytes: Option<u64>,
+    /// The in-memory block cache of each node's FUSE server for the volume, in bytes.
+    pub memory_cache_bytes: Option<u64>,
     /// Where the volume's file data lives (`None`: in the database).
     pub data_url: Option<String>,
 }
@@ -117,11 +121,18 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
                 p.inode_quota = Some(n);
             }
             CACHE_SIZE => {
+                let size = parse_size(value).ok_or_else(|| bad("expected a size like 10GiB"))?;
+                if size != 0 && size < MIN_CACHE {
+                    return Err(bad("must be 0 (no disk cache) or at least 4MiB"));
+                }
+                p.cache_bytes = Some(size);
+            }
+            MEMORY_CACHE_SIZE => {
                 let size = parse_size(value).ok_or_else(|| bad("expected a size like 512MiB"))?;
                 if size < MIN_CACHE {
                     return Err(bad("must be at least 4MiB"));
                 }
-                p.cache_bytes = Some(size);
+                p.memory_cache_bytes = Some(size);
             }
             DATA_STORE => {
                 if value != "postgres" {
@@ -142,7 +153,7 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
                 return Err(format!(
                     "unknown parameter {key:?} (known: {AUDIT_LEVEL}, {AUDIT_RETENTION_DAYS}, \
                      {AUTO_CHECKPOINT}, {CHECKPOINT_INTERVAL}, {BLOCK_SIZE}, {COMPRESSION}, \
-                     {INODE_QUOTA}, {CACHE_SIZE}, {DATA_STORE})"
+                     {INODE_QUOTA}, {CACHE_SIZE}, {MEMORY_CACHE_SIZE}, {DATA_STORE})"
                 ));
             }
         }
@@ -205,6 +216,7 @@ mod tests {
             (COMPRESSION, "none"),
             (INODE_QUOTA, "100000"),
             (CACHE_SIZE, "1Gi"),
+            (MEMORY_CACHE_SIZE, "64Mi"),
             (PVC_NAMESPACE, "ml"),
             (PVC_NAME, "data"),
             ("csi.storage.k8s.io/provisioner-secret-name", "db"),
@@ -214,6 +226,9 @@ mod tests {
         assert_eq!(p.checkpoint_interval, Some(Duration::from_secs(900)));
         assert_eq!(p.block_size, Some(65536));
         assert_eq!(p.cache_bytes, Some(1 << 30));
+        assert_eq!(p.memory_cache_bytes, Some(64 << 20));
+        let off = parse(&map(&[(CACHE_SIZE, "0")])).expect("no disk cache");
+        assert_eq!(off.cache_bytes, Some(0));
         assert_eq!(p.pvc(), Some(("ml", "data")));
     }
 
@@ -227,6 +242,7 @@ mod tests {
             (CHECKPOINT_INTERVAL, "soon"),
             (AUTO_CHECKPOINT, "yes"),
             (CACHE_SIZE, "1KiB"),
+            (MEMORY_CACHE_SIZE, "0"),
         ] {
             let e = parse(&map(&[(k, v)])).expect_err("invalid");
             assert!(e.contains(k) && e.contains(v), "{e}");

@@ -18,6 +18,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tarbox_fs::PodIdentity;
 
+/// The on-disk block cache of a volume whose StorageClass does not say (`cacheSize`).
+pub const DEFAULT_DISK_CACHE: u64 = 1 << 30;
+
 /// A volume staged on this node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
@@ -26,9 +29,15 @@ pub struct VolumeRecord {
     pub staging_path: PathBuf,
     /// The mount's name in audit events.
     pub mount_name: String,
-    /// The server's block cache in bytes; the engine's default when absent.
+    /// The server's on-disk block cache in bytes (0: none); [`DEFAULT_DISK_CACHE`] when absent.
     #[serde(default)]
     pub cache_bytes: Option<u64>,
+    /// The server's in-memory block cache in bytes; the engine's default when absent.
+    #[serde(default)]
+    pub memory_cache_bytes: Option<u64>,
+    /// Keys of the volume's S3 block store (from the node-stage secret), when not the node's.
+    #[serde(default)]
+    pub store_keys: Option<tarbox_fs::store::S3Credentials>,
     /// The volume's database when it is not the mounter's own (from the node-stage secret).
     /// Records are readable by root only.
     #[serde(default)]
@@ -84,6 +93,12 @@ impl StateDir {
     /// Where a volume's FUSE server spills audit events the database could not take.
     pub fn audit_spill_dir(&self, volume_id: &str) -> io::Result<PathBuf> {
         self.volume_file(volume_id, "audit-spill")
+    }
+
+    /// Where a volume's FUSE server keeps decoded blocks on disk (kept across restarts of the
+    /// server, removed when the volume is unstaged).
+    pub fn cache_dir(&self, volume_id: &str) -> io::Result<PathBuf> {
+        self.volume_file(volume_id, "cache")
     }
 
     /// The log file of a volume's FUSE server.
@@ -267,6 +282,8 @@ mod tests {
             staging_path: "/var/lib/kubelet/x".into(),
             mount_name: "csi:n:42".into(),
             cache_bytes: Some(1 << 20),
+            memory_cache_bytes: None,
+            store_keys: None,
             database_url: None,
         };
         state.put_volume(&v).expect("put");

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use tarbox_fs::{Engine, EngineConfig, VolumeOptions};
+use tarbox_fs::{DiskCacheConfig, Engine, EngineConfig, VolumeOptions};
 use tarbox_fuse::{MountOptions, MountSpec, ServiceError, TenantMount};
 use tracing::info;
 
@@ -71,8 +71,20 @@ pub async fn serve_volume(
         .volume(volume_id)?
         .ok_or_else(|| VolumeServerError::NotStaged(volume_id.to_string()))?;
     let mut config = EngineConfig::default();
-    if let Some(bytes) = record.cache_bytes {
+    if let Some(bytes) = record.memory_cache_bytes {
         config.block_cache_bytes = bytes;
+    }
+    let disk_cache = record
+        .cache_bytes
+        .unwrap_or(crate::state::DEFAULT_DISK_CACHE);
+    if disk_cache > 0 {
+        config.disk_cache = Some(DiskCacheConfig {
+            dir: state.cache_dir(volume_id)?,
+            capacity_bytes: disk_cache,
+        });
+    }
+    if record.store_keys.is_some() {
+        config.s3_credentials = record.store_keys.clone();
     }
     // Audit events a database outage holds back outlive this process, for the next server.
     config.audit.spill_dir = Some(state.audit_spill_dir(volume_id)?);

@@ -50,10 +50,10 @@ pub use audit::{AuditConfig, AuditEvent, AuditFilter, AuditLevel, AuditOp};
 pub use backend::{Backend, Compression, LayerRecord, TenantAudit, TenantRecord, TenantState};
 pub use control::ControlFs;
 pub use engine::{
-    Change, ChangeKind, CloneOptions, ContentDiff, DataCheck, Engine, EngineConfig, FsckProblem,
-    FsckReport, GarbageReport, LayerDiff, LayerRef, LayerSummary, LayerTree, Layers,
-    TEXT_DIFF_LIMIT, TenantInfo, TenantOptions, Volume, VolumeOptions, validate_layer_name,
-    validate_tenant_name,
+    Change, ChangeKind, CloneOptions, ContentDiff, DataCheck, DiskCacheConfig, Engine,
+    EngineConfig, FsckProblem, FsckReport, GarbageReport, LayerDiff, LayerRef, LayerSummary,
+    LayerTree, Layers, TEXT_DIFF_LIMIT, TenantInfo, TenantOptions, Volume, VolumeOptions,
+    validate_layer_name, validate_tenant_name,
 };
 pub use error::{BackendError, FsError, FsResult, QuotaKind};
 pub use filesystem::{Filesystem, Guard, Guarded, ReadOnly, Request};

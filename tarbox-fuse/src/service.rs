@@ -21,6 +21,13 @@ use crate::{MountError, MountOptions, Mounted, mount};
 
 /// How often long-running processes look for deleted tenants to purge.
 const PURGE_INTERVAL: Duration = Duration::from_secs(300);
+/// How often the dead blocks of every tenant's block store are reaped (those of retired tenants,
+/// which no volume reaps, and of tenants no one mounts).
+const STORE_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+/// Every how many sweeps block stores are listed for objects no row names (a crash between
+/// storing and committing), and how old such an object must be to go.
+const ORPHAN_SWEEP_EVERY: u32 = 24;
+const ORPHAN_GRACE: Duration = Duration::from_secs(3600);
 /// How often audit partitions are created ahead and expired.
 const AUDIT_UPKEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -168,8 +175,9 @@ impl TenantMount {
     }
 }
 
-/// Background work of an engine that serves mounts: purging tenants deleted elsewhere (not for
-/// the in-memory store, which no one else sees) and audit partition upkeep. Stops when dropped.
+/// Background work of an engine that serves mounts: purging tenants deleted elsewhere and
+/// sweeping block stores (not for the in-memory store, which no one else sees) and audit
+/// partition upkeep. Stops when dropped.
 #[derive(Debug)]
 pub struct EngineUpkeep {
     tasks: Vec<JoinHandle<()>>,
@@ -180,6 +188,11 @@ impl EngineUpkeep {
         let mut tasks = vec![engine.spawn_audit_maintenance(AUDIT_UPKEEP_INTERVAL)];
         if purge {
             tasks.push(engine.spawn_purger(PURGE_INTERVAL));
+            tasks.push(engine.spawn_store_sweeper(
+                STORE_SWEEP_INTERVAL,
+                ORPHAN_SWEEP_EVERY,
+                ORPHAN_GRACE,
+            ));
         }
         EngineUpkeep { tasks }
     }

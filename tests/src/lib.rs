@@ -12,6 +12,8 @@
 //! with `TARBOX_REQUIRE_POSTGRES=1`, where they fail: a suite that silently tests nothing must not
 //! pass.
 
+pub mod s3_server;
+
 use std::fmt;
 use std::io::Write as _;
 use std::str::FromStr;

@@ -1,7 +1,8 @@
 //! Tenants whose file data lives in a block store (a local directory): overwritten and dropped
 //! data is reclaimed while checkpoints keep theirs, a writer racing the reaper never commits a
 //! mapping to a deleted object, `check_data` finds missing and corrupt objects, garbage
-//! collection removes objects no row names, and a purge leaves nothing behind. Each test runs on
+//! collection removes objects no row names, the background sweep reaps what retired tenants
+//! drop, blocks read once are served from the disk cache, and a purge leaves nothing behind. Each test runs on
 //! the memory backend and on PostgreSQL (the POSIX suite runs on a block store as `file_store`).
 
 use std::path::PathBuf;
@@ -10,7 +11,9 @@ use std::time::Duration;
 use tarbox_fs::Filesystem as _;
 use tarbox_fs::backend::{BlockHash, StoredBlock};
 use tarbox_fs::store::{BlockStore, FileStore};
-use tarbox_fs::{Engine, EngineConfig, FsError, LayerRef, TenantId, TenantOptions};
+use tarbox_fs::{
+    Caller, DiskCacheConfig, Engine, EngineConfig, FsError, LayerRef, TenantId, TenantOptions,
+};
 use tarbox_tests::{TestVolume, files_under, noise, postgres_url, unique_tenant_name};
 
 /// A tenant keeping its data in a fresh directory, on an engine whose reaper has no grace.
@@ -96,6 +99,31 @@ macro_rules! on_every_backend {
 
 const MIB: usize = 1 << 20;
 
+/// The whole content of `name` in the root of `tenant`, through a fresh volume of `engine`.
+async fn read_all(engine: &Engine, tenant: &str, name: &str) -> Vec<u8> {
+    let me = Caller::root();
+    let volume = engine.volume(tenant).await.expect("volume");
+    let ino = volume
+        .lookup(&me, tarbox_fs::Ino::ROOT, name.as_bytes())
+        .await
+        .expect("lookup")
+        .ino;
+    let fh = volume.open(&me, ino, libc::O_RDONLY).await.expect("open");
+    let mut out = Vec::new();
+    loop {
+        let chunk = volume
+            .read(&me, fh, out.len() as u64, 1 << 20)
+            .await
+            .expect("read");
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    volume.release(&me, fh).await.expect("release");
+    out
+}
+
 on_every_backend! {
     overwritten_data_is_reclaimed_and_checkpoints_keep_theirs => |f: Fixture| async move {
         let t = &f.t;
@@ -175,6 +203,69 @@ on_every_backend! {
         assert!(check.is_clean(), "the writer stored its block again: {check:?}");
         assert_eq!(f.objects().len(), 1);
         assert_eq!(t.read_file("/b").await, content);
+    };
+
+    a_retired_tenants_dropped_snapshot_is_reaped_by_the_sweep => |f: Fixture| async move {
+        let t = &f.t;
+        t.write_file("/model", &noise(MIB, 1)).await;
+        t.volume.layers().checkpoint("s1", "").await.expect("checkpoint");
+        t.write_file("/model", &noise(MIB, 2)).await;
+        t.volume.layers().checkpoint("s2", "").await.expect("checkpoint");
+        // A deleted volume with snapshots: no volume of it is open to reap anything.
+        t.engine.retire_tenant(&t.tenant).await.expect("retire");
+        assert_eq!(f.objects().len(), 8);
+        t.engine
+            .drop_retired_checkpoint(&t.tenant, &LayerRef::from("s1"))
+            .await
+            .expect("drop s1");
+        assert_eq!(f.objects().len(), 8, "dead blocks wait for the reaper");
+        let swept = t.engine.sweep_block_stores(None).await.expect("sweep");
+        assert!(swept.reaped >= 4, "{swept:?}");
+        assert_eq!(f.objects().len(), 4, "s2 keeps its blocks, s1's are gone");
+        let check = f.check().await;
+        assert!(check.is_clean() && check.verified == 4, "{check:?}");
+    };
+
+    blocks_read_once_are_served_from_the_disk_cache => |f: Fixture| async move {
+        let t = &f.t;
+        let data = noise(2 * MIB, 5);
+        t.write_file("/dataset", &data).await;
+        let cache_dir = tempfile::tempdir().expect("tempdir");
+        let cached_engine = || async {
+            let config = EngineConfig {
+                disk_cache: Some(DiskCacheConfig {
+                    dir: cache_dir.path().to_path_buf(),
+                    capacity_bytes: 64 << 20,
+                }),
+                ..EngineConfig::default()
+            };
+            Engine::with_backend(t.engine.backend().clone(), config)
+                .await
+                .expect("engine")
+        };
+        let first = cached_engine().await;
+        assert_eq!(read_all(&first, &t.tenant, "dataset").await, data);
+        first.close().await.expect("close");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while files_under(cache_dir.path()).len() < 8 {
+            assert!(std::time::Instant::now() < deadline, "the cache is never filled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // The store is out of reach: a new engine (cold memory) reads from the disk cache.
+        let away = f.dir.path().join("away");
+        std::fs::rename(f.tenant_dir(), &away).expect("hide the store");
+        let second = cached_engine().await;
+        assert_eq!(read_all(&second, &t.tenant, "dataset").await, data);
+        second.close().await.expect("close");
+
+        // A damaged cache file is never served: the block comes from the store again.
+        std::fs::rename(&away, f.tenant_dir()).expect("bring the store back");
+        let damaged = &files_under(cache_dir.path())[0];
+        std::fs::write(damaged, vec![0x55; 4096]).expect("damage");
+        let third = cached_engine().await;
+        assert_eq!(read_all(&third, &t.tenant, "dataset").await, data);
+        third.close().await.expect("close");
     };
 
     check_data_finds_missing_and_corrupt_blocks => |f: Fixture| async move {

@@ -3,104 +3,19 @@
 //! which deletes them once the server is back; afterwards every fsynced byte reads back from a
 //! fresh engine and `check_data` is clean.
 //!
-//! The server is an `s3s-fs` process this test starts and kills (`TARBOX_TEST_S3_SERVER`, set
-//! by `scripts/test.sh`, else `s3s-fs` on the PATH); without one the test is skipped with a
-//! message outside CI.
+//! The server is an `s3s-fs` process these tests start and kill ([`S3Server`]); without one they
+//! are skipped with a message outside CI.
 
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tarbox_fs::Filesystem as _;
 use tarbox_fs::store::S3Credentials;
 use tarbox_fs::{Caller, Engine, EngineConfig, LayerRef, TenantOptions};
+use tarbox_tests::s3_server::{KEY, S3Server, SECRET};
 use tarbox_tests::{noise, postgres_url, unique_tenant_name};
 
-const KEY: &str = "outage-key";
-const SECRET: &str = "outage-secret";
 const MIB: usize = 1 << 20;
-
-/// An `s3s-fs` server on a loopback port, killed when dropped.
-struct Server {
-    binary: String,
-    root: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Server {
-    fn binary() -> Option<String> {
-        if let Ok(path) = std::env::var("TARBOX_TEST_S3_SERVER") {
-            return Some(path);
-        }
-        let found = Command::new("sh")
-            .args(["-c", "command -v s3s-fs"])
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-        if found.is_none() && std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("s3s-fs is required in CI (scripts/test.sh installs it)");
-        }
-        found
-    }
-
-    fn start(binary: String) -> Server {
-        let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(root.path().join("bucket")).expect("bucket");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let mut server = Server {
-            binary,
-            root,
-            port,
-            child: None,
-        };
-        server.up();
-        server
-    }
-
-    fn up(&mut self) {
-        let child = Command::new(&self.binary)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--access-key", KEY, "--secret-key", SECRET])
-            .arg(self.root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start s3s-fs");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("s3s-fs did not start listening");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("s3://bucket/tarbox?endpoint=http://127.0.0.1:{}", self.port)
-    }
-
-    fn objects(&self) -> usize {
-        tarbox_tests::files_under(&self.root.path().join("bucket")).len()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn config() -> EngineConfig {
     EngineConfig {
@@ -116,12 +31,12 @@ fn config() -> EngineConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s3_outage_loses_nothing_fsynced() {
-    let Some(binary) = Server::binary() else {
+    let Some(binary) = S3Server::binary() else {
         eprintln!("SKIPPED: no s3s-fs (set TARBOX_TEST_S3_SERVER or install it)");
         return;
     };
     let url = postgres_url().await.unwrap_or_else(|| "memory://".into());
-    let mut server = Server::start(binary);
+    let server = Arc::new(S3Server::start(binary));
     let engine = Engine::open(&url, config()).await.expect("engine");
     let tenant = unique_tenant_name();
     let options = TenantOptions {
@@ -171,19 +86,10 @@ async fn an_s3_outage_loses_nothing_fsynced() {
         if i == 8 {
             server.kill();
             let restart = std::thread::spawn({
-                let mut server = std::mem::replace(
-                    &mut server,
-                    Server {
-                        binary: String::new(),
-                        root: tempfile::tempdir().expect("tempdir"),
-                        port: 0,
-                        child: None,
-                    },
-                );
+                let server = server.clone();
                 move || {
                     std::thread::sleep(Duration::from_secs(2));
                     server.up();
-                    server
                 }
             });
             // Writing on while it is down: the pieces are buffered, the next fsync waits.
@@ -201,7 +107,7 @@ async fn an_s3_outage_loses_nothing_fsynced() {
                 .fsync(&me, fh, false)
                 .await
                 .expect("fsync waits the outage out");
-            server = restart.join().expect("restart");
+            restart.join().expect("restart");
             continue;
         }
         volume
@@ -253,4 +159,98 @@ async fn an_s3_outage_loses_nothing_fsynced() {
     fresh.delete_tenant(&tenant).await.expect("delete");
     fresh.purge_tenant(&tenant).await.expect("purge");
     assert_eq!(server.objects(), 0, "a purge empties the tenant's prefix");
+}
+
+/// An outage longer than the engine waits: the fsync fails with `EIO` instead of hanging, no
+/// committed row names a block the store never got, and the data stays buffered, so the same
+/// fsync succeeds once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_s3_outage_fails_with_eio_and_commits_nothing_unstored() {
+    let Some(binary) = S3Server::binary() else {
+        eprintln!("SKIPPED: no s3s-fs (set TARBOX_TEST_S3_SERVER or install it)");
+        return;
+    };
+    let url = postgres_url().await.unwrap_or_else(|| "memory://".into());
+    let server = S3Server::start(binary);
+    let config = EngineConfig {
+        outage_wait: Duration::from_secs(2),
+        ..config()
+    };
+    let engine = Engine::open(&url, config.clone()).await.expect("engine");
+    let tenant = unique_tenant_name();
+    let options = TenantOptions {
+        data_url: Some(server.url()),
+        ..TenantOptions::default()
+    };
+    engine
+        .create_tenant(&tenant, options)
+        .await
+        .expect("tenant");
+    let volume = engine.volume(&tenant).await.expect("volume");
+    let me = Caller::root();
+    let kept = noise(2 * MIB, 3);
+    let (kept_attr, fh) = volume
+        .create(&me, tarbox_fs::Ino::ROOT, b"kept", 0o644, libc::O_WRONLY)
+        .await
+        .expect("create kept");
+    volume.write(&me, fh, 0, &kept).await.expect("write kept");
+    volume.fsync(&me, fh, false).await.expect("fsync kept");
+    volume.release(&me, fh).await.expect("close kept");
+
+    server.kill();
+    let late = noise(2 * MIB, 4);
+    let (late_attr, fh) = volume
+        .create(&me, tarbox_fs::Ino::ROOT, b"late", 0o644, libc::O_WRONLY)
+        .await
+        .expect("create late");
+    volume.write(&me, fh, 0, &late).await.expect("buffered");
+    // A guard against hanging, far beyond the 2 s the engine waits.
+    let failed = tokio::time::timeout(Duration::from_secs(120), volume.fsync(&me, fh, false))
+        .await
+        .expect("the fsync gives up instead of hanging");
+    let e = failed.expect_err("nothing can be stored while the server is down");
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+
+    server.up();
+    let check = engine
+        .check_data(&tenant, &|_| {})
+        .await
+        .expect("check data");
+    assert!(
+        check.is_clean() && check.verified == 8,
+        "only the 2 MiB fsynced before the outage is referenced: {check:?}"
+    );
+    volume
+        .fsync(&me, fh, false)
+        .await
+        .expect("the buffered data is stored once the server is back");
+    volume.release(&me, fh).await.expect("close late");
+
+    engine.close().await.expect("close engine");
+    let fresh = Engine::open(&url, config).await.expect("fresh engine");
+    let volume = fresh.volume(&tenant).await.expect("volume");
+    for (attr, data) in [(kept_attr, &kept), (late_attr, &late)] {
+        let fh = volume
+            .open(&me, attr.ino, libc::O_RDONLY)
+            .await
+            .expect("open");
+        let mut back = Vec::with_capacity(data.len());
+        while back.len() < data.len() {
+            let got = volume
+                .read(&me, fh, back.len() as u64, MIB as u32)
+                .await
+                .expect("read");
+            assert!(!got.is_empty(), "short file at {}", back.len());
+            back.extend_from_slice(&got);
+        }
+        assert!(&back == data, "the file reads back byte for byte");
+        volume.release(&me, fh).await.expect("close");
+    }
+    let check = fresh
+        .check_data(&tenant, &|_| {})
+        .await
+        .expect("check data");
+    assert!(check.is_clean() && check.verified == 16, "{check:?}");
+    fresh.delete_tenant(&tenant).await.expect("delete");
+    fresh.purge_tenant(&tenant).await.expect("purge");
 }

@@ -16,8 +16,10 @@ use std::time::{Duration, SystemTime};
 use tracing::{debug, warn};
 
 use super::{Engine, Shared, Volume, lock};
-use crate::backend::{BlockHash, BlockWrite, CopyBlocks, StoreRead, StoreTxn, StoredBlock};
-use crate::error::{BackendResult, FsResult};
+use crate::backend::{
+    BlockHash, BlockWrite, CopyBlocks, StoreRead, StoreTxn, StoredBlock, TenantRecord, TenantState,
+};
+use crate::error::{BackendError, BackendResult, FsError, FsResult};
 use crate::store::BlockStore;
 use crate::types::{Ino, TenantId};
 
@@ -36,12 +38,14 @@ const REAP_BATCH: usize = 1024;
 const LIST_PAGE: usize = 4096;
 
 impl Shared {
-    /// The block store at `url`, opened once per engine.
+    /// The block store at `url`, opened once per engine (and again when its keys change).
     pub(crate) async fn store(&self, url: &str) -> BackendResult<Arc<dyn BlockStore>> {
         if let Some(store) = lock(&self.stores).get(url) {
             return Ok(store.clone());
         }
-        let store = crate::store::open(url, self.config.s3_credentials.as_ref()).await?;
+        let keys = lock(&self.store_keys).get(url).cloned();
+        let keys = keys.or_else(|| self.config.s3_credentials.clone());
+        let store = crate::store::open(url, keys.as_ref(), self.config.outage_wait).await?;
         Ok(lock(&self.stores)
             .entry(url.to_string())
             .or_insert(store)
@@ -220,6 +224,17 @@ impl CopyBlocks for StoreCopy {
 }
 
 impl Engine {
+    /// Use `keys` for the S3 block store at `data_url` from now on, instead of the engine's
+    /// (a CSI driver learns them from each StorageClass's secrets).
+    pub fn set_store_keys(&self, data_url: &str, keys: crate::store::S3Credentials) {
+        let mut known = lock(&self.shared.store_keys);
+        if known.get(data_url) != Some(&keys) {
+            known.insert(data_url.to_string(), keys);
+            // Reopened with the new keys when next used.
+            lock(&self.shared.stores).remove(data_url);
+        }
+    }
+
     /// The copier a clone of `source` needs: `None` when its blocks live in rows.
     pub(crate) async fn clone_copier(
         &self,
@@ -245,11 +260,86 @@ impl Engine {
         progress: &(dyn Fn(u64) + Sync),
     ) -> FsResult<GarbageReport> {
         let record = self.tenant_record(tenant).await?;
+        self.collect_garbage_of(&record, Some(orphan_grace), progress)
+            .await
+    }
+
+    /// [`Engine::collect_garbage`] of every tenant with a block store, live or retired (a
+    /// retired tenant's dropped snapshots leave dead blocks that no volume reaps); the sweep for
+    /// orphans only when `orphan_grace` is given, as it lists every object.
+    pub async fn sweep_block_stores(
+        &self,
+        orphan_grace: Option<Duration>,
+    ) -> FsResult<GarbageReport> {
+        let mut total = GarbageReport::default();
+        for record in self.shared.backend.list_tenants().await? {
+            let live = matches!(record.state, TenantState::Active | TenantState::Retired);
+            if record.data_url.is_none() || !live {
+                continue;
+            }
+            match self
+                .collect_garbage_of(&record, orphan_grace, &|_| {})
+                .await
+            {
+                Ok(report) => {
+                    total.adopted += report.adopted;
+                    total.reaped += report.reaped;
+                }
+                // Purged meanwhile: nothing of it is left to collect.
+                Err(FsError::Backend(BackendError::TenantGone)) => {}
+                Err(e) => {
+                    warn!(tenant = %record.name, error = %e, "collecting a block store's garbage failed")
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Run [`Engine::sweep_block_stores`] in the background: dead blocks reaped every
+    /// `interval`, orphans looked for every `orphan_every` intervals.
+    pub fn spawn_store_sweeper(
+        &self,
+        interval: Duration,
+        orphan_every: u32,
+        orphan_grace: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            for round in 1u64.. {
+                tokio::time::sleep(interval).await;
+                let orphans = (round % u64::from(orphan_every.max(1)) == 0).then_some(orphan_grace);
+                match engine.sweep_block_stores(orphans).await {
+                    Ok(r) if r.adopted + r.reaped > 0 => {
+                        debug!(adopted = r.adopted, reaped = r.reaped, "block stores swept");
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "sweeping the block stores failed"),
+                }
+            }
+        })
+    }
+
+    async fn collect_garbage_of(
+        &self,
+        record: &TenantRecord,
+        orphan_grace: Option<Duration>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> FsResult<GarbageReport> {
         let DataPath::Store(store) = self.shared.data_path(record.data_url.as_deref()).await?
         else {
             return Ok(GarbageReport::default());
         };
         let mut report = GarbageReport::default();
+        let Some(orphan_grace) = orphan_grace else {
+            report.reaped = reap(
+                &self.shared,
+                store.as_ref(),
+                record.id,
+                self.shared.config.dead_block_grace,
+            )
+            .await?;
+            return Ok(report);
+        };
         let now = SystemTime::UNIX_EPOCH
             + Duration::from_nanos(u64::try_from(self.shared.now().0).unwrap_or(0));
         let cutoff = now

@@ -647,12 +647,40 @@ impl Volume {
         if missing.is_empty() {
             return Ok(out);
         }
-        let bs = self.block_size();
         let mut decoded: HashMap<BlockHash, Bytes> = HashMap::new();
-        for block in self.load_blocks(r, &missing).await? {
+        let disk = self.shared().disk_cache.clone();
+        if let Some(disk) = &disk {
+            let wanted = std::mem::take(&mut missing);
+            let (on_disk, wanted) = tokio::task::spawn_blocking({
+                let disk = disk.clone();
+                move || (disk.get_many(tenant, &wanted), wanted)
+            })
+            .await
+            .map_err(|e| BackendError::Other(e.into()))?;
+            for (hash, content) in on_disk {
+                cache.insert(tenant, hash, content.clone());
+                decoded.insert(hash, content);
+            }
+            missing = wanted
+                .into_iter()
+                .filter(|h| !decoded.contains_key(h))
+                .collect();
+        }
+        let bs = self.block_size();
+        let mut loaded = Vec::with_capacity(missing.len());
+        let found = if missing.is_empty() {
+            Vec::new()
+        } else {
+            self.load_blocks(r, &missing).await?
+        };
+        for block in found {
             let content = blocks::decode(&block, bs)?;
             cache.insert(tenant, block.hash, content.clone());
-            decoded.insert(block.hash, content);
+            decoded.insert(block.hash, content.clone());
+            loaded.push((block.hash, content));
+        }
+        if let Some(disk) = &disk {
+            disk.fill(tenant, loaded);
         }
         for (idx, hash) in hashes {
             if out.contains_key(idx) {

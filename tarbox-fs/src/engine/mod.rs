@@ -21,6 +21,7 @@ mod blocks;
 mod data;
 mod diff;
 mod dir;
+mod disk_cache;
 mod fsck;
 mod io;
 mod layers;
@@ -48,6 +49,7 @@ pub(crate) use perm::allowed as perm_allows;
 
 pub use data::{DataCheck, GarbageReport};
 pub use diff::{Change, ChangeKind, ContentDiff, LayerDiff, TEXT_DIFF_LIMIT};
+pub use disk_cache::DiskCacheConfig;
 pub use fsck::{FsckProblem, FsckReport};
 pub use layers::{LayerRef, LayerSummary, LayerTree, Layers, validate_layer_name};
 pub use tenants::{CloneOptions, TenantInfo, TenantOptions, validate_tenant_name};
@@ -68,6 +70,8 @@ use io::OpenFile;
 pub struct EngineConfig {
     /// Bytes of decoded blocks kept in memory, shared by every volume of the engine.
     pub block_cache_bytes: u64,
+    /// Decoded blocks kept on local disk as well, behind the memory cache; `None` for none.
+    pub disk_cache: Option<DiskCacheConfig>,
     /// Dirty bytes buffered per open file before a write flushes them to the backend.
     pub write_buffer_bytes: u64,
     /// How often the engine proves to the store that its session is alive.
@@ -96,6 +100,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             block_cache_bytes: 256 << 20,
+            disk_cache: None,
             write_buffer_bytes: 16 << 20,
             heartbeat_interval: Duration::from_secs(10),
             session_timeout: Duration::from_secs(60),
@@ -117,6 +122,7 @@ struct Shared {
     backend: Arc<dyn Backend>,
     config: EngineConfig,
     cache: BlockCache,
+    disk_cache: Option<Arc<disk_cache::DiskCache>>,
     session: u64,
     auditor: Auditor,
     node: Arc<str>,
@@ -127,6 +133,8 @@ struct Shared {
     volumes_opened: AtomicU64,
     /// Block stores opened, by URL.
     stores: Mutex<HashMap<String, Arc<dyn crate::store::BlockStore>>>,
+    /// S3 keys given for particular block stores, by URL.
+    store_keys: Mutex<HashMap<String, crate::store::S3Credentials>>,
 }
 
 impl Shared {
@@ -188,6 +196,14 @@ impl Engine {
             .open_session(&format!("tarbox-fs pid {}", std::process::id()), now)
             .await?;
         let cache = BlockCache::new(config.block_cache_bytes);
+        let disk_cache = match config.disk_cache.clone() {
+            None => None,
+            Some(disk) => Some(Arc::new(
+                tokio::task::spawn_blocking(move || disk_cache::DiskCache::open(&disk))
+                    .await
+                    .map_err(|e| BackendError::Other(e.into()))??,
+            )),
+        };
         let mut sinks: Vec<Arc<dyn AuditSink>> = Vec::new();
         if config.audit.store {
             sinks.push(Arc::new(StoreSink::new(backend.clone())));
@@ -199,6 +215,7 @@ impl Engine {
             backend,
             config,
             cache,
+            disk_cache,
             session,
             auditor,
             node,
@@ -206,6 +223,7 @@ impl Engine {
             op_metrics: audit::OpMetrics::register(),
             volumes_opened: AtomicU64::new(0),
             stores: Mutex::new(HashMap::new()),
+            store_keys: Mutex::new(HashMap::new()),
         });
         spawn_heartbeat(Arc::downgrade(&shared));
         Ok(Engine { shared })

@@ -27,12 +27,12 @@ mod s3;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
 pub use file::FileStore;
-pub use s3::{RETRY_FOR, S3Credentials, S3Store};
+pub use s3::{S3Credentials, S3Store};
 
 use crate::backend::{BlockHash, StoredBlock};
 use crate::error::{BackendError, BackendResult};
@@ -125,14 +125,18 @@ fn parse(url: &str) -> BackendResult<DataUrl> {
 }
 
 /// Open the block store a data URL names; S3 keys come from `s3` when given, else from the
-/// environment.
-pub async fn open(url: &str, s3: Option<&S3Credentials>) -> BackendResult<Arc<dyn BlockStore>> {
+/// environment, and S3 requests are retried through an outage for `retry_for`.
+pub async fn open(
+    url: &str,
+    s3: Option<&S3Credentials>,
+    retry_for: Duration,
+) -> BackendResult<Arc<dyn BlockStore>> {
     match parse(url)? {
         DataUrl::File(root, fsync) => {
             let store = FileStore::open(root).await?;
             Ok(Arc::new(if fsync { store } else { store.without_fsync() }))
         }
-        DataUrl::S3(location) => Ok(Arc::new(S3Store::open(&location, s3)?)),
+        DataUrl::S3(location) => Ok(Arc::new(S3Store::open(&location, s3, retry_for)?)),
     }
 }
 

@@ -6,7 +6,8 @@
 //! from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, or
 //! the instance's role), never from the URL: a URL is shown in `tenant info` and logs. Requests
 //! that fail for a reason worth retrying (a refused connection, a 5xx) are retried with backoff
-//! for up to [`RETRY_FOR`]; after that the operation fails (`EIO` to the program).
+//! for as long as the engine waits through outages (`EngineConfig::outage_wait`, 15 s by
+//! default); after that the operation fails (`EIO` to the program).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,11 +23,9 @@ use crate::backend::{BlockHash, StoredBlock};
 use crate::error::{BackendError, BackendResult};
 use crate::types::TenantId;
 
-/// How long a request is retried through an outage of the object store.
-pub const RETRY_FOR: Duration = Duration::from_secs(15);
-
-/// Keys for S3 given in configuration rather than the environment (the CLI's config file).
-#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+/// Keys for S3 given in configuration rather than the environment (the CLI's config file, a CSI
+/// secret).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct S3Credentials {
     pub access_key_id: String,
     pub secret_access_key: String,
@@ -131,13 +130,14 @@ impl S3Store {
     pub(crate) fn open(
         location: &S3Location,
         credentials: Option<&S3Credentials>,
+        retry_for: Duration,
     ) -> BackendResult<S3Store> {
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&location.bucket)
             .with_virtual_hosted_style_request(location.virtual_hosted)
             .with_retry(RetryConfig {
                 max_retries: 20,
-                retry_timeout: RETRY_FOR,
+                retry_timeout: retry_for,
                 ..RetryConfig::default()
             });
         if let Some(endpoint) = &location.endpoint {
