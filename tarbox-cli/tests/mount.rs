@@ -806,8 +806,8 @@ fn a_killed_pipelined_write_keeps_what_was_fsynced() {
     );
 }
 
-/// `--cache-dir`: a remounted tenant whose blocks live in a directory reads them once from the
-/// store, then from the cache, which outlives the mount; `--cache-size` alone is refused,
+/// `--cache-dir`: a remounted tenant whose blocks live in a directory has them in the cache
+/// (written or read once from the store), which outlives the mount; `--cache-size` alone is refused,
 /// naming the flag it needs.
 #[test]
 fn a_disk_cache_keeps_what_was_read_across_mounts() {
@@ -833,10 +833,6 @@ fn a_disk_cache_keeps_what_was_read_across_mounts() {
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(m.path("dataset.bin"), &data).expect("write");
     m.stop();
-    assert!(
-        tarbox_tests::files_under(cache.path()).is_empty(),
-        "written blocks are not cached"
-    );
     m.start();
     assert!(std::fs::read(m.path("dataset.bin")).expect("read") == data);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -2,8 +2,8 @@
 //!
 //! It sits between the in-memory [`BlockCache`](super::blocks::BlockCache) and the place a
 //! tenant's blocks live (its database rows, a directory, S3): a block read from there is decoded
-//! once and kept here, so reading a dataset a second time, or after a remount, costs a local read
-//! instead of a round trip to object storage.
+//! once and kept here, as is a block just written, so reading a dataset a second time, or after
+//! a remount, costs a local read instead of a round trip to object storage.
 //!
 //! Layout: `<dir>/<tenant id>/<first two hex digits>/<hash in hex>`, each file the block's trimmed
 //! content. Files are written to a temporary name and renamed, never fsynced: the cache is not
@@ -143,12 +143,22 @@ impl DiskCache {
         debug!(dir = %self.dir.display(), blocks = found, "disk cache indexed");
     }
 
-    /// The cached content of those of `hashes` that are here and intact. Blocking.
-    pub(crate) fn get_many(
-        &self,
+    /// The cached content of those of `hashes` that are here and intact, read off the async
+    /// threads.
+    pub(crate) async fn get(
+        self: &Arc<Self>,
         tenant: TenantId,
         hashes: &[BlockHash],
-    ) -> Vec<(BlockHash, Bytes)> {
+    ) -> BackendResult<Vec<(BlockHash, Bytes)>> {
+        let cache = self.clone();
+        let hashes = hashes.to_vec();
+        tokio::task::spawn_blocking(move || cache.get_many(tenant, &hashes))
+            .await
+            .map_err(|e| BackendError::Other(e.into()))
+    }
+
+    /// The cached content of those of `hashes` that are here and intact. Blocking.
+    fn get_many(&self, tenant: TenantId, hashes: &[BlockHash]) -> Vec<(BlockHash, Bytes)> {
         let mut out = Vec::new();
         for hash in hashes {
             let key = (tenant, *hash);

@@ -650,21 +650,11 @@ impl Volume {
         let mut decoded: HashMap<BlockHash, Bytes> = HashMap::new();
         let disk = self.shared().disk_cache.clone();
         if let Some(disk) = &disk {
-            let wanted = std::mem::take(&mut missing);
-            let (on_disk, wanted) = tokio::task::spawn_blocking({
-                let disk = disk.clone();
-                move || (disk.get_many(tenant, &wanted), wanted)
-            })
-            .await
-            .map_err(|e| BackendError::Other(e.into()))?;
-            for (hash, content) in on_disk {
+            for (hash, content) in disk.get(tenant, &missing).await? {
                 cache.insert(tenant, hash, content.clone());
                 decoded.insert(hash, content);
             }
-            missing = wanted
-                .into_iter()
-                .filter(|h| !decoded.contains_key(h))
-                .collect();
+            missing.retain(|h| !decoded.contains_key(h));
         }
         let bs = self.block_size();
         let mut loaded = Vec::with_capacity(missing.len());

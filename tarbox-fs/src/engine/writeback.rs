@@ -344,8 +344,13 @@ impl Volume {
             st.map.insert(w.index, w.block);
         }
         let tenant = self.inner.tenant.id;
-        for (hash, content) in contents {
-            self.shared().cache.insert(tenant, hash, content);
+        for (hash, content) in &contents {
+            self.shared().cache.insert(tenant, *hash, content.clone());
+        }
+        // What was just written is often read next (a dataset written then trained on, a
+        // random-access file): keep it on disk too, as far as the disk keeps up.
+        if let Some(disk) = &self.shared().disk_cache {
+            disk.fill(tenant, contents);
         }
         st.dirty.clear();
         st.written.clear();
