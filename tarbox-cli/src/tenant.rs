@@ -3,6 +3,7 @@
 use anyhow::{Context as _, Result};
 use clap::Subcommand;
 use tarbox_fs::{CloneOptions, Compression, LayerRef, Quota, TenantInfo, TenantOptions};
+use tracing::warn;
 
 use crate::config::parse_size;
 use crate::{Context, Output};
@@ -222,11 +223,15 @@ pub async fn run(ctx: &Context, cmd: TenantCommand) -> Result<()> {
         }
         TenantCommand::Delete { name } => {
             engine.delete_tenant(&name).await?;
-            let purged = engine.purge_deleted_tenants().await?;
-            if purged.contains(&name) {
-                println!("tenant {name:?} deleted");
-            } else {
-                println!("tenant {name:?} marked deleted; its data is removed in the background");
+            match engine.purge_tenant(&name).await {
+                Ok(()) => println!("tenant {name:?} deleted"),
+                // Deleted all the same: mounts purge it later (its block store is down, say).
+                Err(e) => {
+                    warn!(tenant = %name, error = %e, "its data cannot be removed now");
+                    println!(
+                        "tenant {name:?} marked deleted; its data is removed in the background"
+                    );
+                }
             }
             Ok(())
         }

@@ -124,6 +124,10 @@ async fn a_volume_on_s3_uses_its_secrets_keys_and_a_disk_cache() {
         })
         .await
         .expect("delete");
+    // Purged while its store is up (the purger would meet a server this test has stopped).
+    let tenant = &volume.volume_context[tarbox_csi::CONTEXT_TENANT];
+    h.engine.purge_tenant(tenant).await.expect("purge");
+    assert_eq!(server.objects(), 0, "a purge empties the volume's prefix");
     h.stop().await;
 }
 

@@ -12,8 +12,10 @@
 //! again, never served. The index of what is cached (and so the size bound) is this process's:
 //! give each mount a directory of its own.
 //!
-//! Filling never holds up a reader: it happens in the background, and is skipped while too many
-//! fills are pending (a slow cache disk must not turn into unbounded memory).
+//! Filling never holds up a reader or a writer: it happens in the background, and blocks are
+//! skipped while too many bytes wait to be written (a slow cache disk must not turn into
+//! unbounded memory). Eviction is least-recently-used: a block just written or read is the one
+//! to keep, and admission by frequency (moka's default) would turn away exactly those.
 
 use std::io::{ErrorKind, Write as _};
 use std::path::{Path, PathBuf};
@@ -39,15 +41,17 @@ pub struct DiskCacheConfig {
     pub capacity_bytes: u64,
 }
 
-/// Blocks being written to the cache at once, beyond which new fills are dropped.
-const MAX_PENDING_FILLS: usize = 64;
+/// Bytes waiting to be written to the cache, beyond which new blocks are not cached. The blocks
+/// are shared with the memory cache, so this bounds how long they are kept alive, not copies.
+const MAX_PENDING_BYTES: usize = 256 << 20;
 
 /// Decoded blocks on local disk, bounded by total bytes.
 pub(crate) struct DiskCache {
     dir: PathBuf,
     /// Cached blocks and their sizes; evicting an entry deletes its file.
     index: Cache<(TenantId, BlockHash), u32>,
-    pending_fills: AtomicUsize,
+    /// Bytes of blocks handed to [`DiskCache::fill`] and not written yet.
+    pending_bytes: AtomicUsize,
     temp_seq: AtomicU64,
 }
 
@@ -77,6 +81,7 @@ impl DiskCache {
         let evict_dir = dir.clone();
         let index = Cache::builder()
             .max_capacity(config.capacity_bytes)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_, size: &u32| (*size).max(1))
             .eviction_listener(
                 move |key: Arc<(TenantId, BlockHash)>, _, cause: RemovalCause| {
@@ -94,7 +99,7 @@ impl DiskCache {
         let cache = DiskCache {
             dir,
             index,
-            pending_fills: AtomicUsize::new(0),
+            pending_bytes: AtomicUsize::new(0),
             temp_seq: AtomicU64::new(0),
         };
         cache.index_existing();
@@ -186,29 +191,35 @@ impl DiskCache {
         out
     }
 
-    /// Keep `blocks` (decoded content) in the background; dropped while the disk lags behind.
+    /// Keep `blocks` (decoded content) in the background; those beyond what the disk keeps up
+    /// with are not cached.
     pub(crate) fn fill(self: &Arc<Self>, tenant: TenantId, blocks: Vec<(BlockHash, Bytes)>) {
-        let blocks: Vec<_> = blocks
-            .into_iter()
-            .filter(|(hash, _)| !self.index.contains_key(&(tenant, *hash)))
-            .collect();
-        if blocks.is_empty() {
-            return;
+        let mut taken = Vec::with_capacity(blocks.len());
+        let mut bytes = 0;
+        for (hash, content) in blocks {
+            if self.index.contains_key(&(tenant, hash)) {
+                continue;
+            }
+            let len = content.len();
+            if self.pending_bytes.fetch_add(len, Ordering::AcqRel) + len > MAX_PENDING_BYTES {
+                self.pending_bytes.fetch_sub(len, Ordering::AcqRel);
+                metrics::counter!("tarbox_disk_cache_fills_skipped_total").increment(1);
+                continue;
+            }
+            bytes += len;
+            taken.push((hash, content));
         }
-        let n = blocks.len();
-        if self.pending_fills.fetch_add(n, Ordering::AcqRel) + n > MAX_PENDING_FILLS {
-            self.pending_fills.fetch_sub(n, Ordering::AcqRel);
-            metrics::counter!("tarbox_disk_cache_fills_skipped_total").increment(n as u64);
+        if taken.is_empty() {
             return;
         }
         let cache = self.clone();
         let fill = move || {
-            for (hash, content) in &blocks {
+            for (hash, content) in &taken {
                 if let Err(e) = cache.write(tenant, hash, content) {
                     debug!(error = %e, "cannot cache a block on disk");
                 }
             }
-            cache.pending_fills.fetch_sub(n, Ordering::AcqRel);
+            cache.pending_bytes.fetch_sub(bytes, Ordering::AcqRel);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
@@ -257,7 +268,7 @@ impl DiskCache {
     /// Blocks written out and indexed, for tests that wait for background fills.
     #[cfg(test)]
     fn idle(&self) -> bool {
-        self.pending_fills.load(Ordering::Acquire) == 0
+        self.pending_bytes.load(Ordering::Acquire) == 0
     }
 }
 

@@ -24,9 +24,9 @@ use super::audit::HandleStats;
 use super::namespace::NodeSpec;
 use super::readahead::ReadAhead;
 use super::writeback::Writeback;
-use super::{Handle, Volume, align4k, blocks, lock, perm};
-use crate::backend::{BlockHash, StoreRead};
-use crate::error::{BackendError, FsError, FsResult};
+use super::{Handle, Volume, align4k, lock, perm};
+use crate::backend::BlockHash;
+use crate::error::{FsError, FsResult};
 use crate::types::{Caller, FileAttr, FileHandle, FileType, Ino, Inode, Timestamp};
 
 /// The shared state of an inode with open handles in this volume.
@@ -620,68 +620,6 @@ impl Volume {
             .collect();
         let mut r = self.reader();
         self.fetch_blocks(r.as_mut(), &hashes).await
-    }
-
-    /// Contents of the blocks named by `hashes` (index, hash), from the cache or the store.
-    pub(super) async fn fetch_blocks(
-        &self,
-        r: &mut dyn StoreRead,
-        hashes: &[(u64, BlockHash)],
-    ) -> FsResult<HashMap<u64, Bytes>> {
-        let tenant = self.inner.tenant.id;
-        let cache = &self.shared().cache;
-        let mut out = HashMap::with_capacity(hashes.len());
-        let mut missing: Vec<BlockHash> = Vec::new();
-        for (idx, hash) in hashes {
-            match cache.get(tenant, hash) {
-                Some(content) => {
-                    out.insert(*idx, content);
-                }
-                None => {
-                    if !missing.contains(hash) {
-                        missing.push(*hash);
-                    }
-                }
-            }
-        }
-        if missing.is_empty() {
-            return Ok(out);
-        }
-        let mut decoded: HashMap<BlockHash, Bytes> = HashMap::new();
-        let disk = self.shared().disk_cache.clone();
-        if let Some(disk) = &disk {
-            for (hash, content) in disk.get(tenant, &missing).await? {
-                cache.insert(tenant, hash, content.clone());
-                decoded.insert(hash, content);
-            }
-            missing.retain(|h| !decoded.contains_key(h));
-        }
-        let bs = self.block_size();
-        let mut loaded = Vec::with_capacity(missing.len());
-        let found = if missing.is_empty() {
-            Vec::new()
-        } else {
-            self.load_blocks(r, &missing).await?
-        };
-        for block in found {
-            let content = blocks::decode(&block, bs)?;
-            cache.insert(tenant, block.hash, content.clone());
-            decoded.insert(block.hash, content.clone());
-            loaded.push((block.hash, content));
-        }
-        if let Some(disk) = &disk {
-            disk.fill(tenant, loaded);
-        }
-        for (idx, hash) in hashes {
-            if out.contains_key(idx) {
-                continue;
-            }
-            let content = decoded.get(hash).cloned().ok_or_else(|| {
-                BackendError::Corrupt(format!("block {idx} names missing block {hash:?}"))
-            })?;
-            out.insert(*idx, content);
-        }
-        Ok(out)
     }
 }
 

@@ -22,6 +22,7 @@ mod data;
 mod diff;
 mod dir;
 mod disk_cache;
+mod fetch;
 mod fsck;
 mod io;
 mod layers;
@@ -123,6 +124,8 @@ struct Shared {
     config: EngineConfig,
     cache: BlockCache,
     disk_cache: Option<Arc<disk_cache::DiskCache>>,
+    /// Blocks being loaded from where they live, so concurrent readers load each once.
+    in_flight: fetch::InFlight,
     session: u64,
     auditor: Auditor,
     node: Arc<str>,
@@ -216,6 +219,7 @@ impl Engine {
             config,
             cache,
             disk_cache,
+            in_flight: fetch::InFlight::default(),
             session,
             auditor,
             node,

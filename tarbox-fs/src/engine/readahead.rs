@@ -9,8 +9,11 @@ use super::Volume;
 use super::io::{FileState, OpenFile};
 use crate::types::Ino;
 
-/// How far ahead of a sequential reader blocks are fetched.
+/// How far ahead of a sequential reader blocks are fetched from the database.
 const WINDOW_BYTES: u64 = 8 << 20;
+/// How far ahead from a block store, where each block is a request with its own latency (tens
+/// of milliseconds on S3) and only many in flight at once give bandwidth.
+const STORE_WINDOW_BYTES: u64 = 32 << 20;
 
 /// Where a file's reader is, and how far ahead was fetched.
 #[derive(Debug, Default)]
@@ -38,7 +41,12 @@ impl Volume {
             ra.fetched_until = 0;
             return;
         }
-        let window = (WINDOW_BYTES / bs).max(2);
+        let window_bytes = if self.block_store().is_some() {
+            STORE_WINDOW_BYTES
+        } else {
+            WINDOW_BYTES
+        };
+        let window = (window_bytes / bs).max(2);
         let after = (end - 1) / bs + 1;
         // Fetch again when half the window has been read.
         if ra.fetched_until >= after + window / 2 {

@@ -356,29 +356,43 @@ impl Engine {
     }
 
     /// Remove the rows of every tenant marked deleted, and of retired tenants left without a
-    /// checkpoint. Returns the names purged.
+    /// checkpoint. Returns the names purged. A tenant that cannot be purged now (its block
+    /// store is unreachable) is logged and left for the next round; it holds up no other.
     pub async fn purge_deleted_tenants(&self) -> FsResult<Vec<String>> {
         let mut purged = Vec::new();
         for record in self.shared.backend.list_tenants().await? {
-            // A retired tenant whose last checkpoint went while it was being retired (a volume
-            // and its last snapshot deleted at once) keeps nothing: delete it.
-            if record.state == TenantState::Retired {
-                let layers = self.shared.backend.layers(record.id).await?;
-                if !layers.iter().any(|l| l.name.is_some()) {
-                    self.shared.backend.mark_tenant_deleted(record.id).await?;
-                    self.purge_record(&record).await?;
-                    info!(tenant = %record.name, "retired tenant without checkpoints purged");
-                    purged.push(record.name);
+            match self.purge_if_done(&record).await {
+                Ok(true) => purged.push(record.name),
+                Ok(false) | Err(FsError::Backend(BackendError::TenantGone)) => {}
+                Err(e) => {
+                    tracing::warn!(tenant = %record.name, error = %e, "cannot purge a deleted tenant yet");
                 }
-                continue;
-            }
-            if record.state == TenantState::Deleted {
-                self.purge_record(&record).await?;
-                info!(tenant = %record.name, "tenant purged");
-                purged.push(record.name);
             }
         }
         Ok(purged)
+    }
+
+    /// Purge `record` if it is deleted, or retired without a checkpoint left (a volume and its
+    /// last snapshot deleted at once keep nothing). Whether it was purged.
+    async fn purge_if_done(&self, record: &TenantRecord) -> FsResult<bool> {
+        match record.state {
+            TenantState::Retired => {
+                let layers = self.shared.backend.layers(record.id).await?;
+                if layers.iter().any(|l| l.name.is_some()) {
+                    return Ok(false);
+                }
+                self.shared.backend.mark_tenant_deleted(record.id).await?;
+                self.purge_record(record).await?;
+                info!(tenant = %record.name, "retired tenant without checkpoints purged");
+                Ok(true)
+            }
+            TenantState::Deleted => {
+                self.purge_record(record).await?;
+                info!(tenant = %record.name, "tenant purged");
+                Ok(true)
+            }
+            TenantState::Active => Ok(false),
+        }
     }
 
     /// Purge a deleted tenant: its block store's objects first, then its rows, so a purge cut

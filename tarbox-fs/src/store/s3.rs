@@ -41,8 +41,9 @@ impl std::fmt::Debug for S3Credentials {
     }
 }
 
-/// Requests in flight per call.
-const PARALLEL: usize = 16;
+/// Requests in flight per call: an object store answers each with tens of milliseconds of
+/// latency, so bandwidth comes from concurrency.
+const PARALLEL: usize = 64;
 
 /// Where an S3 store is, as parsed from `s3://bucket/prefix?endpoint=…&region=…`.
 #[derive(Debug, Clone, PartialEq, Eq)]
