@@ -613,19 +613,7 @@ impl TestVolume {
     /// Read a handle from offset 0 to end of file, in chunks smaller than the file so that reads
     /// at offsets inside blocks are exercised too.
     pub async fn read_handle(&self, caller: &Caller, fh: FileHandle) -> Vec<u8> {
-        const CHUNK: u32 = 100_000;
-        let mut out = Vec::new();
-        loop {
-            let chunk = self
-                .volume
-                .read(caller, fh, out.len() as u64, CHUNK)
-                .await
-                .unwrap_or_else(|e| panic!("read at {}: {e}", out.len()));
-            if chunk.is_empty() {
-                return out;
-            }
-            out.extend_from_slice(&chunk);
-        }
+        read_to_end(&self.volume, caller, fh).await
     }
 
     /// Create every missing directory of `path` as root (mode 0755); returns the last one.
@@ -850,6 +838,38 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// Read a handle of `volume` from offset 0 to end of file, in chunks smaller than a block so
+/// that reads at offsets inside blocks are exercised too.
+pub async fn read_to_end(volume: &Volume, caller: &Caller, fh: FileHandle) -> Vec<u8> {
+    const CHUNK: u32 = 100_000;
+    let mut out = Vec::new();
+    loop {
+        let chunk = volume
+            .read(caller, fh, out.len() as u64, CHUNK)
+            .await
+            .unwrap_or_else(|e| panic!("read at {}: {e}", out.len()));
+        if chunk.is_empty() {
+            return out;
+        }
+        out.extend_from_slice(&chunk);
+    }
+}
+
+/// The whole content of file `ino` of `volume`, read as root through a handle of its own.
+pub async fn read_ino(volume: &Volume, ino: Ino) -> Vec<u8> {
+    let root = Caller::root();
+    let fh = volume
+        .open(&root, ino, libc::O_RDONLY)
+        .await
+        .unwrap_or_else(|e| panic!("open inode {ino:?}: {e}"));
+    let data = read_to_end(volume, &root, fh).await;
+    volume
+        .release(&root, fh)
+        .await
+        .unwrap_or_else(|e| panic!("release inode {ino:?}: {e}"));
+    data
 }
 
 /// Files under `dir`, at any depth, without temporary ones (names starting with `.`): the

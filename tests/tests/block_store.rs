@@ -108,20 +108,7 @@ async fn read_all(engine: &Engine, tenant: &str, name: &str) -> Vec<u8> {
         .await
         .expect("lookup")
         .ino;
-    let fh = volume.open(&me, ino, libc::O_RDONLY).await.expect("open");
-    let mut out = Vec::new();
-    loop {
-        let chunk = volume
-            .read(&me, fh, out.len() as u64, 1 << 20)
-            .await
-            .expect("read");
-        if chunk.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&chunk);
-    }
-    volume.release(&me, fh).await.expect("release");
-    out
+    tarbox_tests::read_ino(&volume, ino).await
 }
 
 on_every_backend! {

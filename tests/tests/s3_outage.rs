@@ -13,7 +13,7 @@ use tarbox_fs::Filesystem as _;
 use tarbox_fs::store::S3Credentials;
 use tarbox_fs::{Caller, Engine, EngineConfig, LayerRef, TenantOptions};
 use tarbox_tests::s3_server::{KEY, S3Server, SECRET};
-use tarbox_tests::{noise, postgres_url, unique_tenant_name};
+use tarbox_tests::{noise, postgres_url, read_ino, unique_tenant_name};
 
 const MIB: usize = 1 << 20;
 
@@ -141,21 +141,9 @@ async fn an_s3_outage_loses_nothing_fsynced() {
         .expect("check data");
     assert!(check.is_clean() && check.verified == 128, "{check:?}");
     let volume = fresh.volume(&tenant).await.expect("volume");
-    let fh = volume
-        .open(&me, attr.ino, libc::O_RDONLY)
-        .await
-        .expect("open");
-    let mut back = Vec::with_capacity(data.len());
-    while back.len() < data.len() {
-        let got = volume
-            .read(&me, fh, back.len() as u64, MIB as u32)
-            .await
-            .expect("read");
-        assert!(!got.is_empty(), "short file at {}", back.len());
-        back.extend_from_slice(&got);
-    }
+    let back = read_ino(&volume, attr.ino).await;
+    assert_eq!(back.len(), data.len(), "short file");
     assert!(back == data, "the file reads back byte for byte");
-    volume.release(&me, fh).await.expect("close");
     fresh.delete_tenant(&tenant).await.expect("delete");
     fresh.purge_tenant(&tenant).await.expect("purge");
     assert_eq!(server.objects(), 0, "a purge empties the tenant's prefix");
@@ -230,21 +218,9 @@ async fn a_long_s3_outage_fails_with_eio_and_commits_nothing_unstored() {
     let fresh = Engine::open(&url, config).await.expect("fresh engine");
     let volume = fresh.volume(&tenant).await.expect("volume");
     for (attr, data) in [(kept_attr, &kept), (late_attr, &late)] {
-        let fh = volume
-            .open(&me, attr.ino, libc::O_RDONLY)
-            .await
-            .expect("open");
-        let mut back = Vec::with_capacity(data.len());
-        while back.len() < data.len() {
-            let got = volume
-                .read(&me, fh, back.len() as u64, MIB as u32)
-                .await
-                .expect("read");
-            assert!(!got.is_empty(), "short file at {}", back.len());
-            back.extend_from_slice(&got);
-        }
+        let back = read_ino(&volume, attr.ino).await;
+        assert_eq!(back.len(), data.len(), "short file");
         assert!(&back == data, "the file reads back byte for byte");
-        volume.release(&me, fh).await.expect("close");
     }
     let check = fresh
         .check_data(&tenant, &|_| {})
