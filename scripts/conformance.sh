@@ -49,9 +49,12 @@ for DATA in "${STORES[@]}"; do
   tail -n 30 "$LOG.pjdfstest"
   [[ $PJD -eq 0 ]] || { echo "conformance.sh: pjdfstest failed (full log: $LOG.pjdfstest)" >&2; exit 1; }
 
-  echo "fsx on $MNT"
-  fsx -f conformance/fsx.toml -N "${FSX_OPS:-10000}" "$MNT/fsx.file" >"$LOG.fsx" 2>&1 \
-    || { tail -n 40 "$LOG.fsx" >&2; echo "conformance.sh: fsx failed (full log: $LOG.fsx)" >&2; exit 1; }
+  # fsx prints its seed only at -v; pick it here so a failure can be replayed with -S.
+  SEED=${FSX_SEED:-$(( (RANDOM << 15) | RANDOM ))}
+  echo "fsx on $MNT (seed $SEED)"
+  fsx -S "$SEED" -f conformance/fsx.toml -N "${FSX_OPS:-10000}" "$MNT/fsx.file" >"$LOG.fsx" 2>&1 \
+    || { tail -n 40 "$LOG.fsx" >&2; grep -E 'WARN|ERROR' "$LOG" | tail -n 20 >&2
+         echo "conformance.sh: fsx failed on ${DATA%%\?*} (full log: $LOG.fsx, mount log: $LOG)" >&2; exit 1; }
   tail -n 3 "$LOG.fsx"
   cleanup
 done

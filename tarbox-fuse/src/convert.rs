@@ -26,7 +26,12 @@ pub(crate) fn name(n: &OsStr) -> Vec<u8> {
 }
 
 pub(crate) fn errno(e: &FsError) -> Errno {
-    Errno::from_i32(e.errno())
+    let n = e.errno();
+    // The program sees only EIO; the log keeps why (a store down, a corrupt block, ...).
+    if n == libc::EIO {
+        tracing::warn!(error = %e, "replying EIO");
+    }
+    Errno::from_i32(n)
 }
 
 pub(crate) fn kind(k: FileType) -> fuser::FileType {
