@@ -1,5 +1,7 @@
 //! Engine benchmarks on every available backend: create, lookup/stat, readdir, 4 KiB and 1 MiB
-//! reads and writes, and a block-size sweep of sequential I/O (how the default was chosen).
+//! reads and writes, 4 KiB appends, and a block-size sweep of sequential I/O (how the default
+//! was chosen). The write benchmarks also print their write amplification: bytes the engine
+//! stored per byte written.
 //!
 //! `cargo bench -p tarbox-benches` (PostgreSQL from TARBOX_BENCH_DATABASE_URL or the local test
 //! database). Compare ratios between rows of one run, not absolute numbers across days.
@@ -10,20 +12,22 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use tarbox_benches::{backends, fresh_volume, runtime};
 use tarbox_fs::Filesystem as _;
-use tarbox_fs::{Caller, Ino, Volume};
+use tarbox_fs::{Caller, DataWritten, Engine, Ino, Volume};
 
 /// `len` bytes that differ from those of every other `seed` in each 4 KiB, so that
-/// content-addressed deduplication cannot make a benchmark store less than it writes.
+/// content-addressed deduplication cannot make a benchmark store less than it writes, and that
+/// do not compress (as tensors and already-compressed datasets), so that what is stored is what
+/// was written.
 fn distinct(seed: u64, len: usize) -> Vec<u8> {
-    let mut buf: Vec<u8> = (0..len)
-        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
-        .collect();
-    for (k, chunk) in buf.chunks_mut(4096).enumerate() {
-        let tag = seed.wrapping_mul(1 << 20).wrapping_add(k as u64);
-        let n = chunk.len().min(8);
-        chunk[..n].copy_from_slice(&tag.to_le_bytes()[..n]);
-    }
-    buf
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
 
 const DEFAULT_BLOCK: u32 = 256 << 10;
@@ -139,6 +143,7 @@ fn data(c: &mut Criterion) {
             let seq = AtomicU64::new(1);
             g.throughput(Throughput::Bytes(size as u64));
             let label = if size == 4096 { "4KiB" } else { "1MiB" };
+            let amplification = Amplification::start(engine);
             g.bench_function(
                 BenchmarkId::new(format!("write_fsync_{label}"), name),
                 |b| {
@@ -149,10 +154,12 @@ fn data(c: &mut Criterion) {
                         vol.write(&me, fh, off, &distinct(i, size))
                             .await
                             .expect("write");
+                        amplification.wrote(size);
                         vol.fsync(&me, fh, false).await.expect("fsync");
                     })
                 },
             );
+            amplification.report(&format!("data/write_fsync_{label}/{name}"));
             g.bench_function(BenchmarkId::new(format!("read_{label}"), name), |b| {
                 b.to_async(&rt).iter(|| async {
                     let i = seq.fetch_add(7919, Ordering::Relaxed);
@@ -162,8 +169,65 @@ fn data(c: &mut Criterion) {
             });
         }
         rt.block_on(vol.release(&me, fh)).expect("release");
+
+        // Appends of 4 KiB, each made durable: a log, a journal, a metrics file.
+        let (_, log) = rt
+            .block_on(vol.create(
+                &me,
+                Ino::ROOT,
+                b"log",
+                0o644,
+                libc::O_WRONLY | libc::O_APPEND,
+            ))
+            .expect("create");
+        let n = AtomicU64::new(0);
+        g.throughput(Throughput::Bytes(4096));
+        let amplification = Amplification::start(engine);
+        g.bench_function(BenchmarkId::new("append_fsync_4KiB", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let i = n.fetch_add(1, Ordering::Relaxed);
+                vol.write(&me, log, 0, &distinct(i, 4096))
+                    .await
+                    .expect("append");
+                amplification.wrote(4096);
+                vol.fsync(&me, log, false).await.expect("fsync");
+            })
+        });
+        amplification.report(&format!("data/append_fsync_4KiB/{name}"));
+        rt.block_on(vol.release(&me, log)).expect("release");
     }
     g.finish();
+}
+
+/// Write amplification over a benchmark: bytes the engine stored (`Engine::data_written`) per
+/// byte the benchmark wrote, printed beside criterion's timings.
+struct Amplification<'a> {
+    engine: &'a Engine,
+    before: DataWritten,
+    written: AtomicU64,
+}
+
+impl<'a> Amplification<'a> {
+    fn start(engine: &'a Engine) -> Self {
+        Amplification {
+            engine,
+            before: engine.data_written(),
+            written: AtomicU64::new(0),
+        }
+    }
+
+    fn wrote(&self, bytes: usize) {
+        self.written.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn report(&self, id: &str) {
+        let stored = self.engine.data_written().bytes - self.before.bytes;
+        let written = self.written.load(Ordering::Relaxed).max(1);
+        println!(
+            "{id}: write amplification {:.2} ({stored} bytes stored for {written} written)",
+            stored as f64 / written as f64
+        );
+    }
 }
 
 /// Sequential 16 MiB write+fsync per block size: the default
@@ -180,6 +244,7 @@ fn block_size(c: &mut Criterion) {
         for bs in [64u32 << 10, 256 << 10, 1 << 20] {
             let vol = rt.block_on(fresh_volume(engine, bs));
             let n = AtomicU64::new(0);
+            let amplification = Amplification::start(engine);
             g.bench_function(
                 BenchmarkId::new(format!("seq_write_{}KiB", bs >> 10), name),
                 |b| {
@@ -200,12 +265,14 @@ fn block_size(c: &mut Criterion) {
                             vol.write(&me, fh, off as u64, &payload)
                                 .await
                                 .expect("write");
+                            amplification.wrote(payload.len());
                         }
                         vol.fsync(&me, fh, false).await.expect("fsync");
                         vol.release(&me, fh).await.expect("release");
                     })
                 },
             );
+            amplification.report(&format!("block_size/seq_write_{}KiB/{name}", bs >> 10));
         }
     }
     g.finish();

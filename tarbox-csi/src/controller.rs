@@ -242,12 +242,8 @@ impl Driver {
             .await
             .map_err(status)?;
         // Deleting, cloning or snapshotting it may touch its block store: with these keys.
-        if let (Some(url), Some(keys)) = (
-            info.as_ref().and_then(|i| i.data_url.as_ref()),
-            store_keys::from_secrets(secrets)?,
-        ) {
-            engine.set_store_keys(url, keys);
-        }
+        let url = info.as_ref().and_then(|i| i.data_url.as_deref());
+        store_keys::register(&engine, url, secrets)?;
         Ok(info
             .filter(|i| states.contains(&i.state) && is_ours(i))
             .map(|info| Vol { engine, info, id }))
@@ -488,10 +484,7 @@ impl Controller for Driver {
         check_capabilities(&req.volume_capabilities).map_err(invalid)?;
         let params = params::parse(&req.parameters).map_err(invalid)?;
         let database = self.databases().named_by(&req.secrets).await?;
-        if let (Some(url), Some(keys)) = (&params.data_url, store_keys::from_secrets(&req.secrets)?)
-        {
-            database.1.set_store_keys(url, keys);
-        }
+        store_keys::register(&database.1, params.data_url.as_deref(), &req.secrets)?;
         let source = match &req.volume_content_source {
             Some(s) => Some(self.content_source(s, &req.secrets).await?),
             None => None,

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use tarbox_fs::Engine;
 use tarbox_fs::store::S3Credentials;
 use tonic::Status;
 
@@ -36,6 +37,20 @@ pub(crate) fn from_secrets(
             "the secret has {SECRET_SECRET_ACCESS_KEY} but no {SECRET_ACCESS_KEY_ID}"
         ))),
     }
+}
+
+/// Give `engine` the S3 keys in `secrets` for the block store at `url`, when there is a store
+/// and there are keys: what its deletes, clones and snapshots will use. Half a pair is refused
+/// as by [`from_secrets`], store or not.
+pub(crate) fn register(
+    engine: &Engine,
+    url: Option<&str>,
+    secrets: &HashMap<String, String>,
+) -> Result<(), Status> {
+    if let (Some(url), Some(keys)) = (url, from_secrets(secrets)?) {
+        engine.set_store_keys(url, keys);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ pub use audit::{AuditConfig, AuditEvent, AuditFilter, AuditLevel, AuditOp};
 pub use backend::{Backend, Compression, LayerRecord, TenantAudit, TenantRecord, TenantState};
 pub use control::ControlFs;
 pub use engine::{
-    Change, ChangeKind, CloneOptions, ContentDiff, DataCheck, DiskCacheConfig, Engine,
+    Change, ChangeKind, CloneOptions, ContentDiff, DataCheck, DataWritten, DiskCacheConfig, Engine,
     EngineConfig, FsckProblem, FsckReport, GarbageReport, LayerDiff, LayerRef, LayerSummary,
     LayerTree, Layers, TEXT_DIFF_LIMIT, TenantInfo, TenantOptions, Volume, VolumeOptions,
     validate_layer_name, validate_tenant_name,

@@ -150,7 +150,11 @@ impl fuser::Filesystem for TarboxFuse {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ATOMIC_O_TRUNC
             // The engine clears setuid/setgid itself on write, truncate and chown.
-            | InitFlags::FUSE_HANDLE_KILLPRIV;
+            | InitFlags::FUSE_HANDLE_KILLPRIV
+            // ... and so the kernel may remember that a file has no privileges to drop
+            // (SB_NOSEC): without it, every write() first asks for security.capability, two
+            // database round trips per write.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let supported = config.capabilities() & wanted;
         if let Err(unsupported) = config.add_capabilities(supported) {
             debug!(?unsupported, "kernel refused FUSE capabilities");

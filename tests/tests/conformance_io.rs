@@ -574,6 +574,33 @@ backend_tests! {
         assert_eq!(t.usage().await, baseline, "usage returns to what it was");
     }
 
+    /// What the engine reports having stored (`Engine::data_written`, the measure of write
+    /// amplification): whole blocks written in sequence are stored once each at their size; a
+    /// small write into a stored block stores that whole block again.
+    async fn data_written_counts_each_stored_block(t: TestVolume) {
+        let root = Caller::root();
+        let bs = t.engine.tenant_info(&t.tenant).await.expect("tenant info").block_size as u64;
+        let before = t.engine.data_written();
+        let (_, fh) = t.volume.create(&root, Ino::ROOT, b"f", 0o644, libc::O_RDWR).await.expect("create");
+        pwrite(&t, fh, 0, &noise(4 * bs as usize, 7)).await;
+        t.volume.fsync(&root, fh, false).await.expect("fsync");
+        let sequential = t.engine.data_written();
+        assert_eq!(sequential.blocks - before.blocks, 4, "four whole blocks stored");
+        // Noise does not compress: each block is stored at its size.
+        assert_eq!(sequential.bytes - before.bytes, 4 * bs);
+
+        pwrite(&t, fh, bs + 100, &noise(4096, 8)).await;
+        t.volume.fsync(&root, fh, false).await.expect("fsync");
+        let small = t.engine.data_written();
+        assert_eq!(small.blocks - sequential.blocks, 1, "the block written into is stored again");
+        assert_eq!(small.bytes - sequential.bytes, bs);
+
+        // Nothing written, nothing stored.
+        t.volume.fsync(&root, fh, false).await.expect("fsync");
+        release(&t, fh).await;
+        assert_eq!(t.engine.data_written(), small);
+    }
+
     async fn a_file_replaced_by_rename_while_open_lives_until_released(t: TestVolume) {
         let root = Caller::root();
         let v = &t.volume;

@@ -10,7 +10,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use tracing::{debug, warn};
@@ -193,6 +193,33 @@ pub struct GarbageReport {
     pub reaped: u64,
 }
 
+/// What an engine's flushes have written where blocks live (rows or a block store) since it
+/// opened: block contents as stored (hashed, compressed), each new block once. Against the
+/// bytes programs wrote, this is the data path's write amplification: a 4 KiB write into a
+/// stored block costs a whole block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataWritten {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct WrittenCounters {
+    blocks: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl WrittenCounters {
+    /// Count blocks a flush committed.
+    pub(super) fn add(&self, blocks: &[StoredBlock]) {
+        let bytes: u64 = blocks.iter().map(|b| b.data.len() as u64).sum();
+        self.blocks
+            .fetch_add(blocks.len() as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        metrics::counter!("tarbox_stored_bytes_total").increment(bytes);
+    }
+}
+
 /// What [`Engine::check_data`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataCheck {
@@ -224,6 +251,15 @@ impl CopyBlocks for StoreCopy {
 }
 
 impl Engine {
+    /// What this engine's flushes have written where blocks live, since it opened.
+    pub fn data_written(&self) -> DataWritten {
+        let w = &self.shared.written;
+        DataWritten {
+            blocks: w.blocks.load(Ordering::Relaxed),
+            bytes: w.bytes.load(Ordering::Relaxed),
+        }
+    }
+
     /// Use `keys` for the S3 block store at `data_url` from now on, instead of the engine's
     /// (a CSI driver learns them from each StorageClass's secrets).
     pub fn set_store_keys(&self, data_url: &str, keys: crate::store::S3Credentials) {

@@ -48,7 +48,7 @@ use tracing::{debug, warn};
 pub(crate) use names::CONTROL_DIR;
 pub(crate) use perm::allowed as perm_allows;
 
-pub use data::{DataCheck, GarbageReport};
+pub use data::{DataCheck, DataWritten, GarbageReport};
 pub use diff::{Change, ChangeKind, ContentDiff, LayerDiff, TEXT_DIFF_LIMIT};
 pub use disk_cache::DiskCacheConfig;
 pub use fsck::{FsckProblem, FsckReport};
@@ -134,6 +134,8 @@ struct Shared {
     op_metrics: audit::OpMetrics,
     /// Numbers the volumes of this engine, for their default mount names.
     volumes_opened: AtomicU64,
+    /// What flushes wrote where blocks live.
+    written: data::WrittenCounters,
     /// Block stores opened, by URL.
     stores: Mutex<HashMap<String, Arc<dyn crate::store::BlockStore>>>,
     /// S3 keys given for particular block stores, by URL.
@@ -226,6 +228,7 @@ impl Engine {
             processes: Mutex::new(HashMap::new()),
             op_metrics: audit::OpMetrics::register(),
             volumes_opened: AtomicU64::new(0),
+            written: data::WrittenCounters::default(),
             stores: Mutex::new(HashMap::new()),
             store_keys: Mutex::new(HashMap::new()),
         });

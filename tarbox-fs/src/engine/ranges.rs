@@ -79,6 +79,8 @@ impl Volume {
             if size == old && !always_touch {
                 return Ok(());
             }
+            // The cut block stored anew, if any.
+            let mut cut_block: Vec<StoredBlock> = Vec::new();
             if size < old {
                 txn.truncate_blocks(ino, size.div_ceil(bs)).await?;
                 if size % bs != 0 {
@@ -100,6 +102,7 @@ impl Volume {
                         self.store_blocks(&new_blocks).await?;
                         self.map_blocks(txn.as_mut(), ino, &[write], &new_blocks, epoch)
                             .await?;
+                        cut_block = new_blocks;
                     }
                 }
             }
@@ -116,6 +119,7 @@ impl Volume {
             }
             txn.put_inode(&inode).await?;
             self.commit(txn).await?;
+            self.shared().written.add(&cut_block);
             Ok(())
         })
         .await

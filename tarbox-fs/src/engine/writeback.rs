@@ -337,6 +337,7 @@ impl Volume {
                 }
                 txn.put_inode(&inode).await?;
                 self.commit(txn).await?;
+                self.shared().written.add(&new_blocks);
                 Ok((size, writes, contents))
             })
             .await?;
