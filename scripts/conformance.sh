@@ -56,6 +56,8 @@ for DATA in "${STORES[@]}"; do
     || { tail -n 40 "$LOG.fsx" >&2; grep -E 'WARN|ERROR' "$LOG" | tail -n 20 >&2
          echo "conformance.sh: fsx failed on ${DATA%%\?*} (full log: $LOG.fsx, mount log: $LOG)" >&2; exit 1; }
   tail -n 3 "$LOG.fsx"
+  # Logs are kept only for a store that failed.
+  rm -f "$LOG" "$LOG.pjdfstest" "$LOG.fsx"
   cleanup
 done
 echo "conformance: pjdfstest and fsx passed on every data store"
