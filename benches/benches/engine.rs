@@ -19,15 +19,7 @@ use tarbox_fs::{Caller, DataWritten, Engine, Ino, Volume};
 /// do not compress (as tensors and already-compressed datasets), so that what is stored is what
 /// was written.
 fn distinct(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    tarbox_tests::noise(len, seed)
 }
 
 const DEFAULT_BLOCK: u32 = 256 << 10;
@@ -222,7 +214,11 @@ impl<'a> Amplification<'a> {
 
     fn report(&self, id: &str) {
         let stored = self.engine.data_written().bytes - self.before.bytes;
-        let written = self.written.load(Ordering::Relaxed).max(1);
+        let written = self.written.load(Ordering::Relaxed);
+        if written == 0 {
+            // Filtered out of this run: nothing to report.
+            return;
+        }
         println!(
             "{id}: write amplification {:.2} ({stored} bytes stored for {written} written)",
             stored as f64 / written as f64
