@@ -9,6 +9,7 @@ mod fsck;
 mod layer;
 mod metrics;
 mod mount;
+mod policy;
 mod tenant;
 mod transfer;
 
@@ -108,6 +109,9 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// Pod-level access policy of a tenant: which workloads may read or write which paths.
+    #[command(subcommand, after_help = policy::EXAMPLES)]
+    Policy(policy::PolicyCommand),
     /// Database administration.
     #[command(subcommand)]
     Db(DbCommand),
@@ -229,6 +233,7 @@ async fn run_command(ctx: &Context, command: Command) -> Result<()> {
         Command::Tenant(cmd) => tenant::run(ctx, cmd).await,
         Command::Layer(args) => layer::run(ctx, args).await,
         Command::Audit(cmd) => audit::run(ctx, cmd).await,
+        Command::Policy(cmd) => policy::run(ctx, cmd).await,
         Command::Fsck {
             tenant,
             check_data,

@@ -91,6 +91,33 @@ pub struct MountArgs {
     /// Extra FUSE mount options, comma separated or repeated (`-o allow_other,ro` style).
     #[arg(short = 'o', value_name = "OPTIONS", value_delimiter = ',')]
     options: Vec<String>,
+    /// Treat every process using the mount as this Kubernetes pod (NAMESPACE/NAME): the
+    /// tenant's access policy and the audit trail see that pod. For a mount that serves one
+    /// workload, or to try a policy out before a pod uses it.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_pod)]
+    pod: Option<(String, String)>,
+    /// The service account of `--pod`.
+    #[arg(long, value_name = "NAME", default_value = "default", requires = "pod")]
+    service_account: String,
+}
+
+fn parse_pod(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
+}
+
+/// Every caller is the pod of `--pod`.
+#[derive(Debug)]
+struct FixedPod(Arc<tarbox_fs::PodIdentity>);
+
+impl tarbox_fuse::PodResolver for FixedPod {
+    fn pod_of(&self, _pid: u32) -> Option<Arc<tarbox_fs::PodIdentity>> {
+        Some(self.0.clone())
+    }
 }
 
 fn parse_level(s: &str) -> Result<AuditLevel, String> {
@@ -202,7 +229,13 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
             extra: args.options,
             fs_name: None,
             threads: 2,
-            pods: None,
+            pods: args.pod.map(|(namespace, name)| {
+                Arc::new(FixedPod(Arc::new(tarbox_fs::PodIdentity {
+                    namespace,
+                    name,
+                    service_account: args.service_account.clone(),
+                }))) as Arc<dyn tarbox_fuse::PodResolver>
+            }),
         },
         control_dir: !args.no_control_dir,
         auto_checkpoint: args.auto_checkpoint,

@@ -413,7 +413,7 @@ impl Driver {
     }
 }
 
-/// Apply the StorageClass's audit and checkpoint settings to a new tenant.
+/// Apply the StorageClass's audit, checkpoint and access-policy settings to a new tenant.
 async fn configure(engine: &Engine, tenant: &str, params: &VolumeParams) -> Result<(), Status> {
     if params.audit_level.is_some() || params.audit_retention_days.is_some() {
         let audit = TenantAudit {
@@ -425,6 +425,12 @@ async fn configure(engine: &Engine, tenant: &str, params: &VolumeParams) -> Resu
     if let Some(interval) = params.checkpoint_interval {
         engine
             .set_auto_checkpoint(tenant, Some(interval))
+            .await
+            .map_err(status)?;
+    }
+    if let Some(policy) = &params.access_policy {
+        engine
+            .set_access_policy(tenant, Some(policy), &tarbox_fs::Caller::this_process())
             .await
             .map_err(status)?;
     }

@@ -21,6 +21,7 @@ pub(crate) const INODE_QUOTA: &str = "inodeQuota";
 pub(crate) const CACHE_SIZE: &str = "cacheSize";
 pub(crate) const MEMORY_CACHE_SIZE: &str = "memoryCacheSize";
 pub(crate) const DATA_STORE: &str = "dataStore";
+pub(crate) const ACCESS_POLICY: &str = "accessPolicy";
 
 /// The smallest cache (memory or disk) a volume server may be given; `cacheSize: 0` turns the
 /// disk cache off.
@@ -45,6 +46,8 @@ pub(crate) struct VolumeParams {
     pub memory_cache_bytes: Option<u64>,
     /// Where the volume's file data lives (`None`: in the database).
     pub data_url: Option<String>,
+    /// The volume's pod-level access policy (TOML, checked), if any.
+    pub access_policy: Option<String>,
 }
 
 impl VolumeParams {
@@ -140,6 +143,12 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
                     p.data_url = Some(value.to_string());
                 }
             }
+            ACCESS_POLICY => {
+                tarbox_fs::policy::AccessPolicy::parse(value).map_err(|e| {
+                    format!("parameter {key} is not a valid access policy: {e}")
+                })?;
+                p.access_policy = Some(value.to_string());
+            }
             crate::databases::SECRET_DATABASE_URL => {
                 return Err(format!(
                     "parameter {key} is refused: a URL here is readable by anyone who can read \
@@ -153,7 +162,8 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
                 return Err(format!(
                     "unknown parameter {key:?} (known: {AUDIT_LEVEL}, {AUDIT_RETENTION_DAYS}, \
                      {AUTO_CHECKPOINT}, {CHECKPOINT_INTERVAL}, {BLOCK_SIZE}, {COMPRESSION}, \
-                     {INODE_QUOTA}, {CACHE_SIZE}, {MEMORY_CACHE_SIZE}, {DATA_STORE})"
+                     {INODE_QUOTA}, {CACHE_SIZE}, {MEMORY_CACHE_SIZE}, {DATA_STORE}, \
+                     {ACCESS_POLICY})"
                 ));
             }
         }
@@ -247,6 +257,12 @@ mod tests {
             let e = parse(&map(&[(k, v)])).expect_err("invalid");
             assert!(e.contains(k) && e.contains(v), "{e}");
         }
+        let e = parse(&map(&[(ACCESS_POLICY, "[[rules]]\nnamespace = \"ML\"\naccess = \"read\"\n")]))
+            .expect_err("a rule that never matches");
+        assert!(e.contains(ACCESS_POLICY) && e.contains("line 1") && e.contains("lowercase"), "{e}");
+        let policy = "[defaults]\npods = \"read\"\n";
+        let p = parse(&map(&[(ACCESS_POLICY, policy)])).expect("valid policy");
+        assert_eq!(p.access_policy.as_deref(), Some(policy));
         let e = parse(&map(&[("blocksize", "4096")])).expect_err("unknown");
         assert!(e.contains("unknown parameter \"blocksize\""), "{e}");
         let store = |v: &str| parse(&HashMap::from([(DATA_STORE.to_string(), v.to_string())]));

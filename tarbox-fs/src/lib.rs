@@ -43,6 +43,7 @@ mod engine;
 pub mod error;
 pub mod filesystem;
 pub mod paths;
+pub mod policy;
 pub mod store;
 pub mod types;
 

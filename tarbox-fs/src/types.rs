@@ -263,7 +263,7 @@ pub struct SetAttr {
 }
 
 /// Kubernetes identity of a caller, filled in by the CSI driver when it knows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct PodIdentity {
     pub namespace: String,
     pub name: String,

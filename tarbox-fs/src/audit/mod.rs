@@ -161,6 +161,7 @@ audit_ops! {
     Checkpoint => "checkpoint", Change;
     SwitchLayer => "switch_layer", Change;
     DropLayer => "drop_layer", Change;
+    SetPolicy => "set_policy", Change;
     Close => "close", Handle;
     Lookup => "lookup", Access;
     Getattr => "getattr", Access;

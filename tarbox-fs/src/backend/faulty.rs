@@ -438,6 +438,14 @@ impl Backend for FaultyBackend {
         self.faults.call()?;
         self.inner.set_audit(tenant, audit).await
     }
+    async fn set_access_policy(
+        &self,
+        tenant: TenantId,
+        policy: Option<&str>,
+    ) -> BackendResult<()> {
+        self.faults.call()?;
+        self.inner.set_access_policy(tenant, policy).await
+    }
     async fn checkpoint(
         &self,
         tenant: TenantId,

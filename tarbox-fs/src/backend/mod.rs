@@ -156,6 +156,8 @@ pub struct TenantRecord {
     /// Where the tenant's block contents live, fixed at creation: `None` in the backend itself
     /// (the block rows), else the URL of a [`crate::store::BlockStore`].
     pub data_url: Option<String>,
+    /// The tenant's pod-level access policy (TOML, see [`crate::policy`]); `None` for none.
+    pub access_policy: Option<String>,
 }
 
 /// A tenant's audit settings.
@@ -499,6 +501,11 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
 
     /// Replace the tenant's audit settings.
     async fn set_audit(&self, tenant: TenantId, audit: TenantAudit) -> BackendResult<()>;
+
+    /// Replace the tenant's access policy (`None` removes it). The text is stored as given; the
+    /// engine checks it first.
+    async fn set_access_policy(&self, tenant: TenantId, policy: Option<&str>)
+    -> BackendResult<()>;
 
     // Layer changes below are serialized against every file-operation transaction of the tenant:
     // each waits for the transactions writing through the current head to end, and transactions

@@ -4,6 +4,7 @@
 use super::ControlFs;
 use super::nodes::{Node, snapshot_ino};
 use crate::error::FsResult;
+use crate::policy::Need;
 use crate::types::{Caller, DirEntry, FileAttr, FileType, Ino, Inode};
 
 impl ControlFs {
@@ -11,6 +12,7 @@ impl ControlFs {
     /// writable by whoever may write the root (and not at all on a read-only volume); the audit
     /// trail is readable by that owner (and root) only.
     pub(super) async fn control_attr(&self, caller: &Caller, node: Node) -> FsResult<FileAttr> {
+        self.volume.admit_path(caller, node.path(), Need::Read)?;
         let root = self.inner.getattr(caller, Ino::ROOT).await?;
         let now = self.volume.now();
         let (kind, perm, size, nlink) = if node.is_dir() {

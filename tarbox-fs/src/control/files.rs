@@ -118,6 +118,10 @@ fn parse_json<'a, T: Deserialize<'a>>(text: &'a str) -> FsResult<T> {
     serde_json::from_str(text).map_err(|e| FsError::BadInput(format!("invalid JSON command: {e}")))
 }
 
+/// What `/.tarbox/policy` shows of a tenant without an access policy.
+const NO_POLICY: &str = "# No access policy: POSIX permissions alone decide. Set one with\n\
+                         # `tarbox policy set -t TENANT FILE` (see docs/access-policy.md).\n";
+
 impl ControlFs {
     /// The content of a control file, as a read sees it.
     pub(super) async fn content(&self, node: Node) -> FsResult<Vec<u8>> {
@@ -138,6 +142,10 @@ impl ControlFs {
                 json(&usage_report(usage, quota, &tree))
             }
             Node::LastError => Ok(self.last_error().into_bytes()),
+            Node::Policy => Ok(volume
+                .access_policy_source()
+                .unwrap_or_else(|| NO_POLICY.to_string())
+                .into_bytes()),
             Node::AuditRecent => {
                 volume.flush_audit().await;
                 let events = volume.recent_audit(RECENT_EVENTS).await?;

@@ -34,6 +34,7 @@ use self::nodes::{MAX_SLOTS, Node, Target, decode, snapshot_ino};
 use crate::engine::{CONTROL_DIR, LayerRef, Layers, Volume, perm_allows};
 use crate::error::{FsError, FsResult};
 use crate::filesystem::Filesystem;
+use crate::policy::Need;
 use crate::types::{
     Caller, DirEntry, FallocateMode, FileAttr, FileHandle, FileType, Ino, LayerId, RenameFlags,
     SetAttr, StatFs, Whence, XattrMode,
@@ -195,6 +196,15 @@ impl ControlFs {
         st.slots.push((layer, volume));
         st.by_layer.insert(layer, slot);
         Ok(slot)
+    }
+
+    /// Whether the root's listing shows `/.tarbox` to `caller`.
+    fn shows_control_dir(&self, caller: &Caller) -> bool {
+        self.enabled
+            && self
+                .volume
+                .admit_path(caller, Node::Root.path(), Need::Read)
+                .is_ok()
     }
 
     /// Where a name operation on `(parent, name)` goes: the tree (`Some(parent)`), or an error for
@@ -392,6 +402,7 @@ impl Filesystem for ControlFs {
             Target::Tree(ino) => self.inner.open(caller, ino, flags).await,
             Target::Control(node) if node.is_dir() => Err(FsError::IsDir),
             Target::Control(node) => {
+                let caller = &self.volume.acting(caller);
                 let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
                 if writing {
                     if !node.is_command() {
@@ -400,6 +411,7 @@ impl Filesystem for ControlFs {
                     if self.inner.is_read_only() {
                         return Err(FsError::ReadOnly);
                     }
+                    self.volume.admit_path(caller, node.path(), Need::Write)?;
                 }
                 let attr = self.control_attr(caller, node).await?;
                 let mask = if writing { 2 } else { 4 };
@@ -591,7 +603,7 @@ impl Filesystem for ControlFs {
                 return Ok(Vec::new());
             }
             let mut entries = self.inner.readdir(caller, ino, fh, offset).await?;
-            if entries.is_empty() && ino == Ino::ROOT && self.enabled {
+            if entries.is_empty() && ino == Ino::ROOT && self.shows_control_dir(caller) {
                 entries.push(DirEntry {
                     name: CONTROL_DIR.to_vec(),
                     ino: Node::Root.ino(),
@@ -606,7 +618,16 @@ impl Filesystem for ControlFs {
                 let Target::Control(node) = self.decode(ino)? else {
                     return Err(FsError::BadHandle);
                 };
-                self.control_entries(node, offset).await
+                let mut entries = self.control_entries(node, offset).await?;
+                // Leave out the nodes the access policy keeps from the caller.
+                entries.retain(|e| match decode(e.ino) {
+                    Ok(Target::Control(child)) if e.name != b"." && e.name != b".." => self
+                        .volume
+                        .admit_path(caller, child.path(), Need::Read)
+                        .is_ok(),
+                    _ => true,
+                });
+                Ok(entries)
             }
             ControlHandle::Snapshot { slot, fh } => {
                 let inner_ino = match self.decode(ino)? {
@@ -636,7 +657,7 @@ impl Filesystem for ControlFs {
     ) -> FsResult<Vec<(DirEntry, FileAttr)>> {
         if !Self::is_control_fh(fh) && offset < CONTROL_ENTRY_OFFSET {
             let mut entries = self.inner.readdirplus(caller, ino, fh, offset).await?;
-            if entries.is_empty() && ino == Ino::ROOT && self.enabled {
+            if entries.is_empty() && ino == Ino::ROOT && self.shows_control_dir(caller) {
                 let attr = self.control_attr(caller, Node::Root).await?;
                 entries.push((
                     DirEntry {

@@ -43,10 +43,12 @@ pub(super) enum Node {
     Audit,
     /// `/.tarbox/audit/recent`: the tenant's latest audit events.
     AuditRecent,
+    /// `/.tarbox/policy`: the tenant's access policy, read-only.
+    Policy,
 }
 
 impl Node {
-    const ALL: [Node; 15] = [
+    const ALL: [Node; 16] = [
         Node::Root,
         Node::Layers,
         Node::LayersCurrent,
@@ -62,6 +64,7 @@ impl Node {
         Node::LastError,
         Node::Audit,
         Node::AuditRecent,
+        Node::Policy,
     ];
 
     pub(super) fn ino(self) -> Ino {
@@ -100,6 +103,29 @@ impl Node {
             Node::LastError => b"last_error",
             Node::Audit => b"audit",
             Node::AuditRecent => b"recent",
+            Node::Policy => b"policy",
+        }
+    }
+
+    /// Its path in the tenant's tree, as access policies name it.
+    pub(super) fn path(self) -> &'static str {
+        match self {
+            Node::Root => "/.tarbox",
+            Node::Layers => "/.tarbox/layers",
+            Node::LayersCurrent => "/.tarbox/layers/current",
+            Node::LayersList => "/.tarbox/layers/list",
+            Node::LayersTree => "/.tarbox/layers/tree",
+            Node::LayersNew => "/.tarbox/layers/new",
+            Node::LayersSwitch => "/.tarbox/layers/switch",
+            Node::LayersDrop => "/.tarbox/layers/drop",
+            Node::LayersDiff => "/.tarbox/layers/diff",
+            Node::Snapshots => "/.tarbox/snapshots",
+            Node::Stats => "/.tarbox/stats",
+            Node::StatsUsage => "/.tarbox/stats/usage",
+            Node::LastError => "/.tarbox/last_error",
+            Node::Audit => "/.tarbox/audit",
+            Node::AuditRecent => "/.tarbox/audit/recent",
+            Node::Policy => "/.tarbox/policy",
         }
     }
 
@@ -107,9 +133,12 @@ impl Node {
     pub(super) fn parent(self) -> Option<Node> {
         match self {
             Node::Root => None,
-            Node::Layers | Node::Snapshots | Node::Stats | Node::LastError | Node::Audit => {
-                Some(Node::Root)
-            }
+            Node::Layers
+            | Node::Snapshots
+            | Node::Stats
+            | Node::LastError
+            | Node::Audit
+            | Node::Policy => Some(Node::Root),
             Node::LayersCurrent
             | Node::LayersList
             | Node::LayersTree
@@ -208,7 +237,8 @@ mod tests {
                 b"snapshots",
                 b"stats",
                 b"last_error",
-                b"audit"
+                b"audit",
+                b"policy"
             ]
         );
         assert_eq!(
@@ -225,5 +255,12 @@ mod tests {
         );
         assert_eq!(Node::Layers.child(b"new"), Some(Node::LayersNew));
         assert!(Node::LayersNew.is_command() && !Node::LayersList.is_command());
+        for node in Node::ALL {
+            let path = node.path().as_bytes();
+            assert!(path.ends_with(node.name()), "{}", node.path());
+            if let Some(parent) = node.parent() {
+                assert_eq!(path, [parent.path().as_bytes(), b"/", node.name()].concat());
+            }
+        }
     }
 }

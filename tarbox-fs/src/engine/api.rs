@@ -12,6 +12,7 @@ use super::audit::Subject;
 use crate::audit::AuditOp;
 use crate::error::FsResult;
 use crate::filesystem::Filesystem;
+use crate::policy::Need;
 use crate::types::{
     Caller, DirEntry, FallocateMode, FileAttr, FileHandle, Ino, RenameFlags, SetAttr, StatFs,
     Whence, XattrMode,
@@ -21,6 +22,7 @@ use crate::types::{
 impl Filesystem for Volume {
     /// Look up `name` in directory `parent`. `ENOENT`, `ENOTDIR`, `EACCES` (search permission).
     async fn lookup(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<FileAttr> {
+        let caller = &self.acting(caller);
         let attr = self
             .audited(
                 caller,
@@ -42,6 +44,7 @@ impl Filesystem for Volume {
         mode: u32,
         rdev: u32,
     ) -> FsResult<FileAttr> {
+        let caller = &self.acting(caller);
         let attr = self
             .audited(
                 caller,
@@ -62,6 +65,7 @@ impl Filesystem for Volume {
         name: &[u8],
         mode: u32,
     ) -> FsResult<FileAttr> {
+        let caller = &self.acting(caller);
         let attr = self
             .audited(
                 caller,
@@ -82,6 +86,7 @@ impl Filesystem for Volume {
         name: &[u8],
         target: &[u8],
     ) -> FsResult<FileAttr> {
+        let caller = &self.acting(caller);
         let attr = self
             .audited(
                 caller,
@@ -96,6 +101,7 @@ impl Filesystem for Volume {
 
     /// The target of a symlink. `EINVAL` for other kinds.
     async fn readlink(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
+        let caller = &self.acting(caller);
         self.audited(
             caller,
             AuditOp::Readlink,
@@ -107,6 +113,7 @@ impl Filesystem for Volume {
 
     /// Remove a non-directory name. An open file lives on until its last handle closes.
     async fn unlink(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
+        let caller = &self.acting(caller);
         let removed = self
             .audited(
                 caller,
@@ -121,6 +128,7 @@ impl Filesystem for Volume {
 
     /// Remove an empty directory. `ENOTEMPTY`, `ENOTDIR`, `EBUSY` for the root.
     async fn rmdir(&self, caller: &Caller, parent: Ino, name: &[u8]) -> FsResult<()> {
+        let caller = &self.acting(caller);
         let removed = self
             .audited(
                 caller,
@@ -141,6 +149,7 @@ impl Filesystem for Volume {
         newparent: Ino,
         newname: &[u8],
     ) -> FsResult<FileAttr> {
+        let caller = &self.acting(caller);
         let attr = self
             .audited(
                 caller,
@@ -163,6 +172,7 @@ impl Filesystem for Volume {
         newname: &[u8],
         flags: RenameFlags,
     ) -> FsResult<()> {
+        let caller = &self.acting(caller);
         let renamed = self
             .audited(
                 caller,
@@ -181,6 +191,7 @@ impl Filesystem for Volume {
 
     /// Attributes of an inode (`stat`).
     async fn getattr(&self, caller: &Caller, ino: Ino) -> FsResult<FileAttr> {
+        let caller = &self.acting(caller);
         self.audited(
             caller,
             AuditOp::Getattr,
@@ -192,6 +203,7 @@ impl Filesystem for Volume {
 
     /// Change attributes: mode, owner, size, times (`chmod`, `chown`, `truncate`, `utimens`).
     async fn setattr(&self, caller: &Caller, ino: Ino, set: &SetAttr) -> FsResult<FileAttr> {
+        let caller = &self.acting(caller);
         let only_size = set.size.is_some()
             && set.mode.is_none()
             && set.uid.is_none()
@@ -221,9 +233,16 @@ impl Filesystem for Volume {
 
     /// Check access like `access(2)` (`mask` of `R_OK`, `W_OK`, `X_OK`).
     async fn access(&self, caller: &Caller, ino: Ino, mask: u32) -> FsResult<()> {
-        self.audited(
+        let caller = &self.acting(caller);
+        let need = if mask & libc::W_OK as u32 != 0 {
+            Need::Write
+        } else {
+            Need::Read
+        };
+        self.audited_needing(
             caller,
             AuditOp::Access,
+            need,
             Subject::Ino(ino),
             self.do_access(caller, ino, mask),
         )
@@ -232,15 +251,23 @@ impl Filesystem for Volume {
 
     /// Open an existing inode with `open(2)` flags (`O_TRUNC` is recorded as a truncate).
     async fn open(&self, caller: &Caller, ino: Ino, flags: i32) -> FsResult<FileHandle> {
-        let kind = if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+        let caller = &self.acting(caller);
+        let writing = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let kind = if flags & libc::O_TRUNC != 0 && writing {
             AuditOp::Truncate
         } else {
             AuditOp::Open
         };
+        let need = if writing || flags & libc::O_TRUNC != 0 {
+            Need::Write
+        } else {
+            Need::Read
+        };
         let fh = self
-            .audited(
+            .audited_needing(
                 caller,
                 kind,
+                need,
                 Subject::Ino(ino),
                 self.do_open(caller, ino, flags),
             )
@@ -258,6 +285,7 @@ impl Filesystem for Volume {
         mode: u32,
         flags: i32,
     ) -> FsResult<(FileAttr, FileHandle)> {
+        let caller = &self.acting(caller);
         let (attr, fh) = self
             .audited(
                 caller,
@@ -300,6 +328,7 @@ impl Filesystem for Volume {
         offset: u64,
         data: &[u8],
     ) -> FsResult<u32> {
+        let caller = &self.acting(caller);
         let n = self
             .audited(
                 caller,
@@ -347,6 +376,7 @@ impl Filesystem for Volume {
         length: u64,
         mode: FallocateMode,
     ) -> FsResult<()> {
+        let caller = &self.acting(caller);
         let detail = format!("{mode:?} length={length}");
         self.audited_with_detail(
             caller,
@@ -359,7 +389,8 @@ impl Filesystem for Volume {
         .await
     }
 
-    /// Entries of an open directory from `offset` (0 for the start), `.` and `..` first.
+    /// Entries of an open directory from `offset` (0 for the start), `.` and `..` first. Under
+    /// an access policy, the entries the caller may not reach are left out.
     async fn readdir(
         &self,
         caller: &Caller,
@@ -367,13 +398,30 @@ impl Filesystem for Volume {
         fh: FileHandle,
         offset: u64,
     ) -> FsResult<Vec<DirEntry>> {
-        self.audited(
-            caller,
-            AuditOp::Readdir,
-            Subject::Handle(fh, Some(offset)),
-            self.do_readdir(caller, fh, offset),
-        )
-        .await
+        let caller = &self.acting(caller);
+        let mut offset = offset;
+        loop {
+            let entries = self
+                .audited(
+                    caller,
+                    AuditOp::Readdir,
+                    Subject::Handle(fh, Some(offset)),
+                    self.do_readdir(caller, fh, offset),
+                )
+                .await?;
+            let Some(last) = entries.last().map(|e| e.next_offset) else {
+                return Ok(entries);
+            };
+            let Some(dir) = self.dir_of_handle(fh) else {
+                return Ok(entries);
+            };
+            let kept = self.reachable_entries(caller, dir, entries, |e| e).await;
+            // An empty page would end the listing: go on past the hidden entries.
+            if !kept.is_empty() {
+                return Ok(kept);
+            }
+            offset = last;
+        }
     }
 
     /// Entries with their attributes (`READDIRPLUS`): the kernel learns each entry without a
@@ -385,26 +433,41 @@ impl Filesystem for Volume {
         fh: FileHandle,
         offset: u64,
     ) -> FsResult<Vec<(DirEntry, FileAttr)>> {
-        let entries = self
-            .audited(
-                caller,
-                AuditOp::Readdir,
-                Subject::Handle(fh, Some(offset)),
-                self.do_readdirplus(caller, fh, offset),
-            )
-            .await?;
-        if let Some(dir) = self.dir_of_handle(fh) {
+        let caller = &self.acting(caller);
+        let mut offset = offset;
+        loop {
+            let entries = self
+                .audited(
+                    caller,
+                    AuditOp::Readdir,
+                    Subject::Handle(fh, Some(offset)),
+                    self.do_readdirplus(caller, fh, offset),
+                )
+                .await?;
+            let Some(last) = entries.last().map(|(e, _)| e.next_offset) else {
+                return Ok(entries);
+            };
+            let Some(dir) = self.dir_of_handle(fh) else {
+                return Ok(entries);
+            };
             for (entry, _) in &entries {
                 if entry.name != b"." && entry.name != b".." {
                     self.learn_name(entry.ino, dir, &entry.name);
                 }
             }
+            let kept = self
+                .reachable_entries(caller, dir, entries, |(e, _)| e)
+                .await;
+            if !kept.is_empty() {
+                return Ok(kept);
+            }
+            offset = last;
         }
-        Ok(entries)
     }
 
     /// Value of an extended attribute. `ENODATA` if absent.
     async fn getxattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
+        let caller = &self.acting(caller);
         self.audited(
             caller,
             AuditOp::Getxattr,
@@ -416,6 +479,7 @@ impl Filesystem for Volume {
 
     /// Names of the extended attributes of `ino`.
     async fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
+        let caller = &self.acting(caller);
         self.audited(
             caller,
             AuditOp::Listxattr,
@@ -434,6 +498,7 @@ impl Filesystem for Volume {
         value: &[u8],
         mode: XattrMode,
     ) -> FsResult<()> {
+        let caller = &self.acting(caller);
         let detail = crate::audit::path_display(name);
         self.audited_with_detail(
             caller,
@@ -448,6 +513,7 @@ impl Filesystem for Volume {
 
     /// Remove an extended attribute. `ENODATA` if absent.
     async fn removexattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<()> {
+        let caller = &self.acting(caller);
         let detail = crate::audit::path_display(name);
         self.audited_with_detail(
             caller,
@@ -476,6 +542,7 @@ impl Filesystem for Volume {
     }
 
     async fn opendir(&self, caller: &Caller, ino: Ino) -> FsResult<FileHandle> {
+        let caller = &self.acting(caller);
         self.do_opendir(caller, ino).await
     }
 

@@ -17,10 +17,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::access::default_need;
 use super::{Volume, lock};
 use crate::audit::{AuditEvent, AuditLevel, AuditOp, HandleCounters, OpClass, is_denial};
 use crate::backend::{LayerRecord, StoreTxn};
 use crate::error::FsResult;
+use crate::policy::Need;
 use crate::types::{Caller, DirEntry, FileAttr, FileHandle, Ino, Timestamp};
 
 /// Deepest path the engine reconstructs; deeper paths are shown from an inode number.
@@ -254,7 +256,7 @@ impl Volume {
         subject: Subject<'_>,
         op: impl Future<Output = FsResult<T>>,
     ) -> FsResult<T> {
-        self.audited_with(caller, kind, subject, None, None, op)
+        self.audited_with(caller, kind, subject, None, None, None, op)
             .await
     }
 
@@ -268,10 +270,26 @@ impl Volume {
         bytes: Option<u64>,
         op: impl Future<Output = FsResult<T>>,
     ) -> FsResult<T> {
-        self.audited_with(caller, kind, subject, Some(detail), bytes, op)
+        self.audited_with(caller, kind, subject, Some(detail), bytes, None, op)
             .await
     }
 
+    /// [`Volume::audited`] for an operation whose need under the access policy depends on its
+    /// arguments (an open for writing, `access(W_OK)`).
+    pub(super) async fn audited_needing<T: Outcome>(
+        &self,
+        caller: &Caller,
+        kind: AuditOp,
+        need: Need,
+        subject: Subject<'_>,
+        op: impl Future<Output = FsResult<T>>,
+    ) -> FsResult<T> {
+        self.audited_with(caller, kind, subject, None, None, Some(need), op)
+            .await
+    }
+
+    /// Run `op` unless the access policy refuses it, audit and measure it.
+    #[allow(clippy::too_many_arguments)]
     async fn audited_with<T: Outcome>(
         &self,
         caller: &Caller,
@@ -279,14 +297,24 @@ impl Volume {
         subject: Subject<'_>,
         detail: Option<&str>,
         bytes: Option<u64>,
+        need: Option<Need>,
         op: impl Future<Output = FsResult<T>>,
     ) -> FsResult<T> {
         let level = self.audit_level();
         let started = Instant::now();
         let time = self.now();
         let wanted = level.records(kind.class());
+        let refusal = match need.or_else(|| default_need(kind)) {
+            Some(need) => self.admit(caller, kind, &subject, need).await.err(),
+            None => None,
+        };
+        let (refused_with, refused) = match refusal {
+            Some(r) => (Some(r.error), Some(r.detail)),
+            None => (None, None),
+        };
+        let refused = refused.as_deref();
         let describe = |mut e: AuditEvent| {
-            if let Some(d) = detail.filter(|d| !d.is_empty()) {
+            if let Some(d) = refused.or(detail).filter(|d| !d.is_empty()) {
                 e.detail = Some(d.into());
             }
             if let Some(b) = bytes {
@@ -300,8 +328,9 @@ impl Volume {
             None
         };
         let strict = self.shared().config.audit.strict && kind.class() == OpClass::Change;
-        let (result, in_store) = match (&template, strict) {
-            (Some(event), true) => {
+        let (result, in_store) = match (refused_with, &template, strict) {
+            (Some(error), _, _) => (Err(error), false),
+            (None, Some(event), true) => {
                 let slot = StrictSlot {
                     event: RefCell::new(event.clone()),
                     started,
@@ -427,15 +456,9 @@ impl Volume {
             }
             Subject::Handle(fh, offset) => {
                 e.offset = offset;
+                e.path = self.handle_path(fh).await;
                 if let Ok((ino, stats)) = self.handle_audit(fh) {
                     e.ino = Some(ino);
-                    e.path = Some(match stats.path.get() {
-                        Some(p) => p.clone(),
-                        None => {
-                            let p = self.path_of(ino).await;
-                            stats.path.get_or_init(|| p).clone()
-                        }
-                    });
                     if op == AuditOp::Close {
                         e.handle = Some(stats.counters());
                         if let Some(o) = stats.opener.get() {
@@ -453,9 +476,24 @@ impl Volume {
         e
     }
 
-    /// Remember that `ino` is called `name` in `parent` (while auditing is on).
+    /// The path of the file `fh` was opened on, as first seen through that handle.
+    pub(super) async fn handle_path(&self, fh: FileHandle) -> Option<Arc<str>> {
+        let (ino, stats) = self.handle_audit(fh).ok()?;
+        Some(match stats.path.get() {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.path_of(ino).await;
+                stats.path.get_or_init(|| p).clone()
+            }
+        })
+    }
+
+    /// Remember that `ino` is called `name` in `parent` (while auditing is on, or an access
+    /// policy needs paths).
     pub(super) fn learn_name(&self, ino: Ino, parent: Ino, name: &[u8]) {
-        if ino != Ino::ROOT && self.audit_level() != AuditLevel::Off {
+        if ino != Ino::ROOT
+            && (self.audit_level() != AuditLevel::Off || self.inner.access.is_active())
+        {
             self.inner.audit.remember(ino, parent, name);
         }
     }
@@ -473,7 +511,7 @@ impl Volume {
     }
 
     /// The path of `parent`'s entry `name`.
-    async fn child_path(&self, parent: Ino, name: &[u8]) -> Arc<str> {
+    pub(super) async fn child_path(&self, parent: Ino, name: &[u8]) -> Arc<str> {
         let dir = self.path_of(parent).await;
         let name = crate::audit::path_display(name);
         if &*dir == "/" {

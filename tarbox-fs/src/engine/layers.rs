@@ -466,7 +466,7 @@ impl Layers {
     pub async fn checkpoint(&self, name: &str, description: &str) -> FsResult<LayerRecord> {
         self.volume
             .audited(
-                &self.caller,
+                &self.volume.acting(&self.caller),
                 AuditOp::Checkpoint,
                 Subject::Layer(name),
                 self.volume.do_checkpoint(name, description),
@@ -480,7 +480,7 @@ impl Layers {
         let label = target.to_string();
         self.volume
             .audited(
-                &self.caller,
+                &self.volume.acting(&self.caller),
                 AuditOp::SwitchLayer,
                 Subject::Layer(&label),
                 self.volume.do_switch_layer(target),
@@ -494,7 +494,7 @@ impl Layers {
         let label = target.to_string();
         self.volume
             .audited(
-                &self.caller,
+                &self.volume.acting(&self.caller),
                 AuditOp::DropLayer,
                 Subject::Layer(&label),
                 self.volume.do_drop_layer(target, force),

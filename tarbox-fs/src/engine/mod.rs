@@ -13,6 +13,7 @@
 //! it decided on, and commits; a conflict with another engine on the same store (or a layer switch)
 //! makes the whole operation start over, so callers never see a half-applied change.
 
+mod access;
 mod api;
 mod attr;
 mod audit;
@@ -105,7 +106,7 @@ impl Default for EngineConfig {
             write_buffer_bytes: 16 << 20,
             heartbeat_interval: Duration::from_secs(10),
             session_timeout: Duration::from_secs(60),
-            head_poll_interval: Duration::from_secs(1),
+            head_poll_interval: Duration::from_millis(500),
             clock: Arc::new(SystemClock),
             audit: AuditConfig::default(),
             outage_wait: Duration::from_secs(15),
@@ -278,12 +279,14 @@ impl Engine {
             }
             _ => 0,
         };
+        let access = Arc::new(access::VolumeAccess::default());
+        access.follow(record.access_policy.as_deref(), &record.name);
         let volume = Volume::from_parts(
             self.shared.clone(),
             record,
             view,
             (options.layer.is_some(), read_only),
-            audit,
+            (audit, access),
             (data, epoch),
         );
         if !read_only {
@@ -405,6 +408,8 @@ struct VolumeInner {
     data: data::DataPath,
     /// The tenant's reap epoch as last seen (see `data.rs`).
     reap_epoch: AtomicU64,
+    /// The access policy in force, shared with the volume's checkpoint views.
+    access: Arc<access::VolumeAccess>,
 }
 
 /// What a handle refers to.
@@ -478,18 +483,19 @@ impl Volume {
             self.inner.tenant.clone(),
             view,
             (true, true),
-            audit,
+            (audit, self.inner.access.clone()),
             (self.inner.data.clone(), self.data_epoch()),
         ))
     }
 
-    /// `(pinned, read_only)`, and where blocks go with the reap epoch last seen.
+    /// `(pinned, read_only)`, its audit and policy state, and where blocks go with the reap
+    /// epoch last seen.
     fn from_parts(
         shared: Arc<Shared>,
         tenant: TenantRecord,
         view: LayerView,
         (pinned, read_only): (bool, bool),
-        audit: VolumeAudit,
+        (audit, access): (VolumeAudit, Arc<access::VolumeAccess>),
         (data, reap_epoch): (data::DataPath, u64),
     ) -> Volume {
         Volume {
@@ -510,6 +516,7 @@ impl Volume {
                 byte_quota: Mutex::new(None),
                 data,
                 reap_epoch: AtomicU64::new(reap_epoch),
+                access,
             }),
         }
     }
@@ -609,6 +616,9 @@ impl Volume {
             .await?
             .ok_or(BackendError::TenantGone)?;
         self.follow_audit_level(record.audit.level);
+        self.inner
+            .access
+            .follow(record.access_policy.as_deref(), &record.name);
         let old = self.view();
         if record.head_layer == old.head() {
             return Ok(());

@@ -112,6 +112,7 @@ pub(super) fn clone_tenant(store: &mut Store, new: &NewClone) -> BackendResult<T
         auto_checkpoint_secs: None,
         audit: TenantAudit::default(),
         owner: new.owner.clone(),
+        access_policy: None,
         data_url: source.data_url.clone(),
     };
     store.layers.insert(

@@ -147,6 +147,7 @@ impl Backend for MemoryBackend {
             auto_checkpoint_secs: None,
             audit: TenantAudit::default(),
             owner: new.owner.clone(),
+        access_policy: None,
             data_url: new.data_url.clone(),
         };
         store.layers.insert(
@@ -352,6 +353,20 @@ impl Backend for MemoryBackend {
             .get_mut(&tenant)
             .ok_or(BackendError::TenantGone)?;
         t.audit = audit;
+        Ok(())
+    }
+
+    async fn set_access_policy(
+        &self,
+        tenant: TenantId,
+        policy: Option<&str>,
+    ) -> BackendResult<()> {
+        let mut store = self.lock();
+        let t = store
+            .tenants
+            .get_mut(&tenant)
+            .ok_or(BackendError::TenantGone)?;
+        t.access_policy = policy.map(str::to_string);
         Ok(())
     }
 

@@ -153,6 +153,7 @@ pub(super) async fn clone_tenant(
         auto_checkpoint_secs: None,
         audit: TenantAudit::default(),
         owner: new.owner.clone(),
+        access_policy: None,
         data_url,
     })
 }

@@ -101,6 +101,7 @@ pub(super) async fn create_tenant(pool: &PgPool, new: &NewTenant) -> BackendResu
         auto_checkpoint_secs: None,
         audit: TenantAudit::default(),
         owner: new.owner.clone(),
+        access_policy: None,
         data_url: new.data_url.clone(),
     })
 }
@@ -286,6 +287,23 @@ pub(super) async fn dead_orphans(
             })
         })
         .collect()
+}
+
+pub(super) async fn set_access_policy(
+    pool: &PgPool,
+    tenant: TenantId,
+    policy: Option<&str>,
+) -> BackendResult<()> {
+    let done = sqlx::query("UPDATE tenants SET access_policy = $2 WHERE id = $1")
+        .bind(tenant.0)
+        .bind(policy)
+        .execute(pool)
+        .await
+        .map_err(map_err)?;
+    if done.rows_affected() == 0 {
+        return Err(BackendError::TenantGone);
+    }
+    Ok(())
 }
 
 pub(super) async fn set_audit(
