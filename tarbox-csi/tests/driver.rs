@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
 use tarbox_csi::CONTEXT_TENANT;
@@ -443,58 +443,6 @@ async fn volume_lifecycle_on_postgres() {
     lifecycle(&postgres_url()).await;
 }
 
-/// A kubelet-shaped cgroup for a pod's container, removed when dropped (once empty).
-struct PodCgroup(PathBuf);
-
-impl PodCgroup {
-    /// cgroup v1 (the `pids` hierarchy): `kubepods/besteffort/pod<uid>/<container>`.
-    fn v1(uid: &str) -> PodCgroup {
-        PodCgroup::make(Path::new("/sys/fs/cgroup/pids").join(format!(
-            "kubepods/besteffort/pod{uid}/c0ffee{}",
-            std::process::id()
-        )))
-    }
-
-    /// cgroup v2 with the systemd driver: the uid's dashes become underscores.
-    fn v2(uid: &str) -> PodCgroup {
-        let u = uid.replace('-', "_");
-        PodCgroup::make(Path::new("/sys/fs/cgroup/unified").join(format!(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{}.scope",
-            std::process::id()
-        )))
-    }
-
-    fn make(path: PathBuf) -> PodCgroup {
-        std::fs::create_dir_all(&path)
-            .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
-        PodCgroup(path)
-    }
-
-    /// Run `script` in a shell that first moves itself into this cgroup.
-    fn run(&self, script: &str) {
-        let procs = self.0.join("cgroup.procs");
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("echo $$ > {} && {script}", procs.display()))
-            .status()
-            .expect("sh");
-        assert!(status.success(), "{script}");
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        // Innermost first; the shells have exited, so every level is empty.
-        let mut dir = Some(self.0.as_path());
-        while let Some(d) = dir {
-            if !d.to_string_lossy().contains("kubepods") || std::fs::remove_dir(d).is_err() {
-                break;
-            }
-            dir = d.parent();
-        }
-    }
-}
-
 /// Files written by processes in two pods' cgroups (v1 and v2 naming) are audited with the pod,
 /// namespace and service account that NodePublishVolume received.
 async fn pods_are_named(url: &str) {
@@ -528,24 +476,9 @@ async fn pods_are_named(url: &str) {
         ),
     ];
     for (uid, name, sa, target) in &pods {
-        let mut context = volume.volume_context.clone();
-        context.extend([
-            ("csi.storage.k8s.io/pod.uid".to_string(), uid.clone()),
-            ("csi.storage.k8s.io/pod.name".to_string(), name.to_string()),
-            (
-                "csi.storage.k8s.io/pod.namespace".to_string(),
-                "ml".to_string(),
-            ),
-            (
-                "csi.storage.k8s.io/serviceAccount.name".to_string(),
-                sa.to_string(),
-            ),
-        ]);
+        let pod = PodInfo { uid, namespace: "ml", name, service_account: sa };
         h.node
-            .node_publish_volume(NodePublishVolumeRequest {
-                volume_context: context,
-                ..publish_request(&volume, &staging, target)
-            })
+            .node_publish_volume(pod.publish_request(&volume, &staging, target))
             .await
             .expect("publish");
     }

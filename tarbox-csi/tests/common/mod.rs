@@ -304,3 +304,89 @@ pub fn delete_request(volume_id: &str) -> DeleteVolumeRequest {
         secrets: Default::default(),
     }
 }
+
+/// The pod kubelet names in a NodePublishVolume (with `podInfoOnMount`).
+pub struct PodInfo<'a> {
+    pub uid: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub service_account: &'a str,
+}
+
+impl PodInfo<'_> {
+    /// Publish `volume` at `target` for this pod.
+    pub fn publish_request(
+        &self,
+        volume: &Volume,
+        staging: &Path,
+        target: &Path,
+    ) -> NodePublishVolumeRequest {
+        let mut request = publish_request(volume, staging, target);
+        request.volume_context.extend([
+            ("csi.storage.k8s.io/pod.uid".to_string(), self.uid.to_string()),
+            ("csi.storage.k8s.io/pod.name".to_string(), self.name.to_string()),
+            (
+                "csi.storage.k8s.io/pod.namespace".to_string(),
+                self.namespace.to_string(),
+            ),
+            (
+                "csi.storage.k8s.io/serviceAccount.name".to_string(),
+                self.service_account.to_string(),
+            ),
+        ]);
+        request
+    }
+}
+
+/// A kubelet-shaped cgroup for a pod's container, removed when dropped (once empty).
+pub struct PodCgroup(PathBuf);
+
+impl PodCgroup {
+    /// cgroup v1 (the `pids` hierarchy): `kubepods/besteffort/pod<uid>/<container>`.
+    pub fn v1(uid: &str) -> PodCgroup {
+        PodCgroup::make(Path::new("/sys/fs/cgroup/pids").join(format!(
+            "kubepods/besteffort/pod{uid}/c0ffee{}",
+            std::process::id()
+        )))
+    }
+
+    /// cgroup v2 with the systemd driver: the uid's dashes become underscores.
+    pub fn v2(uid: &str) -> PodCgroup {
+        let u = uid.replace('-', "_");
+        PodCgroup::make(Path::new("/sys/fs/cgroup/unified").join(format!(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice/cri-containerd-{}.scope",
+            std::process::id()
+        )))
+    }
+
+    fn make(path: PathBuf) -> PodCgroup {
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("cannot create cgroup {}: {e}", path.display()));
+        PodCgroup(path)
+    }
+
+    /// Run `script` in a shell that first moves itself into this cgroup.
+    pub fn run(&self, script: &str) {
+        let procs = self.0.join("cgroup.procs");
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {} && {script}", procs.display()))
+            .status()
+            .expect("sh");
+        assert!(status.success(), "{script}");
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        // Innermost first; the shells have exited, so every level is empty.
+        let mut dir = Some(self.0.as_path());
+        while let Some(d) = dir {
+            if !d.to_string_lossy().contains("kubepods") || std::fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+    }
+}
+
