@@ -102,6 +102,8 @@ def main():
             params = kinds["StorageClass"][0]["parameters"]
             if params.get("auditLevel") != "full" or params.get("inodeQuota") != "1000000":
                 fail(f"{path.name}: StorageClass parameters not passed as strings: {params}")
+            if "[[rules]]\n" not in params.get("accessPolicy", ""):
+                fail(f"{path.name}: the accessPolicy TOML did not arrive whole: {params}")
             # S3 keys reach every process that opens a data store, from the named Secret.
             pods = [kinds["Deployment"][0]] + kinds["DaemonSet"]
             for workload in pods:
