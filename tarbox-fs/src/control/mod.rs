@@ -9,6 +9,7 @@
 //!   snapshots/<checkpoint>/…   the read-only tree of every checkpoint
 //!   stats/usage      JSON: bytes, inodes, quota, percentages, layers
 //!   last_error       why the last rejected command failed
+//!   policy           the tenant's access policy (TOML), read-only
 //! ```
 //!
 //! [`ControlFs`] is a [`Filesystem`] wrapping an inner one and routes each request by inode number
