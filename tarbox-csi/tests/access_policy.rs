@@ -27,6 +27,12 @@ paths = ["/datasets"]
 access = "read"
 
 [[rules]]
+name = "readers keep notes"
+service_account = "reader"
+paths = ["/notes"]
+access = "write"
+
+[[rules]]
 name = "root is uid 1000"
 squash = "root"
 uid = 1000
@@ -92,8 +98,8 @@ async fn two_pods(url: &str) {
     // The administrator (a process in no pod) lays the volume out.
     let (t, r) = (trainer_dir.display(), reader_dir.display());
     let setup = format!(
-        "mkdir -p {t}/datasets {t}/checkpoints/trainer-0 {t}/checkpoints/trainer-1 \
-         && echo 1,2,3 > {t}/datasets/train.csv && chmod -R 0777 {t}/checkpoints"
+        "mkdir -p {t}/datasets {t}/checkpoints/trainer-0 {t}/checkpoints/trainer-1 {t}/notes \
+         && echo 1,2,3 > {t}/datasets/train.csv && chmod -R 0777 {t}/checkpoints {t}/notes"
     );
     let status = std::process::Command::new("sh").arg("-c").arg(&setup).status().expect("sh");
     assert!(status.success(), "{setup}");
@@ -112,6 +118,8 @@ async fn two_pods(url: &str) {
     let reader_script = format!(
         "{HELPERS} set -e
          grep -q 1,2,3 {r}/datasets/train.csv
+         echo looked > {r}/notes/eval
+         test \"$(stat -c %u:%g {r}/notes/eval)\" = 1000:1000
          refused 'Read-only file system' sh -c 'echo x >> {r}/datasets/train.csv'
          refused 'Read-only file system' rm -f {r}/datasets/train.csv
          refused 'Read-only file system' mv {r}/datasets/train.csv {r}/datasets/moved.csv

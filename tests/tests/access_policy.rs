@@ -364,6 +364,19 @@ access = "none"
         fs.lookup(&Caller::root(), snap, b"private").await.expect("no pod, no restriction");
     }
 
+    async fn a_deep_tree_is_judged_by_its_whole_path(t: TestVolume) {
+        let policy = "[defaults]\npods = \"none\"\n[[rules]]\npaths = [\"/work/*\", \"/work/*/**\"]\naccess = \"write\"\n";
+        let v = with_policy(&t, policy).await;
+        let work = v.mkdir(&Caller::root(), Ino::ROOT, b"work", 0o777).await.expect("mkdir").ino;
+        // Deeper than any one path string can name (as `mkdir -p` builds it, one level at a time).
+        let mut dir = v.mkdir(&trainer(), work, b"run", 0o755).await.expect("mkdir").ino;
+        for _ in 0..2100 {
+            dir = v.mkdir(&trainer(), dir, b"d", 0o755).await.expect("mkdir deep").ino;
+        }
+        v.mknod(&trainer(), dir, b"leaf", libc::S_IFREG | 0o644, 0).await.expect("mknod deep");
+        assert_errno!(v.mkdir(&trainer(), Ino::ROOT, b"elsewhere", 0o755).await, libc::EACCES);
+    }
+
     async fn a_running_volume_follows_a_policy_change(t: TestVolume) {
         t.mkdir_mode("/datasets", 0o777).await;
         let v = t.volume.clone();

@@ -2,6 +2,7 @@
 //! records inside the operation's transaction, per-handle counters and operation metrics.
 //!
 //! Every public operation of [`Volume`] (see `api.rs`) runs through [`Volume::audited`], which
+//! first asks the tenant's access policy (`access.rs`) whether the operation may run at all, then
 //! decides from the volume's level whether the operation is recorded, measures it, and queues the
 //! event. Paths come from a cache of `(parent, name)` per inode, filled by every lookup, create,
 //! link, rename and `readdirplus` while auditing is on, so building a path costs no store round
@@ -25,8 +26,10 @@ use crate::error::FsResult;
 use crate::policy::Need;
 use crate::types::{Caller, DirEntry, FileAttr, FileHandle, Ino, Timestamp};
 
-/// Deepest path the engine reconstructs; deeper paths are shown from an inode number.
-const MAX_DEPTH: usize = 256;
+/// Deepest path the engine reconstructs; deeper paths are shown from an inode number (and so
+/// match no access-policy rule). Deeper than any path a program can name in one string
+/// (`PATH_MAX` is 4096 bytes).
+const MAX_DEPTH: usize = 4096;
 /// Directory entries scanned to locate an inode missing from the name cache.
 const MAX_SCAN: usize = 65_536;
 /// Names remembered per volume; past this the cache starts over (names are found again in the

@@ -12,14 +12,16 @@ use crate::types::Caller;
 #[derive(Debug, Clone)]
 enum PathMatch {
     Prefix(String),
-    Glob(globset::GlobMatcher),
+    /// A glob, and the literal directory everything it matches is under: most paths are told
+    /// apart by that prefix without running the glob.
+    Glob(globset::GlobMatcher, String),
 }
 
 impl PathMatch {
     fn matches(&self, path: &str) -> bool {
         match self {
             PathMatch::Prefix(dir) => is_under(path, dir),
-            PathMatch::Glob(glob) => glob.is_match(path),
+            PathMatch::Glob(glob, dir) => is_under(path, dir) && glob.is_match(path),
         }
     }
 }
@@ -154,10 +156,11 @@ impl CallerPolicy {
                         usable = false;
                         break;
                     };
+                    let dir = literal_dir(&text).to_string();
                     if access > Access::None {
-                        reachable.push((literal_dir(&text).to_string(), rules.len()));
+                        reachable.push((dir.clone(), rules.len()));
                     }
-                    paths.push(PathMatch::Glob(matcher));
+                    paths.push(PathMatch::Glob(matcher, dir));
                 } else {
                     let dir = substitute(template, w.namespace, w.service_account, w.pod);
                     if access > Access::None {
