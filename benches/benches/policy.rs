@@ -65,8 +65,14 @@ fn operations(c: &mut Criterion) {
                 .expect("set policy");
             let v = engine.volume(v.tenant_name()).await.expect("volume");
             let root = Caller::root();
-            let dir = v.mkdir(&root, Ino::ROOT, b"fsbench.4242", 0o777).await.expect("mkdir");
-            let dir = v.mkdir(&root, dir.ino, b"meta", 0o777).await.expect("mkdir");
+            let dir = v
+                .mkdir(&root, Ino::ROOT, b"fsbench.4242", 0o777)
+                .await
+                .expect("mkdir");
+            let dir = v
+                .mkdir(&root, dir.ino, b"meta", 0o777)
+                .await
+                .expect("mkdir");
             v.mknod(&root, dir.ino, b"f-000042", libc::S_IFREG | 0o644, 0)
                 .await
                 .expect("mknod");
@@ -75,7 +81,10 @@ fn operations(c: &mut Criterion) {
         let (volume, dir) = volume;
         g.bench_function(BenchmarkId::new("memory", label), |b| {
             b.to_async(&rt).iter(|| async {
-                let attr = volume.lookup(&caller, dir, b"f-000042").await.expect("lookup");
+                let attr = volume
+                    .lookup(&caller, dir, b"f-000042")
+                    .await
+                    .expect("lookup");
                 volume.getattr(&caller, attr.ino).await.expect("getattr")
             });
         });

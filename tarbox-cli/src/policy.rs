@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
-use tarbox_fs::policy::{AccessPolicy, Need, Workload};
 use tarbox_fs::Caller;
+use tarbox_fs::policy::{AccessPolicy, Need, Workload};
 
 use crate::Context;
 
@@ -41,7 +41,12 @@ pub enum PolicyCommand {
     /// `write`). Exit code 0 if allowed, 1 if refused.
     Check {
         /// The tenant whose policy to ask.
-        #[arg(long, short = 't', required_unless_present = "file", conflicts_with = "file")]
+        #[arg(
+            long,
+            short = 't',
+            required_unless_present = "file",
+            conflicts_with = "file"
+        )]
         tenant: Option<String>,
         /// A policy file to ask instead, before setting it.
         #[arg(long)]
@@ -111,7 +116,9 @@ pub async fn run(ctx: &Context, command: PolicyCommand) -> Result<()> {
                     match engine.access_policy(&tenant).await? {
                         Some(policy) => policy,
                         None => {
-                            println!("tenant {tenant:?} has no access policy: POSIX permissions alone decide");
+                            println!(
+                                "tenant {tenant:?} has no access policy: POSIX permissions alone decide"
+                            );
                             return Ok(());
                         }
                     }
@@ -168,17 +175,11 @@ fn check(policy: &AccessPolicy, pod: Option<&str>, sa: &str, path: &str, op: Nee
         decision.reason
     );
     if let Some(root) = compiled.map_identity(&Caller::root()) {
-        println!(
-            "root in this pod acts as uid {} gid {}",
-            root.uid, root.gid
-        );
+        println!("root in this pod acts as uid {} gid {}", root.uid, root.gid);
     }
     if let Some(user) = compiled.map_identity(&Caller::new(1000, 1000)) {
         if (user.uid, user.gid) != (1000, 1000) {
-            println!(
-                "every other user acts as uid {} gid {}",
-                user.uid, user.gid
-            );
+            println!("every other user acts as uid {} gid {}", user.uid, user.gid);
         }
     }
     if !decision.allowed {

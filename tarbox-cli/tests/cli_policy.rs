@@ -51,16 +51,39 @@ fn policies_are_set_explained_refused_and_cleared() {
         all.extend_from_slice(args);
         outcome(&t, &all)
     };
-    let (code, out, _) = check(&["--pod", "ml/eval-0", "--sa", "eval", "/checkpoints/a", "read"]);
+    let (code, out, _) = check(&[
+        "--pod",
+        "ml/eval-0",
+        "--sa",
+        "eval",
+        "/checkpoints/a",
+        "read",
+    ]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("allowed") && out.contains("\"evaluators read checkpoints\" (line 4)"), "{out}");
-    assert!(out.contains("root in this pod acts as uid 65534 gid 65534"), "{out}");
-    let (code, out, err) = check(&["--pod", "ml/eval-0", "--sa", "eval", "/checkpoints/a", "write"]);
+    assert!(
+        out.contains("allowed") && out.contains("\"evaluators read checkpoints\" (line 4)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("root in this pod acts as uid 65534 gid 65534"),
+        "{out}"
+    );
+    let (code, out, err) = check(&[
+        "--pod",
+        "ml/eval-0",
+        "--sa",
+        "eval",
+        "/checkpoints/a",
+        "write",
+    ]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("refused (EROFS)"), "{out}");
     let (code, out, _) = check(&["--pod", "ml/web", "/checkpoints/a", "read"]);
     assert_eq!(code, 1);
-    assert!(out.contains("refused (EACCES)") && out.contains("the default for pods"), "{out}");
+    assert!(
+        out.contains("refused (EACCES)") && out.contains("the default for pods"),
+        "{out}"
+    );
     let (code, out, _) = check(&["/checkpoints/a", "write"]);
     assert_eq!(code, 0, "a caller without a pod: {out}");
     let (code, _, err) = check(&["--pod", "nons", "/a", "read"]);
@@ -69,12 +92,31 @@ fn policies_are_set_explained_refused_and_cleared() {
 
     // A policy that cannot work is refused with its line; the stored one stays.
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[[rules]]\nname = \"x\"\n\n[[rules]]\nnamespace = \"ML\"\naccess = \"read\"\n")
-        .expect("write");
-    let (code, _, err) = outcome(&t, &["policy", "set", "-t", &t.name, bad.to_str().expect("path")]);
+    std::fs::write(
+        &bad,
+        "[[rules]]\nname = \"x\"\n\n[[rules]]\nnamespace = \"ML\"\naccess = \"read\"\n",
+    )
+    .expect("write");
+    let (code, _, err) = outcome(
+        &t,
+        &["policy", "set", "-t", &t.name, bad.to_str().expect("path")],
+    );
     assert_eq!(code, 1);
-    assert!(err.contains("line 1") && err.contains("does nothing"), "{err}");
-    let (code, _, err) = outcome(&t, &["policy", "check", "--file", bad.to_str().expect("path"), "/a", "read"]);
+    assert!(
+        err.contains("line 1") && err.contains("does nothing"),
+        "{err}"
+    );
+    let (code, _, err) = outcome(
+        &t,
+        &[
+            "policy",
+            "check",
+            "--file",
+            bad.to_str().expect("path"),
+            "/a",
+            "read",
+        ],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("line 1"), "{err}");
     let shown = String::from_utf8(t.run(&["policy", "show", "-t", &t.name])).expect("utf-8");
@@ -82,7 +124,14 @@ fn policies_are_set_explained_refused_and_cleared() {
 
     // The change is on record, whatever the audit level.
     let events = String::from_utf8(t.run(&[
-        "audit", "query", "-t", &t.name, "--op", "set_policy", "--output", "json",
+        "audit",
+        "query",
+        "-t",
+        &t.name,
+        "--op",
+        "set_policy",
+        "--output",
+        "json",
     ]))
     .expect("utf-8");
     assert_eq!(events.lines().count(), 1, "{events}");

@@ -144,9 +144,8 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
                 }
             }
             ACCESS_POLICY => {
-                tarbox_fs::policy::AccessPolicy::parse(value).map_err(|e| {
-                    format!("parameter {key} is not a valid access policy: {e}")
-                })?;
+                tarbox_fs::policy::AccessPolicy::parse(value)
+                    .map_err(|e| format!("parameter {key} is not a valid access policy: {e}"))?;
                 p.access_policy = Some(value.to_string());
             }
             crate::databases::SECRET_DATABASE_URL => {
@@ -257,9 +256,15 @@ mod tests {
             let e = parse(&map(&[(k, v)])).expect_err("invalid");
             assert!(e.contains(k) && e.contains(v), "{e}");
         }
-        let e = parse(&map(&[(ACCESS_POLICY, "[[rules]]\nnamespace = \"ML\"\naccess = \"read\"\n")]))
-            .expect_err("a rule that never matches");
-        assert!(e.contains(ACCESS_POLICY) && e.contains("line 1") && e.contains("lowercase"), "{e}");
+        let e = parse(&map(&[(
+            ACCESS_POLICY,
+            "[[rules]]\nnamespace = \"ML\"\naccess = \"read\"\n",
+        )]))
+        .expect_err("a rule that never matches");
+        assert!(
+            e.contains(ACCESS_POLICY) && e.contains("line 1") && e.contains("lowercase"),
+            "{e}"
+        );
         let policy = "[defaults]\npods = \"read\"\n";
         let p = parse(&map(&[(ACCESS_POLICY, policy)])).expect("valid policy");
         assert_eq!(p.access_policy.as_deref(), Some(policy));

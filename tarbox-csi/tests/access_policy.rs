@@ -57,7 +57,10 @@ async fn two_pods(url: &str) {
             .await,
         Code::InvalidArgument,
     );
-    assert!(message.contains("accessPolicy") && message.contains("line 1"), "{message}");
+    assert!(
+        message.contains("accessPolicy") && message.contains("line 1"),
+        "{message}"
+    );
     let volume = h
         .controller
         .create_volume(create_request(&name, MIB, &[("accessPolicy", POLICY)]))
@@ -101,7 +104,11 @@ async fn two_pods(url: &str) {
         "mkdir -p {t}/datasets {t}/checkpoints/trainer-0 {t}/checkpoints/trainer-1 {t}/notes \
          && echo 1,2,3 > {t}/datasets/train.csv && chmod -R 0777 {t}/checkpoints {t}/notes"
     );
-    let status = std::process::Command::new("sh").arg("-c").arg(&setup).status().expect("sh");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&setup)
+        .status()
+        .expect("sh");
     assert!(status.success(), "{setup}");
 
     let trainer_script = format!(

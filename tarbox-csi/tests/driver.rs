@@ -476,7 +476,12 @@ async fn pods_are_named(url: &str) {
         ),
     ];
     for (uid, name, sa, target) in &pods {
-        let pod = PodInfo { uid, namespace: "ml", name, service_account: sa };
+        let pod = PodInfo {
+            uid,
+            namespace: "ml",
+            name,
+            service_account: sa,
+        };
         h.node
             .node_publish_volume(pod.publish_request(&volume, &staging, target))
             .await

@@ -84,7 +84,12 @@ fn evaluator() -> Caller {
 /// The tree the tests work on, made by a caller without a pod, then `policy` set and a fresh
 /// volume (at the standard audit level) that has it in force.
 async fn with_policy(t: &TestVolume, policy: &str) -> Volume {
-    for dir in ["/datasets", "/datasets/keys", "/checkpoints", "/checkpoints/job-a"] {
+    for dir in [
+        "/datasets",
+        "/datasets/keys",
+        "/checkpoints",
+        "/checkpoints/job-a",
+    ] {
         t.mkdir_mode(dir, 0o777).await;
     }
     t.mkdir_mode("/checkpoints/job-b", 0o777).await;
@@ -92,7 +97,8 @@ async fn with_policy(t: &TestVolume, policy: &str) -> Volume {
     t.mkdir_mode("/private", 0o777).await;
     t.write_file("/datasets/train.csv", b"1,2,3\n").await;
     t.write_file("/datasets/keys/key", b"secret").await;
-    t.write_file("/checkpoints/job-b/step-1", b"b's weights").await;
+    t.write_file("/checkpoints/job-b/step-1", b"b's weights")
+        .await;
     t.write_file("/scratch/notes", b"notes").await;
     t.engine
         .set_access_policy(&t.tenant, Some(policy), &Caller::root())

@@ -323,8 +323,14 @@ impl PodInfo<'_> {
     ) -> NodePublishVolumeRequest {
         let mut request = publish_request(volume, staging, target);
         request.volume_context.extend([
-            ("csi.storage.k8s.io/pod.uid".to_string(), self.uid.to_string()),
-            ("csi.storage.k8s.io/pod.name".to_string(), self.name.to_string()),
+            (
+                "csi.storage.k8s.io/pod.uid".to_string(),
+                self.uid.to_string(),
+            ),
+            (
+                "csi.storage.k8s.io/pod.name".to_string(),
+                self.name.to_string(),
+            ),
             (
                 "csi.storage.k8s.io/pod.namespace".to_string(),
                 self.namespace.to_string(),
@@ -389,4 +395,3 @@ impl Drop for PodCgroup {
         }
     }
 }
-

@@ -438,11 +438,7 @@ impl Backend for FaultyBackend {
         self.faults.call()?;
         self.inner.set_audit(tenant, audit).await
     }
-    async fn set_access_policy(
-        &self,
-        tenant: TenantId,
-        policy: Option<&str>,
-    ) -> BackendResult<()> {
+    async fn set_access_policy(&self, tenant: TenantId, policy: Option<&str>) -> BackendResult<()> {
         self.faults.call()?;
         self.inner.set_access_policy(tenant, policy).await
     }

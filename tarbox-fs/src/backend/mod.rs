@@ -504,8 +504,7 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
 
     /// Replace the tenant's access policy (`None` removes it). The text is stored as given; the
     /// engine checks it first.
-    async fn set_access_policy(&self, tenant: TenantId, policy: Option<&str>)
-    -> BackendResult<()>;
+    async fn set_access_policy(&self, tenant: TenantId, policy: Option<&str>) -> BackendResult<()>;
 
     // Layer changes below are serialized against every file-operation transaction of the tenant:
     // each waits for the transactions writing through the current head to end, and transactions

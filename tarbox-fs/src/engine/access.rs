@@ -342,7 +342,9 @@ impl Engine {
         Ok(match record.access_policy.as_deref() {
             None => None,
             Some(text) => Some(AccessPolicy::parse(text).map_err(|e| {
-                FsError::BadInput(format!("the stored access policy of {tenant} is invalid: {e}"))
+                FsError::BadInput(format!(
+                    "the stored access policy of {tenant} is invalid: {e}"
+                ))
             })?),
         })
     }

@@ -44,7 +44,10 @@ impl fmt::Display for Reason {
             Reason::Default { pod: true } => f.write_str("the default for pods"),
             Reason::Default { pod: false } => f.write_str("the default for callers without a pod"),
             Reason::Above { name, line } => {
-                write!(f, "a directory above what rule {name:?} (line {line}) grants")
+                write!(
+                    f,
+                    "a directory above what rule {name:?} (line {line}) grants"
+                )
             }
         }
     }
@@ -217,10 +220,7 @@ impl CallerPolicy {
             };
         }
         if need == Access::Read {
-            let above = self
-                .reachable
-                .iter()
-                .find(|(dir, _)| is_under(dir, path));
+            let above = self.reachable.iter().find(|(dir, _)| is_under(dir, path));
             if let Some(rule) = above.and_then(|(_, i)| self.rules.get(*i)) {
                 return Decision {
                     allowed: true,
@@ -369,6 +369,9 @@ gid = 1000
         let mut caller = Caller::new(5, 6);
         caller.groups = vec![10, 11];
         let mapped = all.map_identity(&caller).expect("all are squashed");
-        assert_eq!((mapped.uid, mapped.gid, mapped.groups.len()), (7, 65_534, 0));
+        assert_eq!(
+            (mapped.uid, mapped.gid, mapped.groups.len()),
+            (7, 65_534, 0)
+        );
     }
 }

@@ -53,7 +53,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use caller::{CallerPolicy, Decision, Deciding, Reason};
+pub use caller::{CallerPolicy, Deciding, Decision, Reason};
 pub use parse::PolicyError;
 
 /// What a rule or default grants on a path.
@@ -106,7 +106,9 @@ impl FromStr for Need {
         match s {
             "read" => Ok(Need::Read),
             "write" => Ok(Need::Write),
-            other => Err(format!("unknown operation {other:?}: expected read or write")),
+            other => Err(format!(
+                "unknown operation {other:?}: expected read or write"
+            )),
         }
     }
 }

@@ -82,7 +82,11 @@ pub(super) fn parse(source: &str) -> Result<AccessPolicy, PolicyError> {
 /// The 1-based line of byte `offset`.
 fn line_of(source: &str, offset: usize) -> usize {
     let end = offset.min(source.len());
-    source.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    source.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn check_rule(spec: &RuleSpec, number: usize, line: usize) -> Result<Rule, String> {
@@ -140,9 +144,10 @@ fn name_glob(rule: &str, field: &str, text: Option<&str>) -> Result<NameGlob, St
             matcher: None,
         });
     };
-    if let Some(bad) = text.chars().find(|c| {
-        !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-.*?[]!^".contains(*c))
-    }) {
+    if let Some(bad) = text
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "-.*?[]!^".contains(*c)))
+    {
         return Err(format!(
             "{rule:?} can never match: {field} {text:?} has {bad:?}, and Kubernetes names are \
              lowercase letters, digits, '-' and '.'"
@@ -238,9 +243,11 @@ fn never_matches(rule: &Rule, earlier: &[Rule]) -> Option<String> {
                             .all(|p| e.paths.iter().any(|q| covers(q, p)))))
         })
     });
-    let squash_shadow = rule
-        .squash
-        .and_then(|_| earlier.iter().find(|e| e.squash.is_some() && e.selects_all_of(rule)));
+    let squash_shadow = rule.squash.and_then(|_| {
+        earlier
+            .iter()
+            .find(|e| e.squash.is_some() && e.selects_all_of(rule))
+    });
     let dead_access = rule.access.is_none() || access_shadow.is_some();
     let dead_squash = rule.squash.is_none() || squash_shadow.is_some();
     if !(dead_access && dead_squash) {
@@ -287,14 +294,29 @@ mod tests {
     #[test]
     fn rules_that_cannot_work_are_refused_with_their_line() {
         let cases = [
-            ("[[rules]]\nnamespace = \"ML\"\naccess = \"read\"\n", "lowercase"),
-            ("[[rules]]\npaths = [\"data\"]\naccess = \"read\"\n", "not absolute"),
-            ("[[rules]]\npaths = [\"/a/../b\"]\naccess = \"read\"\n", "\"..\""),
-            ("[[rules]]\npaths = [\"/a/{job}\"]\naccess = \"read\"\n", "{job}"),
+            (
+                "[[rules]]\nnamespace = \"ML\"\naccess = \"read\"\n",
+                "lowercase",
+            ),
+            (
+                "[[rules]]\npaths = [\"data\"]\naccess = \"read\"\n",
+                "not absolute",
+            ),
+            (
+                "[[rules]]\npaths = [\"/a/../b\"]\naccess = \"read\"\n",
+                "\"..\"",
+            ),
+            (
+                "[[rules]]\npaths = [\"/a/{job}\"]\naccess = \"read\"\n",
+                "{job}",
+            ),
             ("[[rules]]\npaths = [\"/a\"]\n", "without access"),
             ("[[rules]]\nname = \"x\"\n", "does nothing"),
             ("[[rules]]\nuid = 5\naccess = \"read\"\n", "without squash"),
-            ("[[rules]]\npaths = [\"/a/[b\"]\naccess = \"read\"\n", "not a glob"),
+            (
+                "[[rules]]\npaths = [\"/a/[b\"]\naccess = \"read\"\n",
+                "not a glob",
+            ),
         ];
         for (source, why) in cases {
             let e = refused(source);
@@ -316,7 +338,9 @@ mod tests {
                        [[rules]]\npaths = [\"/data\"]\naccess = \"read\"\n";
         assert!(parse(swapped).is_ok());
         // A second squash for callers the first already maps.
-        let e = refused("[[rules]]\nsquash = \"root\"\n[[rules]]\nnamespace = \"a\"\nsquash = \"all\"\n");
+        let e = refused(
+            "[[rules]]\nsquash = \"root\"\n[[rules]]\nnamespace = \"a\"\nsquash = \"all\"\n",
+        );
         assert_eq!(e.line, 3, "{e}");
     }
 

@@ -147,7 +147,7 @@ impl Backend for MemoryBackend {
             auto_checkpoint_secs: None,
             audit: TenantAudit::default(),
             owner: new.owner.clone(),
-        access_policy: None,
+            access_policy: None,
             data_url: new.data_url.clone(),
         };
         store.layers.insert(
@@ -356,11 +356,7 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn set_access_policy(
-        &self,
-        tenant: TenantId,
-        policy: Option<&str>,
-    ) -> BackendResult<()> {
+    async fn set_access_policy(&self, tenant: TenantId, policy: Option<&str>) -> BackendResult<()> {
         let mut store = self.lock();
         let t = store
             .tenants

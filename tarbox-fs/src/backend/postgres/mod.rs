@@ -218,11 +218,7 @@ impl Backend for PostgresBackend {
         tenants::set_audit(&self.pool, tenant, audit).await
     }
 
-    async fn set_access_policy(
-        &self,
-        tenant: TenantId,
-        policy: Option<&str>,
-    ) -> BackendResult<()> {
+    async fn set_access_policy(&self, tenant: TenantId, policy: Option<&str>) -> BackendResult<()> {
         tenants::set_access_policy(&self.pool, tenant, policy).await
     }
 
