@@ -206,6 +206,28 @@ pub(crate) fn parse_size(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any parameters a StorageClass may hold: volume parameters, or one error that names
+        /// a key of the request.
+        #[test]
+        fn any_parameters_parse_or_name_a_key(params in prop::collection::hash_map(
+            prop_oneof![
+                Just(AUDIT_LEVEL.to_string()), Just(BLOCK_SIZE.to_string()),
+                Just(CACHE_SIZE.to_string()), Just(DATA_STORE.to_string()),
+                Just(ACCESS_POLICY.to_string()), Just(CHECKPOINT_INTERVAL.to_string()),
+                Just(AUTO_CHECKPOINT.to_string()), Just(INODE_QUOTA.to_string()),
+                "[a-zA-Z./-]{0,16}",
+            ],
+            ".{0,40}",
+            0..6,
+        )) {
+            if let Err(e) = parse(&params) {
+                prop_assert!(params.keys().any(|k| e.contains(k.as_str())), "{}", e);
+            }
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

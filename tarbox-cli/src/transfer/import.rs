@@ -637,6 +637,7 @@ fn local_dev_split(dev: u64) -> (u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn archive_paths_stay_inside() {
@@ -647,6 +648,41 @@ mod tests {
             .expect_err("escapes")
             .to_string();
         assert!(err.contains("a/../../etc/passwd"), "{err}");
+    }
+
+    /// Archive paths as an attacker writes them: any bytes, or `..`, `.`, empty and plain
+    /// components joined by `/`.
+    fn archive_path() -> impl Strategy<Value = Vec<u8>> {
+        let part = prop_oneof![
+            Just(b"..".to_vec()),
+            Just(b".".to_vec()),
+            Just(Vec::new()),
+            Just(b"etc".to_vec()),
+        ];
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..200),
+            prop::collection::vec(part, 0..8).prop_map(|parts| parts.join(&b'/')),
+        ]
+    }
+
+    proptest! {
+        /// Any path bytes an archive may hold: components that stay inside the import
+        /// directory, or a refusal that names the path.
+        #[test]
+        fn any_archive_path_stays_inside_or_is_refused(path in archive_path()) {
+            match relative(&path) {
+                Ok(parts) => {
+                    for part in parts {
+                        prop_assert!(!part.is_empty() && part != b"." && part != b"..");
+                        prop_assert!(!part.contains(&b'/'));
+                    }
+                }
+                Err(e) => {
+                    prop_assert!(path.split(|b| *b == b'/').any(|c| c == b".."));
+                    prop_assert!(e.to_string().contains("refusing a path with `..`"));
+                }
+            }
+        }
     }
 
     #[test]
