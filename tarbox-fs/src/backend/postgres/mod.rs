@@ -83,21 +83,25 @@ pub struct PostgresBackend {
 impl PostgresBackend {
     /// Connect to `url` (`postgres://user@host:port/database`) and bring the schema up to date.
     pub async fn connect(url: &str) -> BackendResult<PostgresBackend> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| BackendError::Config {
-                what: "the PostgreSQL URL".into(),
-                source: Some(Box::new(e)),
-            })?
-            .application_name("tarbox")
-            // The begin() protocol relies on the session default isolation, whatever the
-            // server's configured default is.
-            .options([
-                ("default_transaction_isolation", "read committed"),
-                // Every statement is a short indexed lookup or write whose plan does not depend
-                // on its parameters; skipping per-execution custom planning saves a planner run
-                // on every round trip.
-                ("plan_cache_mode", "force_generic_plan"),
-            ]);
+        let options = PgConnectOptions::from_str(url).map_err(|e| BackendError::Config {
+            what: "the PostgreSQL URL".into(),
+            source: Some(Box::new(e)),
+        })?;
+        // `tarbox` in `pg_stat_activity`, unless the URL names the connections itself
+        // (`?application_name=node-3-mount`), which tells mounts apart there.
+        let options = match options.get_application_name() {
+            Some(_) => options,
+            None => options.application_name("tarbox"),
+        }
+        // The begin() protocol relies on the session default isolation, whatever the
+        // server's configured default is.
+        .options([
+            ("default_transaction_isolation", "read committed"),
+            // Every statement is a short indexed lookup or write whose plan does not depend
+            // on its parameters; skipping per-execution custom planning saves a planner run
+            // on every round trip.
+            ("plan_cache_mode", "force_generic_plan"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
