@@ -5,7 +5,9 @@
 //! cross. Expected results are those of Linux on ext4/tmpfs.
 
 use tarbox_fs::Filesystem as _;
-use tarbox_fs::{Caller, FallocateMode, FileHandle, Ino, SetAttr};
+use tarbox_fs::{
+    Caller, Engine, EngineConfig, FallocateMode, FileHandle, Ino, SetAttr, TenantOptions,
+};
 use tarbox_tests::{TestVolume, alice, assert_errno, backend_tests, bob, noise, now, small_blocks};
 
 const BS: usize = 4096;
@@ -572,6 +574,51 @@ backend_tests! {
         release(&t, second).await;
         assert_errno!(v.getattr(&root, attr.ino).await, libc::ENOENT);
         assert_eq!(t.usage().await, baseline, "usage returns to what it was");
+    }
+
+    /// A program writing to 1,000 files at once, none closed, holds no more than the engine's
+    /// bound on uncommitted data (`held_limit_bytes`), though each file's own buffer would allow
+    /// far more; what it wrote is all there afterwards, and nothing stays held once closed.
+    async fn many_files_written_at_once_stay_within_the_engine_bound(t: TestVolume) {
+        let small = t.new_tenant(TenantOptions { block_size: 4096, ..TenantOptions::default() }).await;
+        let limit = 1 << 20;
+        let config = EngineConfig { held_limit_bytes: limit, ..EngineConfig::default() };
+        let engine = Engine::with_backend(t.engine.backend().clone(), config).await.expect("engine");
+        let v = engine.volume(&small.tenant).await.expect("volume");
+        let root = Caller::root();
+        let mut files = Vec::new();
+        for i in 0..1000 {
+            let (attr, fh) = v
+                .create(&root, Ino::ROOT, format!("f{i}").as_bytes(), 0o644, libc::O_RDWR)
+                .await
+                .expect("create");
+            files.push((attr.ino, fh));
+        }
+        let mut peak = 0;
+        for round in 0..2u64 {
+            for (i, (_, fh)) in files.iter().enumerate() {
+                let data = noise(4096, i as u64 * 2 + round);
+                v.write(&root, *fh, round * 4096, &data).await.expect("write");
+                let held = engine.held_bytes();
+                assert!(held <= limit, "{held} bytes held after writing f{i}, bound {limit}");
+                peak = peak.max(held);
+            }
+        }
+        // 8 MiB were written: the bound held them back, it did not write everything through.
+        assert!(peak > limit / 2, "peak {peak}: buffering still happens under the bound");
+        for (_, fh) in &files {
+            v.release(&root, *fh).await.expect("release");
+        }
+        assert_eq!(engine.held_bytes(), 0, "closed files hold nothing");
+        let fresh = small.reopen().await;
+        for (i, (ino, _)) in files.iter().enumerate() {
+            let fh = fresh.open(&root, *ino, libc::O_RDONLY).await.expect("open");
+            let got = fresh.read(&root, fh, 0, 8192).await.expect("read");
+            fresh.release(&root, fh).await.expect("release");
+            let want = [noise(4096, i as u64 * 2), noise(4096, i as u64 * 2 + 1)].concat();
+            assert!(got[..] == want[..], "f{i} differs");
+        }
+        engine.close().await.expect("close");
     }
 
     /// What the engine reports having stored (`Engine::data_written`, the measure of write

@@ -251,6 +251,12 @@ impl CopyBlocks for StoreCopy {
 }
 
 impl Engine {
+    /// File data the engine's open files hold and have not committed yet (buffered, being
+    /// stored, or stored awaiting the commit); kept near `held_limit_bytes` at most.
+    pub fn held_bytes(&self) -> u64 {
+        self.shared.held.load(Ordering::Relaxed)
+    }
+
     /// What this engine's flushes have written where blocks live, since it opened.
     pub fn data_written(&self) -> DataWritten {
         let w = &self.shared.written;

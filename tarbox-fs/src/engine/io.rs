@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Mutex as AsyncMutex;
@@ -69,10 +69,50 @@ pub(super) struct FileState {
     pub(super) wb: Writeback,
     /// Where a sequential reader is (see `readahead.rs`).
     pub(super) readahead: ReadAhead,
+    /// This file's share of the engine's held bytes, as last reported.
+    held: HeldShare,
+}
+
+/// A file's share of the engine-wide count of held file data. Reported after the changes that
+/// move data in or out (a write, a flush); a change not reported is caught up at the next one, and
+/// the share is given back when the file's state is dropped.
+#[derive(Debug)]
+struct HeldShare {
+    reported: u64,
+    total: Arc<AtomicU64>,
+}
+
+impl Drop for HeldShare {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.reported, Ordering::Relaxed);
+    }
+}
+
+impl FileState {
+    /// Bring this file's share of the engine's held bytes up to date.
+    pub(super) fn report_held(&mut self, block_size: u64) {
+        let now = self.dirty.len() as u64 * block_size + self.wb.held_bytes();
+        let share = &mut self.held;
+        if now > share.reported {
+            share
+                .total
+                .fetch_add(now - share.reported, Ordering::Relaxed);
+        } else {
+            share
+                .total
+                .fetch_sub(share.reported - now, Ordering::Relaxed);
+        }
+        share.reported = now;
+    }
+
+    /// Whether this file holds data not committed yet.
+    fn holds_data(&self) -> bool {
+        self.held.reported > 0
+    }
 }
 
 impl OpenFile {
-    fn new(inode: &Inode) -> OpenFile {
+    fn new(inode: &Inode, held: Arc<AtomicU64>) -> OpenFile {
         OpenFile {
             ino: inode.ino,
             opens: AtomicU32::new(0),
@@ -90,6 +130,10 @@ impl OpenFile {
                 map: HashMap::new(),
                 wb: Writeback::default(),
                 readahead: ReadAhead::default(),
+                held: HeldShare {
+                    reported: 0,
+                    total: held,
+                },
             }),
         }
     }
@@ -176,7 +220,7 @@ impl Volume {
             let mut files = lock(&self.inner.open_files);
             let file = files
                 .entry(ino)
-                .or_insert_with(|| Arc::new(OpenFile::new(&inode)))
+                .or_insert_with(|| Arc::new(OpenFile::new(&inode, self.shared().held.clone())))
                 .clone();
             file.opens.fetch_add(1, Ordering::Relaxed);
             file
@@ -469,7 +513,17 @@ impl Volume {
         st.write_end = st.write_end.max(end);
         st.mtime = Some(self.now());
         if st.dirty.len() as u64 * bs >= self.shared().config.write_buffer_bytes {
-            self.write_behind(file.ino, &mut st).await?;
+            let handed = self.write_behind(file.ino, &mut st).await;
+            st.report_held(bs);
+            handed?;
+        } else {
+            st.report_held(bs);
+        }
+        // Over the engine's bound on data held by all open files: this file commits what it
+        // holds, so a program writing to many files at once cannot pile up a buffer in each.
+        let shared = self.shared();
+        if st.holds_data() && shared.held.load(Ordering::Relaxed) > shared.config.held_limit_bytes {
+            self.flush_file(file.ino, &mut st).await?;
         }
         Ok(data.len() as u32)
     }

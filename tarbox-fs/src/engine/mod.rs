@@ -76,6 +76,10 @@ pub struct EngineConfig {
     pub disk_cache: Option<DiskCacheConfig>,
     /// Dirty bytes buffered per open file before a write flushes them to the backend.
     pub write_buffer_bytes: u64,
+    /// File data all open files of the engine may hold before it is committed (buffered,
+    /// being stored, stored awaiting the commit). A write that finds the engine over it commits
+    /// its own file first, so a program writing to many files at once stays within it.
+    pub held_limit_bytes: u64,
     /// How often the engine proves to the store that its session is alive.
     pub heartbeat_interval: Duration,
     /// A session silent for this long is dead; its orphans are reclaimed.
@@ -104,6 +108,7 @@ impl Default for EngineConfig {
             block_cache_bytes: 256 << 20,
             disk_cache: None,
             write_buffer_bytes: 16 << 20,
+            held_limit_bytes: 1 << 30,
             heartbeat_interval: Duration::from_secs(10),
             session_timeout: Duration::from_secs(60),
             head_poll_interval: Duration::from_millis(500),
@@ -137,6 +142,8 @@ struct Shared {
     volumes_opened: AtomicU64,
     /// What flushes wrote where blocks live.
     written: data::WrittenCounters,
+    /// File data held by open files and not yet committed, engine-wide (see `held_limit_bytes`).
+    held: Arc<AtomicU64>,
     /// Block stores opened, by URL.
     stores: Mutex<HashMap<String, Arc<dyn crate::store::BlockStore>>>,
     /// S3 keys given for particular block stores, by URL.
@@ -230,6 +237,7 @@ impl Engine {
             op_metrics: audit::OpMetrics::register(),
             volumes_opened: AtomicU64::new(0),
             written: data::WrittenCounters::default(),
+            held: Arc::default(),
             stores: Mutex::new(HashMap::new()),
             store_keys: Mutex::new(HashMap::new()),
         });

@@ -76,6 +76,18 @@ impl Writeback {
         self.failed.get(&idx).cloned()
     }
 
+    /// Bytes of file data held here: being stored, stored awaiting the commit, or failed.
+    pub(super) fn held_bytes(&self) -> u64 {
+        let batches: usize = self
+            .batches
+            .iter()
+            .flat_map(|b| b.contents.values())
+            .map(Bytes::len)
+            .sum();
+        let failed: usize = self.failed.values().map(Bytes::len).sum();
+        self.staged_bytes + batches as u64 + failed as u64
+    }
+
     pub(super) fn holds(&self, idx: u64) -> bool {
         self.staged.contains_key(&idx)
             || self.failed.contains_key(&idx)
@@ -181,6 +193,12 @@ impl Volume {
 
     /// Commit a file's staged blocks, buffered blocks and size in one transaction.
     pub(super) async fn flush_file(&self, ino: Ino, st: &mut FileState) -> FsResult<()> {
+        let flushed = self.flush_file_once(ino, st).await;
+        st.report_held(self.block_size());
+        flushed
+    }
+
+    async fn flush_file_once(&self, ino: Ino, st: &mut FileState) -> FsResult<()> {
         let drained = st.wb.drain().await;
         return_failed(st);
         drained?;
