@@ -31,13 +31,17 @@ fn restart(command: &str, mode: &str) {
 /// The faults of one test would fall on the other's workload and checks: they take turns.
 static ONE_FAULT_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The writer's outcome: the files whose fsync succeeded with their data, and the errno of every
+/// step that failed.
+type Outcome = (Vec<(Ino, Vec<u8>)>, Vec<i32>);
+
 /// A tenant under a writer that creates, writes, fsyncs and closes files in a loop, keeping what
 /// fsync acknowledged and the errno of every failed step.
 struct Workload {
     engine: Engine,
     tenant: String,
     stop: Arc<AtomicBool>,
-    writer: tokio::task::JoinHandle<(Vec<(Ino, Vec<u8>)>, Vec<i32>)>,
+    writer: tokio::task::JoinHandle<Outcome>,
 }
 
 /// The PostgreSQL `application_name` of the workloads' connections.
