@@ -53,6 +53,10 @@ pub struct MountArgs {
     /// Memory for decoded blocks (e.g. 256MiB).
     #[arg(long, default_value = "256MiB", value_name = "SIZE")]
     memory_cache: String,
+    /// File data all open files may hold before it is committed; past it, each write commits
+    /// its own file first.
+    #[arg(long, default_value = "1GiB", value_name = "SIZE")]
+    held_limit: String,
     /// Keep decoded blocks on local disk in DIR too (one directory per mount), so data read
     /// once from S3, a shared directory or the database is read locally next time, also
     /// after a remount.
@@ -142,6 +146,7 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
     };
     let memory_cache =
         crate::config::parse_size(&args.memory_cache).context("invalid --memory-cache")?;
+    let held_limit = crate::config::parse_size(&args.held_limit).context("invalid --held-limit")?;
     let disk_cache = match &args.cache_dir {
         None => None,
         Some(dir) => Some(tarbox_fs::DiskCacheConfig {
@@ -199,6 +204,7 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
         block_cache_bytes: memory_cache,
         disk_cache,
         audit,
+        held_limit_bytes: held_limit,
         ..ctx.engine_config()
     };
     let engine = tarbox_fs::Engine::open(&url, config)

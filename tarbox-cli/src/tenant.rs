@@ -262,6 +262,10 @@ fn print_one(t: &TenantInfo, output: Output) -> Result<()> {
                 None => println!("data:        postgres (in the database)"),
                 Some(url) => println!("data:        {url}"),
             }
+            match t.access_policy_rules {
+                None => println!("policy:      none (POSIX permissions alone decide)"),
+                Some(n) => println!("policy:      {n} rules (tarbox policy show -t {})", t.name),
+            }
             println!(
                 "bytes:       {} of {}",
                 human(t.usage.bytes),

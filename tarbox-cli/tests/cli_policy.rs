@@ -44,6 +44,8 @@ fn policies_are_set_explained_refused_and_cleared() {
     assert!(set.contains("2 rules"), "{set}");
     let shown = String::from_utf8(t.run(&["policy", "show", "-t", &t.name])).expect("utf-8");
     assert_eq!(shown, POLICY);
+    let info = String::from_utf8(t.run(&["tenant", "info", &t.name])).expect("utf-8");
+    assert!(info.contains("policy:      2 rules"), "{info}");
 
     // `check` explains the decision and exits 0 when allowed, 1 when refused.
     let check = |args: &[&str]| {
@@ -142,4 +144,6 @@ fn policies_are_set_explained_refused_and_cleared() {
     t.run(&["policy", "clear", "-t", &t.name]);
     let shown = String::from_utf8(t.run(&["policy", "show", "-t", &t.name])).expect("utf-8");
     assert!(shown.contains("no access policy"), "{shown}");
+    let info = String::from_utf8(t.run(&["tenant", "info", &t.name])).expect("utf-8");
+    assert!(info.contains("policy:      none"), "{info}");
 }

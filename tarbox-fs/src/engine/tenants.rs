@@ -82,6 +82,8 @@ pub struct TenantInfo {
     pub owner: Option<String>,
     /// Where its file data lives: `None` in the database, else the block store's URL.
     pub data_url: Option<String>,
+    /// How many rules its access policy has; `None` without one.
+    pub access_policy_rules: Option<usize>,
 }
 
 /// Check a tenant name (RFC 1123 subdomain, at most 253 characters), naming what is wrong.
@@ -447,6 +449,10 @@ impl Engine {
         Ok(TenantInfo {
             owner: record.owner.clone(),
             data_url: record.data_url.clone(),
+            access_policy_rules: record
+                .access_policy
+                .as_deref()
+                .map(|text| crate::policy::AccessPolicy::parse(text).map_or(0, |p| p.rule_count())),
             id: record.id,
             name: record.name,
             state: record.state,
