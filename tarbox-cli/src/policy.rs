@@ -165,10 +165,10 @@ fn check(policy: &AccessPolicy, pod: Option<&str>, sa: &str, path: &str, op: Nee
         None => "a caller without a pod".to_string(),
     };
     let what = if op == Need::Write { "write" } else { "read" };
-    let verdict = match decision.errno() {
+    let verdict = match decision.refusal() {
         None => "allowed".to_string(),
-        Some(tarbox_fs::policy::Deciding::ReadOnly) => "refused (EROFS)".to_string(),
-        Some(tarbox_fs::policy::Deciding::Denied) => "refused (EACCES)".to_string(),
+        Some(tarbox_fs::policy::RefusedAs::ReadOnly) => "refused (EROFS)".to_string(),
+        Some(tarbox_fs::policy::RefusedAs::Denied) => "refused (EACCES)".to_string(),
     };
     println!(
         "{what} of {path} by {who}: {verdict}, decided by {}",

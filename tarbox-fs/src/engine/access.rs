@@ -18,7 +18,7 @@ use super::audit::Subject;
 use super::{Engine, Volume, lock};
 use crate::audit::{AuditEvent, AuditOp, OpClass};
 use crate::error::{FsError, FsResult};
-use crate::policy::{AccessPolicy, CallerPolicy, Deciding, Need, Workload};
+use crate::policy::{AccessPolicy, CallerPolicy, Need, RefusedAs, Workload};
 use crate::types::{Caller, DirEntry, PodIdentity};
 
 /// Pods whose compiled policy a volume keeps; past this the cache starts over.
@@ -173,7 +173,7 @@ impl Volume {
         let paths = self.subject_paths(subject).await;
         for path in paths.iter() {
             let decision = policy.decide(path, need);
-            let Some(how) = decision.errno() else {
+            let Some(how) = decision.refusal() else {
                 continue;
             };
             let detail = format!(
@@ -182,11 +182,11 @@ impl Volume {
                 decision.reason
             );
             let error = match how {
-                Deciding::Denied => FsError::PermissionDenied,
+                RefusedAs::Denied => FsError::PermissionDenied,
                 // Creating a name that exists is `EEXIST` before it is `EROFS`, as on a
                 // read-only mount (`mkdir -p` relies on it).
-                Deciding::ReadOnly if self.names_existing(op, subject).await => FsError::Exists,
-                Deciding::ReadOnly => FsError::ReadOnly,
+                RefusedAs::ReadOnly if self.names_existing(op, subject).await => FsError::Exists,
+                RefusedAs::ReadOnly => FsError::ReadOnly,
             };
             return Err(Refusal { error, detail });
         }
@@ -198,10 +198,10 @@ impl Volume {
         let Some(policy) = self.caller_policy(caller) else {
             return Ok(());
         };
-        match policy.decide(path, need).errno() {
+        match policy.decide(path, need).refusal() {
             None => Ok(()),
-            Some(Deciding::Denied) => Err(FsError::PermissionDenied),
-            Some(Deciding::ReadOnly) => Err(FsError::ReadOnly),
+            Some(RefusedAs::Denied) => Err(FsError::PermissionDenied),
+            Some(RefusedAs::ReadOnly) => Err(FsError::ReadOnly),
         }
     }
 

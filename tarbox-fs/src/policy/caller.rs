@@ -63,22 +63,22 @@ pub struct Decision {
 }
 
 impl Decision {
-    /// The errno a refusal returns: `EROFS` where the caller may read but not write (what a
-    /// read-only mount of the subtree would say), `EACCES` otherwise.
-    pub fn errno(&self) -> Option<Deciding> {
+    /// How the operation is refused, if it is: `EROFS` where the caller may read but not write
+    /// (what a read-only mount of the subtree would say), `EACCES` otherwise.
+    pub fn refusal(&self) -> Option<RefusedAs> {
         if self.allowed {
             None
         } else if self.granted == Access::Read {
-            Some(Deciding::ReadOnly)
+            Some(RefusedAs::ReadOnly)
         } else {
-            Some(Deciding::Denied)
+            Some(RefusedAs::Denied)
         }
     }
 }
 
 /// How a refused operation fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deciding {
+pub enum RefusedAs {
     /// `EROFS`.
     ReadOnly,
     /// `EACCES`.
@@ -319,9 +319,9 @@ gid = 1000
         assert!(p.decide("/checkpoints/job-a/step-1", Need::Write).allowed);
         let other = p.decide("/checkpoints/job-b/step-1", Need::Read);
         assert!(!other.allowed);
-        assert_eq!(other.errno(), Some(Deciding::Denied));
+        assert_eq!(other.refusal(), Some(RefusedAs::Denied));
         let data = p.decide("/datasets/train/0.bin", Need::Write);
-        assert_eq!(data.errno(), Some(Deciding::ReadOnly));
+        assert_eq!(data.refusal(), Some(RefusedAs::ReadOnly));
         assert!(p.decide("/datasets/train/0.bin", Need::Read).allowed);
         let secret = p.decide("/datasets/secret/key", Need::Read);
         assert!(!secret.allowed);

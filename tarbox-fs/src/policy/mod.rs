@@ -53,7 +53,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use caller::{CallerPolicy, Deciding, Decision, Reason};
+pub use caller::{CallerPolicy, Decision, Reason, RefusedAs};
 pub use parse::PolicyError;
 
 /// What a rule or default grants on a path.
