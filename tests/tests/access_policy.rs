@@ -248,6 +248,23 @@ backend_tests! {
         assert_eq!(t.ls("/datasets").await, vec!["keys", "train.csv"]);
     }
 
+    async fn a_directory_holding_a_rules_path_cannot_be_moved_by_a_pod(t: TestVolume) {
+        let policy = "[defaults]\npods = \"write\"\n[[rules]]\npaths = [\"/shared/datasets\"]\naccess = \"read\"\n";
+        let v = with_policy(&t, policy).await;
+        let root = Caller::root();
+        let shared = v.mkdir(&root, Ino::ROOT, b"shared", 0o777).await.expect("mkdir").ino;
+        v.mkdir(&root, shared, b"datasets", 0o777).await.expect("mkdir");
+        v.mknod(&root, shared, b"notes", libc::S_IFREG | 0o666, 0).await.expect("mknod");
+        let who = trainer();
+        let none = RenameFlags::default();
+        // Moving `/shared` would carry `/shared/datasets` out of its rule: EXDEV (`mv` copies).
+        assert_errno!(v.rename(&who, Ino::ROOT, b"shared", Ino::ROOT, b"shared2", none).await, libc::EXDEV);
+        assert_errno!(v.rename(&who, shared, b"datasets", shared, b"data2", none).await, libc::EROFS);
+        // A file beside it moves; a caller without a pod moves anything.
+        v.rename(&who, shared, b"notes", shared, b"notes2", none).await.expect("rename a file");
+        v.rename(&root, Ino::ROOT, b"shared", Ino::ROOT, b"shared2", none).await.expect("no pod");
+    }
+
     async fn squashed_callers_create_files_as_the_mapped_identity(t: TestVolume) {
         let v = with_policy(&t, POLICY).await;
         let mine = dir(&v, "/checkpoints/job-a").await;

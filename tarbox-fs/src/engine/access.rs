@@ -27,6 +27,8 @@ const CALLERS_KEPT: usize = 4096;
 /// A policy in force, with the callers compiled against it so far.
 struct Compiled {
     policy: AccessPolicy,
+    /// See [`AccessPolicy::anchors`].
+    anchors: Vec<String>,
     no_pod: Arc<CallerPolicy>,
     pods: Mutex<HashMap<PodIdentity, Arc<CallerPolicy>>>,
 }
@@ -35,6 +37,7 @@ impl Compiled {
     fn new(policy: AccessPolicy) -> Compiled {
         Compiled {
             no_pod: Arc::new(policy.for_caller(None)),
+            anchors: policy.anchors(),
             policy,
             pods: Mutex::new(HashMap::new()),
         }
@@ -101,6 +104,11 @@ impl VolumeAccess {
             );
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+    }
+
+    /// See [`AccessPolicy::anchors`]; empty without a policy.
+    fn anchors(&self) -> Vec<String> {
+        self.compiled().map_or_else(Vec::new, |c| c.anchors.clone())
     }
 
     /// Whether a policy is in force (so paths must be known).
@@ -171,6 +179,14 @@ impl Volume {
             return Ok(());
         };
         let paths = self.subject_paths(subject).await;
+        if let Some(path) = paths.iter().find(|p| p.starts_with('#')) {
+            // Not reachable from the root by any name the engine could find: no rule can be
+            // said to allow it.
+            return Err(Refusal {
+                error: FsError::PermissionDenied,
+                detail: format!("access policy: {path} has no path to judge it by"),
+            });
+        }
         for path in paths.iter() {
             let decision = policy.decide(path, need);
             let Some(how) = decision.refusal() else {
@@ -189,6 +205,18 @@ impl Volume {
                 RefusedAs::ReadOnly => FsError::ReadOnly,
             };
             return Err(Refusal { error, detail });
+        }
+        if let Subject::Move(..) = subject {
+            let anchors = self.inner.access.anchors();
+            if let Some(path) = paths.iter().find(|p| is_at_or_above_any(p, &anchors)) {
+                // Moving the directory a rule's paths start at, or one above it, would carry
+                // what lies under it out of the rule (or into it); `mv` copies and deletes
+                // instead, and each file is judged where it goes.
+                return Err(Refusal {
+                    error: FsError::CrossDevice,
+                    detail: format!("access policy: {path} holds a path a rule names"),
+                });
+            }
         }
         Ok(())
     }
@@ -258,14 +286,24 @@ impl Volume {
             Subject::Child(p, n) | Subject::Symlink(p, n, _) | Subject::Link(_, p, n) => (p, n),
             _ => return false,
         };
+        // Not `create`: without `O_EXCL` it would open the existing file, for writing, which is
+        // what a read grant refuses (`EROFS`, as a read-only mount says).
         if !matches!(
             op,
-            AuditOp::Mkdir | AuditOp::Mknod | AuditOp::Symlink | AuditOp::Link | AuditOp::Create
+            AuditOp::Mkdir | AuditOp::Mknod | AuditOp::Symlink | AuditOp::Link
         ) {
             return false;
         }
         matches!(self.reader().lookup(parent, name).await, Ok(Some(_)))
     }
+}
+
+/// Whether `path` is one of `anchors` or above one.
+fn is_at_or_above_any(path: &str, anchors: &[String]) -> bool {
+    anchors.iter().any(|a| {
+        a.starts_with(path)
+            && (a.len() == path.len() || path == "/" || a.as_bytes()[path.len()] == b'/')
+    })
 }
 
 /// `base/name` as a path.

@@ -300,9 +300,8 @@ impl Engine {
         if !read_only {
             volume.reclaim_orphans().await?;
         }
-        if options.layer.is_none() {
-            volume.spawn_head_watch(self.shared.config.head_poll_interval);
-        }
+        // A time-travel view follows no head, but the tenant's policy and audit level still.
+        volume.spawn_head_watch(self.shared.config.head_poll_interval);
         Ok(volume)
     }
 
@@ -614,9 +613,6 @@ impl Volume {
     /// (a switch, here or by another engine) shows another tree: open files forget what they
     /// cached of the old one.
     async fn refresh_view(&self) -> FsResult<()> {
-        if self.inner.pinned {
-            return Ok(());
-        }
         let tenant = self.inner.tenant.id;
         let record = self
             .backend()
@@ -627,6 +623,9 @@ impl Volume {
         self.inner
             .access
             .follow(record.access_policy.as_deref(), &record.name);
+        if self.inner.pinned {
+            return Ok(());
+        }
         let old = self.view();
         if record.head_layer == old.head() {
             return Ok(());

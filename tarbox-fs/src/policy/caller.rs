@@ -110,6 +110,9 @@ pub struct CallerPolicy {
     /// Literal directories at or under which a rule lets this caller read or write, with the
     /// rule: the directories above them stay reachable.
     reachable: Vec<(String, usize)>,
+    /// The leading components of such rules' globs (`/data/*` of `/data/*/train`), with the
+    /// rule: directories they match are above a grant too.
+    reachable_globs: Vec<(globset::GlobMatcher, usize)>,
 }
 
 impl CallerPolicy {
@@ -121,12 +124,14 @@ impl CallerPolicy {
                 pod: false,
                 squash: None,
                 reachable: Vec::new(),
+                reachable_globs: Vec::new(),
             };
         };
         let selecting = || policy.rules.iter().filter(|r| r.selects(w));
         let squash = selecting().find_map(|r| r.squash);
         let mut rules = Vec::new();
         let mut reachable = Vec::new();
+        let mut reachable_globs = Vec::new();
         for rule in selecting() {
             let Some(access) = rule.access else { continue };
             let mut paths = Vec::with_capacity(rule.paths.len());
@@ -162,6 +167,8 @@ impl CallerPolicy {
                     let dir = literal_dir(&text).to_string();
                     if access > Access::None {
                         reachable.push((dir.clone(), rules.len()));
+                        reachable_globs
+                            .extend(leading_globs(&text).into_iter().map(|g| (g, rules.len())));
                     }
                     paths.push(PathMatch::Glob(matcher, dir));
                 } else {
@@ -181,6 +188,7 @@ impl CallerPolicy {
                 });
             } else {
                 reachable.retain(|(_, i)| *i != rules.len());
+                reachable_globs.retain(|(_, i)| *i != rules.len());
             }
         }
         CallerPolicy {
@@ -189,6 +197,7 @@ impl CallerPolicy {
             pod: true,
             squash,
             reachable,
+            reachable_globs,
         }
     }
 
@@ -220,8 +229,18 @@ impl CallerPolicy {
             };
         }
         if need == Access::Read {
-            let above = self.reachable.iter().find(|(dir, _)| is_under(dir, path));
-            if let Some(rule) = above.and_then(|(_, i)| self.rules.get(*i)) {
+            let above = self
+                .reachable
+                .iter()
+                .find(|(dir, _)| is_under(dir, path))
+                .map(|(_, i)| *i)
+                .or_else(|| {
+                    self.reachable_globs
+                        .iter()
+                        .find(|(glob, _)| glob.is_match(path))
+                        .map(|(_, i)| *i)
+                });
+            if let Some(rule) = above.and_then(|i| self.rules.get(i)) {
                 return Decision {
                     allowed: true,
                     granted: Access::Read,
@@ -263,6 +282,24 @@ impl CallerPolicy {
         }
         Some(mapped)
     }
+}
+
+/// Globs of the leading components of `glob` that hold glob characters, shortest first, so
+/// that the directories on the way to what it matches can be told: `/data/*` and
+/// `/data/*/train` for `/data/*/train/*.bin`.
+fn leading_globs(glob: &str) -> Vec<globset::GlobMatcher> {
+    let parts: Vec<&str> = glob.split('/').collect();
+    (2..parts.len())
+        .map(|k| parts[..k].join("/"))
+        .filter(|prefix| prefix.contains(['*', '?', '[', '{']))
+        .filter_map(|prefix| {
+            globset::GlobBuilder::new(&prefix)
+                .literal_separator(true)
+                .build()
+                .ok()
+                .map(|g| g.compile_matcher())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -342,6 +379,22 @@ gid = 1000
             assert!(!p.decide(dir, Need::Write).allowed, "{dir}");
         }
         assert!(!p.decide("/check", Need::Read).allowed);
+        // Through a glob's wildcard components too: `/runs/*/logs` is reached by `/runs/x`.
+        let globbed = AccessPolicy::parse(
+            "[defaults]\npods = \"none\"\n[[rules]]\npaths = [\"/runs/*/logs/**\"]\naccess = \"read\"\n",
+        )
+        .expect("valid policy")
+        .for_caller(Some(&Workload {
+            namespace: "a",
+            service_account: "b",
+            pod: "c",
+        }));
+        for dir in ["/", "/runs", "/runs/x", "/runs/x/logs"] {
+            assert!(globbed.decide(dir, Need::Read).allowed, "{dir}");
+        }
+        assert!(globbed.decide("/runs/x/logs/today", Need::Read).allowed);
+        assert!(!globbed.decide("/runs/x/other", Need::Read).allowed);
+        assert!(!globbed.decide("/elsewhere", Need::Read).allowed);
     }
 
     #[test]

@@ -219,6 +219,21 @@ impl AccessPolicy {
         self.rules.len()
     }
 
+    /// The literal directories the rules' paths start at (before any glob or placeholder), over
+    /// every rule: a restricted caller cannot rename one of them or a directory above one, or
+    /// the paths under it would leave (or enter) the rule with the data.
+    pub fn anchors(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| r.access.is_some())
+            .flat_map(|r| r.paths.iter().map(|p| parse::literal_dir(p).to_string()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The rules that concern `workload` (`None`: a caller without a pod), compiled.
     pub fn for_caller(&self, workload: Option<&Workload<'_>>) -> CallerPolicy {
         CallerPolicy::compile(self, workload)
