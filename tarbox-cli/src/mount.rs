@@ -147,6 +147,13 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
     let memory_cache =
         crate::config::parse_size(&args.memory_cache).context("invalid --memory-cache")?;
     let held_limit = crate::config::parse_size(&args.held_limit).context("invalid --held-limit")?;
+    if held_limit < 16 << 20 {
+        bail!(
+            "invalid --held-limit {}: must be at least 16MiB (one file's write buffer), or every \
+             write commits",
+            args.held_limit
+        );
+    }
     let disk_cache = match &args.cache_dir {
         None => None,
         Some(dir) => Some(tarbox_fs::DiskCacheConfig {
