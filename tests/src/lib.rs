@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use tarbox_fs::Filesystem as _;
+use tarbox_fs::Filesystem;
 use tarbox_fs::backend::faulty::{Faults, FaultyBackend};
 use tarbox_fs::{
     Caller, DirEntry, Engine, EngineConfig, FileAttr, FileHandle, FileType, FsError, FsResult, Ino,
@@ -639,34 +639,7 @@ impl TestVolume {
     /// Every entry of directory `ino` including `.` and `..`, read as root page by page,
     /// continuing each call from the offset of the last entry received.
     pub async fn readdir_all(&self, ino: Ino) -> Vec<DirEntry> {
-        let root = Caller::root();
-        let fh = self
-            .volume
-            .opendir(&root, ino)
-            .await
-            .unwrap_or_else(|e| panic!("opendir {ino}: {e}"));
-        let mut out: Vec<DirEntry> = Vec::new();
-        let mut offset = 0;
-        loop {
-            let page = self
-                .volume
-                .readdir(&root, ino, fh, offset)
-                .await
-                .unwrap_or_else(|e| panic!("readdir {ino} at {offset}: {e}"));
-            let Some(last) = page.last() else { break };
-            assert!(
-                last.next_offset > offset,
-                "readdir offsets must advance: {offset} then {}",
-                last.next_offset
-            );
-            offset = last.next_offset;
-            out.extend(page);
-        }
-        self.volume
-            .releasedir(&root, fh)
-            .await
-            .unwrap_or_else(|e| panic!("releasedir {ino}: {e}"));
-        out
+        read_dir_as(&self.volume, &Caller::root(), ino).await
     }
 
     /// Names in a directory, in listing order, without `.` and `..`.
@@ -888,4 +861,45 @@ pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Every entry of directory `ino` (`.` and `..` included) as `caller` lists it through `fs`,
+/// page by page; panics on an error or on offsets that do not advance.
+pub async fn read_dir_as(fs: &dyn Filesystem, caller: &Caller, ino: Ino) -> Vec<DirEntry> {
+    let fh = fs
+        .opendir(caller, ino)
+        .await
+        .unwrap_or_else(|e| panic!("opendir {ino}: {e}"));
+    let mut out: Vec<DirEntry> = Vec::new();
+    let mut offset = 0;
+    loop {
+        let page = fs
+            .readdir(caller, ino, fh, offset)
+            .await
+            .unwrap_or_else(|e| panic!("readdir {ino} at {offset}: {e}"));
+        let Some(last) = page.last() else { break };
+        assert!(
+            last.next_offset > offset,
+            "readdir offsets must advance: {offset} then {}",
+            last.next_offset
+        );
+        offset = last.next_offset;
+        out.extend(page);
+    }
+    fs.releasedir(caller, fh)
+        .await
+        .unwrap_or_else(|e| panic!("releasedir {ino}: {e}"));
+    out
+}
+
+/// The names in directory `ino` as `caller` lists them, sorted, without `.` and `..`.
+pub async fn names_as(fs: &dyn Filesystem, caller: &Caller, ino: Ino) -> Vec<String> {
+    let mut names: Vec<String> = read_dir_as(fs, caller, ino)
+        .await
+        .into_iter()
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    names.sort();
+    names
 }

@@ -12,7 +12,7 @@ use tarbox_fs::{
     AuditLevel, AuditOp, Caller, ControlFs, FileType, Ino, PodIdentity, RenameFlags, SetAttr,
     Volume, VolumeOptions, XattrMode,
 };
-use tarbox_tests::{TestVolume, assert_errno, backend_tests};
+use tarbox_tests::{TestVolume, assert_errno, backend_tests, names_as};
 
 const POLICY: &str = r#"
 [defaults]
@@ -129,23 +129,7 @@ async fn dir(v: &Volume, path: &str) -> Ino {
 
 /// The names `caller` sees listed in `path`.
 async fn listing(v: &Volume, caller: &Caller, path: &str) -> Vec<String> {
-    let ino = dir(v, path).await;
-    let fh = v.opendir(caller, ino).await.expect("opendir");
-    let mut names = Vec::new();
-    let mut offset = 0;
-    loop {
-        let page = v.readdir(caller, ino, fh, offset).await.expect("readdir");
-        let Some(last) = page.last() else { break };
-        offset = last.next_offset;
-        names.extend(
-            page.iter()
-                .map(|e| String::from_utf8_lossy(&e.name).into_owned())
-                .filter(|n| n != "." && n != ".."),
-        );
-    }
-    v.releasedir(caller, fh).await.expect("releasedir");
-    names.sort();
-    names
+    names_as(v, caller, dir(v, path).await).await
 }
 
 fn ctl(v: &Volume) -> ControlFs {

@@ -10,9 +10,8 @@ use proptest::test_runner::Config;
 use tarbox_fs::Filesystem as _;
 use tarbox_fs::audit::{PathMatch, ResultFilter, StatsKey};
 use tarbox_fs::policy::AccessPolicy;
-use tarbox_fs::{AuditOp, Caller, ControlFs, Engine, EngineConfig, FsResult, Ino};
-use tarbox_fs::{TenantOptions, Volume};
-use tarbox_tests::unique_tenant_name;
+use tarbox_fs::{AuditOp, Caller, ControlFs, FsResult, Ino};
+use tarbox_tests::{TestVolume, read_dir_as};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -72,39 +71,14 @@ fn errno<T>(r: &FsResult<T>) -> i32 {
     r.as_ref().err().map_or(0, |e| e.errno())
 }
 
-async fn open_volume(url: Option<&str>) -> (Engine, Volume, String) {
-    let engine = Engine::open(url.unwrap_or("memory://"), EngineConfig::default())
-        .await
-        .expect("engine");
-    let tenant = unique_tenant_name();
-    engine
-        .create_tenant(&tenant, TenantOptions::default())
-        .await
-        .expect("tenant");
-    let volume = engine.volume(&tenant).await.expect("volume");
-    (engine, volume, tenant)
-}
-
 /// The root's names, sorted.
 async fn root_names(fs: &dyn tarbox_fs::Filesystem) -> Vec<Vec<u8>> {
-    let me = Caller::root();
-    let fh = fs.opendir(&me, Ino::ROOT).await.expect("opendir");
-    let mut names = Vec::new();
-    let mut offset = 0;
-    loop {
-        let page = fs
-            .readdir(&me, Ino::ROOT, fh, offset)
-            .await
-            .expect("readdir");
-        let Some(last) = page.last() else { break };
-        offset = last.next_offset;
-        names.extend(
-            page.into_iter()
-                .map(|e| e.name)
-                .filter(|n| n != b"." && n != b".."),
-        );
-    }
-    fs.releasedir(&me, fh).await.expect("releasedir");
+    let entries = read_dir_as(fs, &Caller::root(), Ino::ROOT).await;
+    let mut names: Vec<Vec<u8>> = entries
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n != b"." && n != b"..")
+        .collect();
     names.sort();
     names
 }
@@ -113,8 +87,8 @@ async fn root_names(fs: &dyn tarbox_fs::Filesystem) -> Vec<Vec<u8>> {
 /// removes as that exact name) or fails with the errno of its class and leaves the root as it was.
 fn names_with_every_byte(url: Option<&str>, cases: u32) {
     let rt = runtime();
-    let (engine, volume, tenant) = rt.block_on(open_volume(url));
-    let fs = ControlFs::new(volume.clone());
+    let t = rt.block_on(TestVolume::open(url.unwrap_or("memory://")));
+    let fs = ControlFs::new(t.volume.clone());
     let before = rt.block_on(root_names(&fs));
     proptest!(config(cases), |(name in hostile_name(), how in 0u8..5)| {
         rt.block_on(async {
@@ -168,10 +142,7 @@ fn names_with_every_byte(url: Option<&str>, cases: u32) {
             Ok(())
         })?;
     });
-    rt.block_on(async {
-        engine.delete_tenant(&tenant).await.ok();
-        engine.close().await.ok();
-    });
+    rt.block_on(t.cleanup_handle().run());
 }
 
 /// What a `/.tarbox/layers` command file is written with, by someone who means harm.
@@ -190,17 +161,17 @@ fn hostile_command() -> impl Strategy<Value = Vec<u8>> {
 /// the live tree's files are unchanged either way (every layer here shows the same tree).
 fn control_writes_with_any_bytes(url: Option<&str>, cases: u32) {
     let rt = runtime();
-    let (engine, volume, tenant) = rt.block_on(open_volume(url));
-    let fs = ControlFs::new(volume.clone());
+    let t = rt.block_on(TestVolume::open(url.unwrap_or("memory://")));
+    let fs = ControlFs::new(t.volume.clone());
     let me = Caller::root();
     let (layers, before) = rt.block_on(async {
-        let (attr, fh) = fs
+        let (_, fh) = fs
             .create(&me, Ino::ROOT, b"keep", 0o644, libc::O_WRONLY)
             .await
             .expect("create");
         fs.write(&me, fh, 0, b"kept").await.expect("write");
         fs.release(&me, fh).await.expect("release");
-        volume
+        t.volume
             .layers()
             .checkpoint("cp-0", "")
             .await
@@ -215,7 +186,6 @@ fn control_writes_with_any_bytes(url: Option<&str>, cases: u32) {
             .await
             .expect("layers")
             .ino;
-        let _ = attr;
         (layers, root_names(&fs).await)
     });
     let allowed = [
@@ -244,10 +214,7 @@ fn control_writes_with_any_bytes(url: Option<&str>, cases: u32) {
             Ok(())
         })?;
     });
-    rt.block_on(async {
-        engine.delete_tenant(&tenant).await.ok();
-        engine.close().await.ok();
-    });
+    rt.block_on(t.cleanup_handle().run());
 }
 
 /// TOML-shaped text around the policy's own keys, so the parser's deeper checks are reached.

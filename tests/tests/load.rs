@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use concurrency_common::*;
 use tarbox_fs::Filesystem as _;
 use tarbox_fs::{FsError, Ino, RenameFlags, TenantOptions, XattrMode};
-use tarbox_tests::noise;
+use tarbox_tests::{names_as, noise};
 
 /// What each client does `rounds` times; returns its directory and the content of its last file.
 async fn client(
@@ -140,7 +140,7 @@ async fn mixed_load(store: Store, engines: usize, clients: usize, rounds: usize)
     let me = root();
     let last = format!("g{}", rounds - 1);
     for (id, (dir, data)) in results.iter().enumerate() {
-        let names = list(&fresh, *dir).await;
+        let names = names_as(&fresh, &me, *dir).await;
         assert_eq!(names, vec![last.clone()], "client {id}'s directory");
         let file = fresh
             .lookup(&me, *dir, last.as_bytes())
@@ -154,7 +154,7 @@ async fn mixed_load(store: Store, engines: usize, clients: usize, rounds: usize)
         fresh.release(&me, fh).await.expect("release");
         assert!(read[..] == data[..], "client {id}'s last file differs");
     }
-    let shared_names: BTreeSet<String> = list(&fresh, shared).await.into_iter().collect();
+    let shared_names: BTreeSet<String> = names_as(&fresh, &me, shared).await.into_iter().collect();
     let expected: BTreeSet<String> = (0..clients)
         .flat_map(|id| (0..rounds).map(move |r| format!("s-{id}-{r}")))
         .collect();
@@ -165,27 +165,6 @@ async fn mixed_load(store: Store, engines: usize, clients: usize, rounds: usize)
         .expect("fsck");
     assert!(report.is_clean(), "{:?}", report.problems);
     cluster.finish().await;
-}
-
-/// Every name in `dir`, through all pages.
-async fn list(v: &tarbox_fs::Volume, dir: Ino) -> Vec<String> {
-    let me = root();
-    let fh = v.opendir(&me, dir).await.expect("opendir");
-    let mut names = Vec::new();
-    let mut offset = 0;
-    loop {
-        let page = v.readdir(&me, dir, fh, offset).await.expect("readdir");
-        let Some(end) = page.last() else { break };
-        offset = end.next_offset;
-        names.extend(
-            page.iter()
-                .map(|e| String::from_utf8_lossy(&e.name).into_owned())
-                .filter(|n| n != "." && n != ".."),
-        );
-    }
-    v.releasedir(&me, fh).await.expect("releasedir");
-    names.sort();
-    names
 }
 
 /// 64 clients on one mount.

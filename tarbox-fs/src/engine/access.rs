@@ -19,7 +19,9 @@ use super::{Engine, Volume, lock};
 use crate::audit::{AuditEvent, AuditOp, OpClass};
 use crate::error::{FsError, FsResult};
 use crate::policy::{AccessPolicy, CallerPolicy, Need, RefusedAs, Workload};
-use crate::types::{Caller, DirEntry, PodIdentity};
+use std::future::Future;
+
+use crate::types::{Caller, DirEntry, FileHandle, PodIdentity};
 
 /// Pods whose compiled policy a volume keeps; past this the cache starts over.
 const CALLERS_KEPT: usize = 4096;
@@ -233,29 +235,47 @@ impl Volume {
         }
     }
 
-    /// The entries of directory `dir` that `caller` may reach; the others are left out.
-    pub(super) async fn reachable_entries<T>(
+    /// The next page of the directory open as `fh` that `read` returns from an offset, without
+    /// the entries `caller` may not reach. A page hidden whole is read past: an empty page would
+    /// end the listing.
+    pub(super) async fn reachable_page<T, F>(
         &self,
         caller: &Caller,
-        dir: crate::types::Ino,
-        entries: Vec<T>,
+        fh: FileHandle,
+        mut offset: u64,
         entry: impl Fn(&T) -> &DirEntry,
-    ) -> Vec<T> {
+        read: impl Fn(u64) -> F,
+    ) -> FsResult<Vec<T>>
+    where
+        F: Future<Output = FsResult<Vec<T>>>,
+    {
         let Some(policy) = self.caller_policy(caller) else {
-            return entries;
+            return read(offset).await;
+        };
+        let Some(dir) = self.dir_of_handle(fh) else {
+            return read(offset).await;
         };
         let base = self.path_of(dir).await;
-        entries
-            .into_iter()
-            .filter(|e| {
-                let name = &entry(e).name;
-                if name == b"." || name == b".." {
-                    return true;
-                }
-                let path = child_of(&base, name);
-                policy.decide(&path, Need::Read).allowed
-            })
-            .collect()
+        loop {
+            let page = read(offset).await?;
+            let Some(last) = page.last().map(|e| entry(e).next_offset) else {
+                return Ok(page);
+            };
+            let kept: Vec<T> = page
+                .into_iter()
+                .filter(|e| {
+                    let name = &entry(e).name;
+                    name == b"." || name == b".." || {
+                        let path = child_path_of(&base, name);
+                        policy.decide(&path, Need::Read).allowed
+                    }
+                })
+                .collect();
+            if !kept.is_empty() {
+                return Ok(kept);
+            }
+            offset = last;
+        }
     }
 
     /// The paths an operation names, in the tenant's tree.
@@ -306,8 +326,8 @@ fn is_at_or_above_any(path: &str, anchors: &[String]) -> bool {
     })
 }
 
-/// `base/name` as a path.
-fn child_of(base: &str, name: &[u8]) -> String {
+/// `base/name` as a path (`name` shown as the audit trail shows it).
+pub(super) fn child_path_of(base: &str, name: &[u8]) -> String {
     let name = crate::audit::path_display(name);
     if base == "/" {
         format!("/{name}")

@@ -399,29 +399,21 @@ impl Filesystem for Volume {
         offset: u64,
     ) -> FsResult<Vec<DirEntry>> {
         let caller = &self.acting(caller);
-        let mut offset = offset;
-        loop {
-            let entries = self
-                .audited(
+        self.reachable_page(
+            caller,
+            fh,
+            offset,
+            |e| e,
+            move |offset| {
+                self.audited(
                     caller,
                     AuditOp::Readdir,
                     Subject::Handle(fh, Some(offset)),
                     self.do_readdir(caller, fh, offset),
                 )
-                .await?;
-            let Some(last) = entries.last().map(|e| e.next_offset) else {
-                return Ok(entries);
-            };
-            let Some(dir) = self.dir_of_handle(fh) else {
-                return Ok(entries);
-            };
-            let kept = self.reachable_entries(caller, dir, entries, |e| e).await;
-            // An empty page would end the listing: go on past the hidden entries.
-            if !kept.is_empty() {
-                return Ok(kept);
-            }
-            offset = last;
-        }
+            },
+        )
+        .await
     }
 
     /// Entries with their attributes (`READDIRPLUS`): the kernel learns each entry without a
@@ -434,35 +426,30 @@ impl Filesystem for Volume {
         offset: u64,
     ) -> FsResult<Vec<(DirEntry, FileAttr)>> {
         let caller = &self.acting(caller);
-        let mut offset = offset;
-        loop {
-            let entries = self
-                .audited(
-                    caller,
-                    AuditOp::Readdir,
-                    Subject::Handle(fh, Some(offset)),
-                    self.do_readdirplus(caller, fh, offset),
-                )
-                .await?;
-            let Some(last) = entries.last().map(|(e, _)| e.next_offset) else {
-                return Ok(entries);
-            };
-            let Some(dir) = self.dir_of_handle(fh) else {
-                return Ok(entries);
-            };
+        let entries = self
+            .reachable_page(
+                caller,
+                fh,
+                offset,
+                |(e, _)| e,
+                move |offset| {
+                    self.audited(
+                        caller,
+                        AuditOp::Readdir,
+                        Subject::Handle(fh, Some(offset)),
+                        self.do_readdirplus(caller, fh, offset),
+                    )
+                },
+            )
+            .await?;
+        if let Some(dir) = self.dir_of_handle(fh) {
             for (entry, _) in &entries {
                 if entry.name != b"." && entry.name != b".." {
                     self.learn_name(entry.ino, dir, &entry.name);
                 }
             }
-            let kept = self
-                .reachable_entries(caller, dir, entries, |(e, _)| e)
-                .await;
-            if !kept.is_empty() {
-                return Ok(kept);
-            }
-            offset = last;
         }
+        Ok(entries)
     }
 
     /// Value of an extended attribute. `ENODATA` if absent.

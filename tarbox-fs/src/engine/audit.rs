@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::access::default_need;
+use super::access::{child_path_of, default_need};
 use super::{Volume, lock};
 use crate::audit::{AuditEvent, AuditLevel, AuditOp, HandleCounters, OpClass, is_denial};
 use crate::backend::{LayerRecord, StoreTxn};
@@ -515,13 +515,7 @@ impl Volume {
 
     /// The path of `parent`'s entry `name`.
     pub(super) async fn child_path(&self, parent: Ino, name: &[u8]) -> Arc<str> {
-        let dir = self.path_of(parent).await;
-        let name = crate::audit::path_display(name);
-        if &*dir == "/" {
-            format!("/{name}").into()
-        } else {
-            format!("{dir}/{name}").into()
-        }
+        child_path_of(&self.path_of(parent).await, name).into()
     }
 
     /// The path of `ino` from the tenant's root (its most recently learned name).

@@ -10,6 +10,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Transaction};
 
 use super::convert::{STATE_ACTIVE, STATE_RETIRED, col, map_err, to_i64, to_u64};
+use super::tenants::tenant_updated;
 use crate::backend::{LayerChanges, LayerRecord, LayerSwitch};
 use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId, TenantId, Timestamp, Usage};
@@ -65,10 +66,7 @@ pub(super) async fn set_auto_checkpoint(
         .execute(pool)
         .await
         .map_err(map_err)?;
-    if done.rows_affected() == 0 {
-        return Err(BackendError::TenantGone);
-    }
-    Ok(())
+    tenant_updated(&done)
 }
 
 /// Which tenant states a layer change serves.

@@ -146,10 +146,7 @@ pub(super) async fn set_quota(pool: &PgPool, tenant: TenantId, quota: Quota) -> 
         .execute(pool)
         .await
         .map_err(map_err)?;
-    if done.rows_affected() == 0 {
-        return Err(BackendError::TenantGone);
-    }
-    Ok(())
+    tenant_updated(&done)
 }
 
 pub(super) async fn usage(pool: &PgPool, tenant: TenantId) -> BackendResult<Usage> {
@@ -300,10 +297,7 @@ pub(super) async fn set_access_policy(
         .execute(pool)
         .await
         .map_err(map_err)?;
-    if done.rows_affected() == 0 {
-        return Err(BackendError::TenantGone);
-    }
-    Ok(())
+    tenant_updated(&done)
 }
 
 pub(super) async fn set_audit(
@@ -319,6 +313,11 @@ pub(super) async fn set_audit(
             .execute(pool)
             .await
             .map_err(map_err)?;
+    tenant_updated(&done)
+}
+
+/// An `UPDATE` of one tenant's row: `TenantGone` if it found none.
+pub(super) fn tenant_updated(done: &sqlx::postgres::PgQueryResult) -> BackendResult<()> {
     if done.rows_affected() == 0 {
         return Err(BackendError::TenantGone);
     }
