@@ -75,6 +75,18 @@ impl Fixture {
     }
 }
 
+/// Write `data` at `offset` of the file at `path` and close it (one flush).
+async fn write_at(t: &TestVolume, path: &str, offset: u64, data: &[u8]) {
+    let me = Caller::root();
+    let fh = t
+        .volume
+        .open(&me, t.ino(path).await, libc::O_RDWR)
+        .await
+        .expect("open");
+    t.volume.write(&me, fh, offset, data).await.expect("write");
+    t.volume.release(&me, fh).await.expect("release");
+}
+
 /// Run `test` on the memory backend and, when reachable, on PostgreSQL.
 macro_rules! on_every_backend {
     ($($name:ident => $body:expr;)*) => {
@@ -153,6 +165,43 @@ on_every_backend! {
         t.engine.delete_tenant(&t.tenant).await.expect("delete");
         t.engine.purge_tenant(&t.tenant).await.expect("purge");
         assert!(!f.tenant_dir().exists(), "a purge deletes the tenant's objects");
+    };
+
+    patched_blocks_are_reclaimed_with_what_they_patch => |f: Fixture| async move {
+        let t = &f.t;
+        let mut model = noise(MIB, 1);
+        t.write_file("/model", &model).await;
+        assert_eq!(f.objects().len(), 4, "1 MiB in 256 KiB blocks");
+        // Small writes into stored blocks store what was written: one object each (the
+        // manifests naming them and the blocks written over live in the database).
+        for (offset, seed) in [(300_000, 2), (300_000 + 8192, 3), (600_000, 4)] {
+            let data = noise(4096, seed);
+            model[offset..offset + 4096].copy_from_slice(&data);
+            write_at(t, "/model", offset as u64, &data).await;
+            if seed == 2 {
+                t.volume.layers().checkpoint("v1", "").await.expect("checkpoint");
+            }
+        }
+        assert_eq!(f.objects().len(), 7, "three patches beside the four blocks");
+        assert_eq!(t.read_file("/model").await, model);
+        let check = f.check().await;
+        assert!(check.is_clean() && check.verified == 7, "{check:?}");
+
+        // The checkpoint's patched block goes with it; what the live one names stays.
+        t.volume
+            .layers()
+            .drop_layer(&LayerRef::from("v1"), true)
+            .await
+            .expect("drop v1");
+        let report = f.gc().await;
+        assert_eq!(report.reaped, 0, "every object is still named: {report:?}");
+        assert_eq!(t.read_file("/model").await, model);
+
+        // Removing the file releases the patched blocks, and through them what they name.
+        t.unlink("/model").await;
+        f.gc().await;
+        assert_eq!(f.objects().len(), 0, "nothing of the file is kept");
+        assert!(f.check().await.is_clean());
     };
 
     a_writer_racing_the_reaper_stores_its_block_again => |f: Fixture| async move {
@@ -276,6 +325,7 @@ on_every_backend! {
             hash: BlockHash(*blake3::hash(b"left by a crash").as_bytes()),
             compressed: false,
             data: bytes::Bytes::from_static(b"left by a crash"),
+            parts: Vec::new(),
         };
         f.store().await.put(f.id, vec![stray]).await.expect("put");
         assert_eq!(f.objects().len(), 3);

@@ -106,6 +106,32 @@ backend_tests! {
         assert!(fresh.0 > t.stat("/data/big").await.ino.0);
     }
 
+    async fn a_clone_keeps_blocks_written_in_part(t: TestVolume) {
+        let root = Caller::root();
+        let mut model = noise(512 * 1024, 5);
+        t.write_file("/f", &model).await;
+        // Small writes into stored blocks are stored as patched blocks.
+        let fh = t.volume.open(&root, t.ino("/f").await, libc::O_RDWR).await.expect("open");
+        for (offset, byte) in [(1000, b'a'), (300_000, b'b')] {
+            model[offset..offset + 100].fill(byte);
+            t.volume.write(&root, fh, offset as u64, &[byte; 100]).await.expect("write");
+        }
+        t.volume.release(&root, fh).await.expect("release");
+        let name = unique_tenant_name();
+        t.engine.clone_tenant(&t.tenant, None, &name, unlimited()).await.expect("clone");
+        // The source lets go of everything; the clone holds its own references.
+        t.unlink("/f").await;
+        let clone = t.adopt(&name).await;
+        assert_eq!(clone.read_file("/f").await, model);
+        let report = t.engine.fsck(&name, &|_| {}).await.expect("fsck");
+        assert!(report.is_clean(), "the clone is consistent: {:?}", report.problems);
+        let fh = clone.volume.open(&root, clone.ino("/f").await, libc::O_RDWR).await.expect("open");
+        model[1050..1150].fill(b'c');
+        clone.volume.write(&root, fh, 1050, &[b'c'; 100]).await.expect("write");
+        clone.volume.release(&root, fh).await.expect("release");
+        assert_eq!(clone.read_file("/f").await, model);
+    }
+
     async fn a_clone_leaves_open_unlinked_files_behind(t: TestVolume) {
         let root = Caller::root();
         t.write_file("/kept", b"kept").await;

@@ -623,7 +623,8 @@ backend_tests! {
 
     /// What the engine reports having stored (`Engine::data_written`, the measure of write
     /// amplification): whole blocks written in sequence are stored once each at their size; a
-    /// small write into a stored block stores that whole block again.
+    /// small write into a stored block stores what was written and a small manifest (a patched
+    /// block), until the block holds too many patches and is merged once.
     async fn data_written_counts_each_stored_block(t: TestVolume) {
         let root = Caller::root();
         let bs = t.engine.tenant_info(&t.tenant).await.expect("tenant info").block_size as u64;
@@ -636,16 +637,44 @@ backend_tests! {
         // Noise does not compress: each block is stored at its size.
         assert_eq!(sequential.bytes - before.bytes, 4 * bs);
 
-        pwrite(&t, fh, bs + 100, &noise(4096, 8)).await;
+        let mut model = noise(4 * bs as usize, 7);
+        let mut write = |at: u64, data: Vec<u8>| {
+            model[at as usize..at as usize + data.len()].copy_from_slice(&data);
+            data
+        };
+        pwrite(&t, fh, bs + 100, &write(bs + 100, noise(4096, 8))).await;
         t.volume.fsync(&root, fh, false).await.expect("fsync");
         let small = t.engine.data_written();
-        assert_eq!(small.blocks - sequential.blocks, 1, "the block written into is stored again");
-        assert_eq!(small.bytes - sequential.bytes, bs);
+        assert_eq!(small.blocks - sequential.blocks, 2, "the range written and a manifest");
+        let cost = small.bytes - sequential.bytes;
+        assert!((4096..4096 + 1024).contains(&cost), "a 4 KiB write stored {cost} bytes");
+
+        // Small writes into one block, each made durable: each costs about what it wrote until
+        // the block is merged (at most once here).
+        for k in 0..20u64 {
+            let at = 2 * bs + k * 8192;
+            pwrite(&t, fh, at, &write(at, noise(4096, 100 + k))).await;
+            t.volume.fsync(&root, fh, false).await.expect("fsync");
+        }
+        let many = t.engine.data_written();
+        let cost = many.bytes - small.bytes;
+        assert!(cost < 20 * (4096 + 1024) + bs, "20 small writes stored {cost} bytes");
+        assert!(
+            pread(&t, fh, 0, 4 * bs as u32).await == model,
+            "the file reads back as written"
+        );
 
         // Nothing written, nothing stored.
         t.volume.fsync(&root, fh, false).await.expect("fsync");
         release(&t, fh).await;
-        assert_eq!(t.engine.data_written(), small);
+        assert_eq!(t.engine.data_written(), many);
+        // And from a volume that never saw the writes.
+        let fresh = t.reopen().await;
+        let ino = t.resolve("/f").await.expect("resolve").ino;
+        let fh = fresh.open(&root, ino, libc::O_RDONLY).await.expect("open");
+        let got = fresh.read(&root, fh, 0, 4 * bs as u32).await.expect("read");
+        fresh.release(&root, fh).await.expect("release");
+        assert!(got[..] == model[..], "a fresh volume reads the file as written");
     }
 
     async fn a_file_replaced_by_rename_while_open_lives_until_released(t: TestVolume) {

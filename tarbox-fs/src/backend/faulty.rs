@@ -219,6 +219,10 @@ impl<T: StoreRead + ?Sized> StoreRead for Faulty<T> {
         self.statement()?;
         self.inner.blocks(hashes).await
     }
+    async fn patched_blocks(&mut self, hashes: &[BlockHash]) -> BackendResult<Vec<StoredBlock>> {
+        self.statement()?;
+        self.inner.patched_blocks(hashes).await
+    }
     async fn xattr(&mut self, ino: Ino, name: &[u8]) -> BackendResult<Option<Vec<u8>>> {
         self.statement()?;
         self.inner.xattr(ino, name).await

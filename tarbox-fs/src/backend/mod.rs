@@ -71,6 +71,10 @@ pub struct StoredBlock {
     /// The stored bytes. Empty in the rows of a tenant with a block store: a block is never
     /// empty (all-zero blocks are holes), so empty means "in the store".
     pub data: Bytes,
+    /// For a patched block (`data` is its manifest, always in the row, never in a block store):
+    /// the blocks it names, each as often as named; the row holds one reference to each while
+    /// it exists. Empty for a plain block.
+    pub parts: Vec<BlockHash>,
 }
 
 /// Copies blocks of a clone's source into the clone's block store (see
@@ -331,6 +335,10 @@ pub trait StoreRead: Send {
     /// The stored blocks with these hashes, in any order. Blocks of this tenant only; a hash that
     /// is not stored is omitted (the engine reports corruption).
     async fn blocks(&mut self, hashes: &[BlockHash]) -> BackendResult<Vec<StoredBlock>>;
+
+    /// The patched blocks (manifests with their parts) among `hashes`, in any order; plain
+    /// blocks and hashes not stored are omitted. Never carries a plain block's data.
+    async fn patched_blocks(&mut self, hashes: &[BlockHash]) -> BackendResult<Vec<StoredBlock>>;
 
     /// Value of the extended attribute `name` of `ino`; `None` if absent or removed.
     async fn xattr(&mut self, ino: Ino, name: &[u8]) -> BackendResult<Option<Vec<u8>>>;

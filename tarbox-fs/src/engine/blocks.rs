@@ -6,8 +6,12 @@
 //! which makes equal blocks of one tenant share storage, and are zstd-compressed when that saves
 //! space. Decoded blocks are immutable, so the cache never needs invalidation.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use moka::sync::Cache;
+
+use super::patched::Patched;
 
 use crate::backend::{BlockHash, Compression, StoredBlock};
 use crate::error::{BackendError, FsResult};
@@ -32,6 +36,7 @@ pub(crate) fn encode(content: &[u8], compression: Compression) -> Option<StoredB
                     hash,
                     compressed: true,
                     data: Bytes::from(packed),
+                    parts: Vec::new(),
                 });
             }
         }
@@ -40,6 +45,7 @@ pub(crate) fn encode(content: &[u8], compression: Compression) -> Option<StoredB
         hash,
         compressed: false,
         data: Bytes::copy_from_slice(content),
+        parts: Vec::new(),
     })
 }
 
@@ -132,11 +138,17 @@ pub(crate) fn decode(block: &StoredBlock, block_size: u64) -> FsResult<Bytes> {
     Ok(content)
 }
 
-/// Decoded blocks by tenant and hash, bounded by total bytes.
+/// Decoded blocks by tenant and hash, bounded by total bytes; and what is known of blocks'
+/// kinds: a patched block's manifest, or that a block is plain (what a flush writing over a
+/// block needs, without reading it).
 #[derive(Clone)]
 pub(crate) struct BlockCache {
     cache: Cache<(TenantId, BlockHash), Bytes>,
+    kinds: Cache<(TenantId, BlockHash), Option<Arc<Patched>>>,
 }
+
+/// Block kinds remembered (a manifest of 16 patches is under 1 KiB).
+const KINDS: u64 = 64 << 10;
 
 impl BlockCache {
     pub(crate) fn new(capacity_bytes: u64) -> BlockCache {
@@ -144,7 +156,19 @@ impl BlockCache {
             .max_capacity(capacity_bytes)
             .weigher(|_, v: &Bytes| u32::try_from(v.len() + 64).unwrap_or(u32::MAX))
             .build();
-        BlockCache { cache }
+        BlockCache {
+            cache,
+            kinds: Cache::new(KINDS),
+        }
+    }
+
+    /// What is known of block `hash`: `Some(None)` plain, `Some(Some(_))` patched.
+    pub(crate) fn kind(&self, tenant: TenantId, hash: &BlockHash) -> Option<Option<Arc<Patched>>> {
+        self.kinds.get(&(tenant, *hash))
+    }
+
+    pub(crate) fn note_kind(&self, tenant: TenantId, hash: BlockHash, kind: Option<Arc<Patched>>) {
+        self.kinds.insert((tenant, hash), kind);
     }
 
     pub(crate) fn get(&self, tenant: TenantId, hash: &BlockHash) -> Option<Bytes> {

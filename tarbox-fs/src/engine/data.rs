@@ -70,8 +70,14 @@ impl Volume {
     /// rows).
     pub(super) async fn store_blocks(&self, blocks: &[StoredBlock]) -> FsResult<()> {
         if let DataPath::Store(store) = &self.inner.data {
-            if !blocks.is_empty() {
-                store.put(self.inner.tenant.id, blocks.to_vec()).await?;
+            // Patched blocks live in their rows only.
+            let put: Vec<StoredBlock> = blocks
+                .iter()
+                .filter(|b| b.parts.is_empty())
+                .cloned()
+                .collect();
+            if !put.is_empty() {
+                store.put(self.inner.tenant.id, put).await?;
                 store.sync().await?;
             }
         }
@@ -105,7 +111,13 @@ impl Volume {
             .map(|b| StoredBlock {
                 hash: b.hash,
                 compressed: b.compressed,
-                data: bytes::Bytes::new(),
+                // A patched block's manifest lives in its row (see `patched.rs`).
+                data: if b.parts.is_empty() {
+                    bytes::Bytes::new()
+                } else {
+                    b.data.clone()
+                },
+                parts: b.parts.clone(),
             })
             .collect();
         let fresh = txn.write_blocks(ino, writes, &rows).await?;
@@ -139,7 +151,20 @@ impl Volume {
     ) -> FsResult<Vec<StoredBlock>> {
         match &self.inner.data {
             DataPath::Inline => Ok(r.blocks(hashes).await?),
-            DataPath::Store(store) => Ok(store.get(self.inner.tenant.id, hashes).await?),
+            DataPath::Store(store) => {
+                let mut found = store.get(self.inner.tenant.id, hashes).await?;
+                if found.len() < hashes.len() {
+                    // Patched blocks live in their rows (see `patched.rs`).
+                    let have: HashSet<BlockHash> = found.iter().map(|b| b.hash).collect();
+                    let rest: Vec<BlockHash> = hashes
+                        .iter()
+                        .filter(|h| !have.contains(h))
+                        .copied()
+                        .collect();
+                    found.extend(r.patched_blocks(&rest).await?);
+                }
+                Ok(found)
+            }
         }
     }
 

@@ -5,11 +5,12 @@
 //! that caught up with its read-ahead waits for the request in flight instead of repeating it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use super::patched::Patched;
 use super::{Volume, blocks, lock};
 use crate::backend::{BlockHash, StoreRead};
 use crate::error::{BackendError, FsResult};
@@ -172,7 +173,15 @@ impl Volume {
         }
         let bs = self.block_size();
         let mut loaded = Vec::with_capacity(missing.len());
+        let mut patched = Vec::new();
         for block in self.load_blocks(r, &missing).await? {
+            if !block.parts.is_empty() {
+                let manifest = Arc::new(Patched::decode(&block)?);
+                cache.note_kind(tenant, block.hash, Some(manifest.clone()));
+                patched.push((block.hash, manifest));
+                continue;
+            }
+            cache.note_kind(tenant, block.hash, None);
             let content = blocks::decode(&block, bs)?;
             cache.insert(tenant, block.hash, content.clone());
             decoded.insert(block.hash, content.clone());
@@ -180,6 +189,30 @@ impl Volume {
         }
         if let Some(disk) = &disk {
             disk.fill(tenant, loaded);
+        }
+        if !patched.is_empty() {
+            // Their parts are plain blocks: one more round of the same path, from the caches
+            // or where blocks live.
+            let mut wanted: Vec<(u64, BlockHash)> = Vec::new();
+            for (_, p) in &patched {
+                for part in p.parts() {
+                    if !wanted.iter().any(|(_, h)| *h == part) {
+                        wanted.push((wanted.len() as u64, part));
+                    }
+                }
+            }
+            let found = Box::pin(self.fetch_blocks(r, &wanted)).await?;
+            let parts: HashMap<BlockHash, Bytes> = wanted
+                .iter()
+                .filter_map(|(i, h)| found.get(i).map(|c| (*h, c.clone())))
+                .collect();
+            for (hash, p) in patched {
+                // Assembled contents are cached in memory only: the disk cache names what it
+                // holds by the hash of its content, which a manifest's name is not.
+                let content = p.assemble(&parts, bs)?;
+                cache.insert(tenant, hash, content.clone());
+                decoded.insert(hash, content);
+            }
         }
         Ok(decoded)
     }

@@ -259,13 +259,23 @@ async fn check_blocks(
     hashes.dedup();
     for chunk in hashes.chunks(BLOCK_BATCH) {
         let stored = r.blocks(chunk).await?;
-        if stored.len() != chunk.len() {
+        // A patched block's parts (see `patched.rs`) must be there too.
+        let mut parts: Vec<_> = stored
+            .iter()
+            .flat_map(|b| b.parts.iter().copied())
+            .collect();
+        parts.sort();
+        parts.dedup();
+        let parts_stored = if parts.is_empty() {
+            0
+        } else {
+            r.blocks(&parts).await?.len()
+        };
+        let missing = chunk.len() - stored.len() + parts.len() - parts_stored;
+        if missing > 0 {
             report.problems.push(FsckProblem {
                 path: path.to_string(),
-                problem: format!(
-                    "{} of its blocks are missing from the store",
-                    chunk.len() - stored.len()
-                ),
+                problem: format!("{missing} of its blocks are missing from the store"),
             });
         }
     }

@@ -408,17 +408,38 @@ impl Volume {
         let bs = self.block_size();
         let first = offset / bs;
         let last = (end - 1) / bs;
-        let stored = self
-            .stored_blocks(file.ino, &mut st, first..last + 1)
-            .await?;
-        let mut out = BytesMut::with_capacity((end - offset) as usize);
-        for idx in first..=last {
+        // The part of each block this read wants, relative to the block.
+        let part = |idx: u64| {
             let block_start = idx * bs;
             let from = offset.max(block_start) - block_start;
             let to = end.min(block_start + bs) - block_start;
+            (from as usize, to as usize)
+        };
+        // Blocks to read as stored: those not held here, and those written here only in part
+        // where the read reaches beyond what was written (the rest of such a block is the one
+        // stored; writes do not read it).
+        let wanted: Vec<u64> = (first..=last)
+            .filter(|&idx| match st.dirty.get(&idx) {
+                Some(_) => {
+                    let (from, to) = part(idx);
+                    !covers_range(st.written.get(&idx), from, to)
+                }
+                None => !st.wb.holds(idx),
+            })
+            .collect();
+        let stored = self.stored_blocks(file.ino, &mut st, &wanted).await?;
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for idx in first..=last {
+            let (from, to) = part(idx);
             let held;
             let content: &[u8] = match st.dirty.get(&idx) {
-                Some(buf) => buf,
+                Some(buf) if wanted.binary_search(&idx).is_err() => buf,
+                Some(buf) => {
+                    let base = stored.get(&idx).map_or(&[][..], |b| &b[..]);
+                    let ranges = st.written.get(&idx).map_or(&[][..], Vec::as_slice);
+                    held = Bytes::from(overlay(base, buf, ranges, to));
+                    &held
+                }
                 None => match st.wb.content(idx) {
                     Some(c) => {
                         held = c;
@@ -427,7 +448,7 @@ impl Volume {
                     None => stored.get(&idx).map(|b| &b[..]).unwrap_or(&[]),
                 },
             };
-            append_padded(&mut out, content, from as usize, to as usize);
+            append_padded(&mut out, content, from, to);
         }
         self.read_ahead(&file, &mut st, offset, end);
         Ok(out.freeze())
@@ -463,20 +484,9 @@ impl Volume {
         let bs = self.block_size();
         let first = offset / bs;
         let last = (end - 1) / bs;
-        let partial: Vec<u64> = [first, last]
-            .into_iter()
-            .filter(|&idx| {
-                let covers = offset <= idx * bs && end >= (idx + 1) * bs;
-                !covers && !st.dirty.contains_key(&idx) && !st.wb.holds(idx)
-            })
-            .collect();
-        let mut stored = if partial.is_empty() {
-            HashMap::new()
-        } else {
-            let lo = *partial.iter().min().unwrap_or(&first);
-            let hi = *partial.iter().max().unwrap_or(&last);
-            self.stored_blocks(file.ino, &mut st, lo..hi + 1).await?
-        };
+        // A block written in part is not read first: the buffer holds what was written and
+        // which ranges (`written`); reads lay those over the stored block, and a flush applies
+        // them to the block as stored then. So a small write into a large file costs no I/O.
         for idx in first..=last {
             let block_start = idx * bs;
             let from = offset.max(block_start);
@@ -495,13 +505,10 @@ impl Volume {
                 st.written.insert(idx, vec![(0, bs as usize)]);
                 continue;
             }
-            let buf = st.dirty.entry(idx).or_insert_with(|| {
-                let mut buf = BytesMut::zeroed(bs as usize);
-                if let Some(old) = stored.remove(&idx) {
-                    buf[..old.len()].copy_from_slice(&old);
-                }
-                buf
-            });
+            let buf = st
+                .dirty
+                .entry(idx)
+                .or_insert_with(|| BytesMut::zeroed(bs as usize));
             buf[(from - block_start) as usize..(to - block_start) as usize].copy_from_slice(src);
             add_range(
                 st.written.entry(idx).or_default(),
@@ -640,24 +647,20 @@ impl Volume {
         flushed
     }
 
-    /// Stored contents (trimmed) of the blocks in `range` that are not holes, using and filling
-    /// the file's mapping cache and the engine's block cache.
+    /// Stored contents (trimmed) of the blocks `wanted` (sorted) that are not holes, using and
+    /// filling the file's mapping cache and the engine's block cache.
     async fn stored_blocks(
         &self,
         ino: Ino,
         st: &mut FileState,
-        range: std::ops::Range<u64>,
+        wanted: &[u64],
     ) -> FsResult<HashMap<u64, Bytes>> {
-        let bs = self.block_size();
-        let limit = st.stored_size.div_ceil(bs);
-        let range = range.start..range.end.min(limit);
-        if range.is_empty() {
+        let limit = st.stored_size.div_ceil(self.block_size());
+        let wanted: Vec<u64> = wanted.iter().copied().filter(|&i| i < limit).collect();
+        let (Some(&lo), Some(&hi)) = (wanted.first(), wanted.last()) else {
             return Ok(HashMap::new());
-        }
-        let wanted: Vec<u64> = range
-            .clone()
-            .filter(|i| !st.dirty.contains_key(i) && !st.wb.holds(*i))
-            .collect();
+        };
+        let range = lo..hi + 1;
         if wanted.iter().any(|i| !st.map.contains_key(i)) {
             let mut r = self.reader();
             let found = r.block_map(ino, range.clone()).await?;
@@ -680,6 +683,26 @@ impl Volume {
 /// Whether `ranges` (of one dirty block) cover the whole block.
 pub(super) fn covers_block(ranges: Option<&Vec<(usize, usize)>>, bs: u64) -> bool {
     ranges.is_some_and(|r| r.as_slice() == [(0, bs as usize)])
+}
+
+/// Whether `ranges` (of one dirty block) cover `[from, to)`.
+fn covers_range(ranges: Option<&Vec<(usize, usize)>>, from: usize, to: usize) -> bool {
+    ranges.is_some_and(|r| r.iter().any(|&(a, b)| a <= from && to <= b))
+}
+
+/// The first `len` bytes of a block written here in part: `written` (sorted, disjoint ranges)
+/// from `buf`, the rest from `base`, the block as stored (trimmed).
+pub(super) fn overlay(base: &[u8], buf: &[u8], written: &[(usize, usize)], len: usize) -> Vec<u8> {
+    let mut block = vec![0u8; len];
+    let keep = base.len().min(len);
+    block[..keep].copy_from_slice(&base[..keep]);
+    for &(a, b) in written {
+        if a < len {
+            let b = b.min(len);
+            block[a..b].copy_from_slice(&buf[a..b]);
+        }
+    }
+    block
 }
 
 /// Add `[from, to)` to sorted disjoint `ranges`, merging what touches it.

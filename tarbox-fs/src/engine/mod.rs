@@ -29,6 +29,7 @@ mod io;
 mod layers;
 mod names;
 mod namespace;
+mod patched;
 mod patience;
 mod perm;
 mod ranges;

@@ -95,6 +95,10 @@ impl StoreRead for PatientReader {
         patiently!(self.wait, self.inner.blocks(hashes))
     }
 
+    async fn patched_blocks(&mut self, hashes: &[BlockHash]) -> BackendResult<Vec<StoredBlock>> {
+        patiently!(self.wait, self.inner.patched_blocks(hashes))
+    }
+
     async fn xattr(&mut self, ino: Ino, name: &[u8]) -> BackendResult<Option<Vec<u8>>> {
         patiently!(self.wait, self.inner.xattr(ino, name))
     }

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use tokio::task::JoinHandle;
 
 use super::io::{FileState, covers_block};
+use super::patched::{PartialWrites, Rewrite};
 use super::{Volume, align4k, blocks};
 use crate::backend::{BlockHash, BlockWrite, StoredBlock};
 use crate::error::{BackendError, FsError, FsResult};
@@ -271,40 +272,49 @@ impl Volume {
                     .copied()
                     .filter(|idx| !covers_block(state.written.get(idx), bs))
                     .collect();
-                let mut base = HashMap::new();
-                if let (Some(&lo), Some(&hi)) = (partial.first(), partial.last()) {
-                    let hashes: Vec<(u64, BlockHash)> = txn
-                        .block_map(ino, lo..hi + 1)
-                        .await?
-                        .into_iter()
-                        .filter(|(idx, _)| partial.binary_search(idx).is_ok())
-                        .collect();
-                    base = self.fetch_blocks(txn.as_mut(), &hashes).await?;
-                }
+                let partial_writes = PartialWrites {
+                    dirty: &state.dirty,
+                    written: &state.written,
+                    indexes: &partial,
+                    size,
+                };
+                let mut over = self.write_over(txn.as_mut(), ino, &partial_writes).await?;
                 let mut writes = Vec::with_capacity(state.dirty.len() + staged_ref.len());
                 let mut new_blocks: Vec<StoredBlock> = Vec::new();
                 let mut named: HashSet<BlockHash> = HashSet::new();
                 let mut contents: Vec<(BlockHash, Bytes)> = Vec::new();
-                // `content` is produced only for a block not seen yet in this flush.
-                let mut add =
-                    |index: u64, stored: Option<StoredBlock>, content: &dyn Fn() -> Bytes| {
-                        writes.push(BlockWrite {
-                            index,
-                            block: stored.as_ref().map(|b| b.hash),
-                        });
-                        if let Some(b) = stored {
-                            if named.insert(b.hash) {
-                                let content = content();
+                // `content` is produced only for a block not seen yet in this flush; `None`
+                // for a patched block, whose content the flush does not know.
+                // `pieces`: the patch blocks a patched block names.
+                let mut add = |index: u64,
+                               stored: Option<StoredBlock>,
+                               pieces: Vec<StoredBlock>,
+                               content: &dyn Fn() -> Option<Bytes>| {
+                    for piece in pieces {
+                        if named.insert(piece.hash) {
+                            new_blocks.push(piece);
+                        }
+                    }
+                    writes.push(BlockWrite {
+                        index,
+                        block: stored.as_ref().map(|b| b.hash),
+                    });
+                    if let Some(b) = stored {
+                        if named.insert(b.hash) {
+                            if let Some(content) = content() {
                                 let trimmed =
                                     content.iter().rposition(|&x| x != 0).map_or(0, |i| i + 1);
                                 contents.push((b.hash, content.slice(..trimmed)));
-                                new_blocks.push(b);
                             }
+                            new_blocks.push(b);
                         }
-                    };
+                    }
+                };
                 for (&idx, s) in staged_ref {
                     if idx * bs < size {
-                        add(idx, s.block.clone(), &|| s.content.clone());
+                        add(idx, s.block.clone(), Vec::new(), &|| {
+                            Some(s.content.clone())
+                        });
                     }
                 }
                 for (&idx, buf) in &state.dirty {
@@ -312,27 +322,25 @@ impl Volume {
                     if start >= size {
                         continue;
                     }
-                    let len = (size - start).min(bs) as usize;
-                    let merged;
-                    let content: &[u8] = match state.written.get(&idx) {
-                        Some(ranges) if partial.binary_search(&idx).is_ok() => {
-                            let mut block = vec![0u8; bs as usize];
-                            if let Some(old) = base.get(&idx) {
-                                block[..old.len()].copy_from_slice(old);
-                            }
-                            for &(a, b) in ranges {
-                                block[a..b].copy_from_slice(&buf[a..b]);
-                            }
-                            merged = block;
-                            &merged[..len]
+                    match over.remove(&idx) {
+                        Some(Rewrite::Plain(stored, content)) => {
+                            add(idx, stored, Vec::new(), &|| Some(content.clone()));
                         }
-                        _ => &buf[..len],
-                    };
-                    let stored = match encoded.get(&idx) {
-                        Some(stored) if content.len() == bs as usize => stored.clone(),
-                        _ => blocks::encode(content, compression),
-                    };
-                    add(idx, stored, &|| Bytes::copy_from_slice(content));
+                        Some(Rewrite::Patched(row, pieces)) => {
+                            add(idx, Some(row), pieces, &|| None);
+                        }
+                        None => {
+                            let len = (size - start).min(bs) as usize;
+                            let content = &buf[..len];
+                            let stored = match encoded.get(&idx) {
+                                Some(stored) if content.len() == bs as usize => stored.clone(),
+                                _ => blocks::encode(content, compression),
+                            };
+                            add(idx, stored, Vec::new(), &|| {
+                                Some(Bytes::copy_from_slice(content))
+                            });
+                        }
+                    }
                 }
                 // The store charged this file for its stored size plus this volume's
                 // reservation; afterwards it must be charged for exactly the new size.

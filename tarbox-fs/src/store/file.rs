@@ -323,6 +323,7 @@ mod tests {
             hash: BlockHash(*blake3::hash(content).as_bytes()),
             compressed: false,
             data: Bytes::copy_from_slice(content),
+            parts: Vec::new(),
         }
     }
 

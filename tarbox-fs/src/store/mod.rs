@@ -167,6 +167,7 @@ pub(crate) fn from_object(hash: BlockHash, object: Vec<u8>) -> BackendResult<Sto
         hash,
         compressed,
         data,
+        parts: Vec::new(),
     })
 }
 

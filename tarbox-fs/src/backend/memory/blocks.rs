@@ -55,6 +55,7 @@ pub(super) fn adopt(d: &mut TenantData, hashes: &[BlockHash]) -> u64 {
             hash: *hash,
             compressed: false,
             data: Bytes::new(),
+            parts: Vec::new(),
         };
         d.blocks.insert(*hash, (row, 0));
         d.dead.insert(*hash, std::time::Instant::now());
@@ -67,7 +68,8 @@ pub(super) fn referenced(d: &TenantData, after: Option<BlockHash>, limit: usize)
     let mut out: Vec<BlockHash> = d
         .blocks
         .iter()
-        .filter(|(h, (_, n))| *n > 0 && after.is_none_or(|a| **h > a))
+        // Patched blocks live in their rows only, never in the store.
+        .filter(|(h, (b, n))| *n > 0 && b.parts.is_empty() && after.is_none_or(|a| **h > a))
         .map(|(h, _)| *h)
         .collect();
     out.sort_unstable();

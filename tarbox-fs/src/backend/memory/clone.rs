@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::{Store, TenantData};
-use crate::backend::{LayerRecord, NewClone, TenantAudit, TenantRecord, TenantState};
+use crate::backend::{BlockHash, LayerRecord, NewClone, TenantAudit, TenantRecord, TenantState};
 use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, LayerId};
 
@@ -79,6 +79,15 @@ pub(super) fn clone_tenant(store: &mut Store, new: &NewClone) -> BackendResult<T
         if let Some(hash) = row.filter(|_| linked.contains(&ino)) {
             *refs.entry(hash).or_default() += 1;
             data.block_map.insert((ino, idx, base), Some(hash));
+        }
+    }
+    // Each patched block copied holds one reference to each of its parts.
+    let patched: Vec<BlockHash> = refs.keys().copied().collect();
+    for hash in patched {
+        if let Some((block, _)) = src.blocks.get(&hash) {
+            for part in &block.parts {
+                *refs.entry(*part).or_default() += 1;
+            }
         }
     }
     for (hash, count) in refs {

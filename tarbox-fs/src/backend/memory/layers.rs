@@ -198,12 +198,7 @@ pub(super) fn drop_layer(
         .collect();
     d.block_map.retain(|k, _| k.2 != layer);
     for hash in released {
-        if let Some((_, count)) = d.blocks.get_mut(&hash) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                d.release(hash);
-            }
-        }
+        d.unref(hash);
     }
     for l in store.layers.values_mut() {
         if l.tenant == tenant && l.parent == Some(layer) {

@@ -55,6 +55,25 @@ struct TenantData {
 }
 
 impl TenantData {
+    /// Drop one reference to a block outside a transaction (a dropped layer), releasing it at
+    /// zero, and what it named if it was a patched block.
+    fn unref(&mut self, hash: BlockHash) {
+        let Some((block, count)) = self.blocks.get_mut(&hash) else {
+            return;
+        };
+        *count = count.saturating_sub(1);
+        if *count > 0 {
+            return;
+        }
+        let parts = block.parts.clone();
+        self.release(hash);
+        if !self.blocks.contains_key(&hash) {
+            for part in parts {
+                self.unref(part);
+            }
+        }
+    }
+
     /// A block lost its last reference: a row holding its data goes, a store block's row stays
     /// dead for the reaper.
     fn release(&mut self, hash: BlockHash) {
@@ -196,8 +215,10 @@ impl Backend for MemoryBackend {
             store
                 .tenant_data(record.id)?
                 .blocks
-                .keys()
-                .copied()
+                .iter()
+                // Patched blocks live in their rows only.
+                .filter(|(_, (b, _))| b.parts.is_empty())
+                .map(|(h, _)| *h)
                 .collect()
         };
         if let Err(e) = copy.copy(record.id, &hashes).await {

@@ -171,6 +171,12 @@ pub(super) fn read_blocks(d: &TenantData, hashes: &[BlockHash]) -> Vec<StoredBlo
         .collect()
 }
 
+pub(super) fn read_patched_blocks(d: &TenantData, hashes: &[BlockHash]) -> Vec<StoredBlock> {
+    let mut out = read_blocks(d, hashes);
+    out.retain(|b| !b.parts.is_empty());
+    out
+}
+
 pub(super) fn read_xattr_names(d: &TenantData, ino: Ino, chain: &[LayerId]) -> Vec<Vec<u8>> {
     let lo = (ino, Vec::new(), LayerId(i64::MIN));
     let hi = (Ino(ino.0 + 1), Vec::new(), LayerId(i64::MIN));
@@ -241,6 +247,9 @@ impl StoreRead for MemoryReader {
     }
     async fn blocks(&mut self, hashes: &[BlockHash]) -> BackendResult<Vec<StoredBlock>> {
         self.with(|d, _| read_blocks(d, hashes)).await
+    }
+    async fn patched_blocks(&mut self, hashes: &[BlockHash]) -> BackendResult<Vec<StoredBlock>> {
+        self.with(|d, _| read_patched_blocks(d, hashes)).await
     }
     async fn xattr(&mut self, ino: Ino, name: &[u8]) -> BackendResult<Option<Vec<u8>>> {
         self.with(|d, c| xattr_row(d, ino, name, c).cloned().flatten())

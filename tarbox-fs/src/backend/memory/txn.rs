@@ -9,7 +9,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::read::{
     dentry_row, inode_row, read_block_map, read_blocks, read_inode, read_list, read_lookup,
-    read_xattr_names, xattr_row,
+    read_patched_blocks, read_xattr_names, xattr_row,
 };
 use super::{DentryVal, MemoryBackend, TenantData};
 use crate::backend::{
@@ -63,9 +63,20 @@ pub(super) fn adjust_ref(d: &mut TenantData, hash: BlockHash, delta: i64, undo: 
     undo.push(Undo::Block(hash, prev.clone()));
     if let Some((block, count)) = prev {
         let next = (count as i64 + delta).max(0) as u64;
+        let parts = if next == 0 {
+            block.parts.clone()
+        } else {
+            Vec::new()
+        };
         d.blocks.insert(hash, (block, next));
         if next == 0 {
             d.release(hash);
+            // A patched block that went releases what it named.
+            if !d.blocks.contains_key(&hash) {
+                for part in parts {
+                    adjust_ref(d, part, -1, undo);
+                }
+            }
         }
     }
 }
@@ -116,6 +127,9 @@ impl StoreRead for MemoryTxn {
     }
     async fn blocks(&mut self, hashes: &[BlockHash]) -> BackendResult<Vec<StoredBlock>> {
         self.with(|d, _, _| read_blocks(d, hashes))
+    }
+    async fn patched_blocks(&mut self, hashes: &[BlockHash]) -> BackendResult<Vec<StoredBlock>> {
+        self.with(|d, _, _| read_patched_blocks(d, hashes))
     }
     async fn xattr(&mut self, ino: Ino, name: &[u8]) -> BackendResult<Option<Vec<u8>>> {
         self.with(|d, c, _| xattr_row(d, ino, name, c).cloned().flatten())
@@ -210,6 +224,7 @@ impl StoreTxn for MemoryTxn {
             // New blocks enter with a zero count; the mappings below take their references, and a
             // block left at zero (named by no mapping) is released again at the end.
             let mut fresh = Vec::new();
+            let mut patched = Vec::new();
             for b in new_blocks {
                 if let std::collections::hash_map::Entry::Vacant(slot) = d.blocks.entry(b.hash) {
                     undo.push(Undo::Block(b.hash, None));
@@ -217,6 +232,19 @@ impl StoreTxn for MemoryTxn {
                     if b.data.is_empty() {
                         fresh.push(b.hash);
                     }
+                    if !b.parts.is_empty() {
+                        patched.push(b);
+                    }
+                }
+            }
+            // A patched block entering holds a reference to each of its parts, taken before any
+            // mapping moves off them.
+            for b in patched {
+                for part in &b.parts {
+                    if !d.blocks.contains_key(part) {
+                        return Err(BackendError::Conflict);
+                    }
+                    adjust_ref(d, *part, 1, undo);
                 }
             }
             for w in writes {
@@ -228,7 +256,8 @@ impl StoreTxn for MemoryTxn {
                 }
                 set_map(d, (ino, w.index, head), Some(w.block), undo);
             }
-            for b in new_blocks {
+            // Patched blocks first: releasing one releases its parts.
+            for b in new_blocks.iter().rev() {
                 if matches!(d.blocks.get(&b.hash), Some((_, 0))) {
                     adjust_ref(d, b.hash, 0, undo);
                 }

@@ -11,13 +11,9 @@ use crate::error::{BackendError, BackendResult};
 use crate::types::TenantId;
 
 /// Rows released by a transaction at commit or by a dropped layer: rows holding their data go at
-/// once; rows of store blocks stay, dead, for the reaper.
-pub(super) const RELEASE_DEAD_BLOCKS: &str = "WITH gone AS ( \
-       DELETE FROM blocks WHERE tenant_id = $1 AND hash = ANY($2) AND refcount <= 0 \
-         AND data IS NOT NULL) \
-     UPDATE blocks SET dead_since = now() \
-     WHERE tenant_id = $1 AND hash = ANY($2) AND refcount <= 0 AND data IS NULL \
-       AND dead_since IS NULL";
+/// once (a patched block releasing its parts), rows of store blocks stay, dead, for the reaper
+/// (migration 0008).
+pub(super) const RELEASE_DEAD_BLOCKS: &str = "SELECT tarbox_release_blocks($1, $2)";
 
 pub(super) const REAP_EPOCH: &str = "SELECT reap_epoch FROM tenants WHERE id = $1";
 
@@ -30,8 +26,10 @@ const ADOPT: &str = "INSERT INTO blocks (tenant_id, hash, refcount, compressed, 
      SELECT $1, h, 0, false, NULL, now() FROM UNNEST($2::bytea[]) AS h \
      ON CONFLICT (tenant_id, hash) DO NOTHING";
 
+/// Blocks whose objects must be in the store: patched blocks live in their rows only.
 const HASHES: &str = "SELECT hash FROM blocks \
-     WHERE tenant_id = $1 AND refcount > 0 AND hash > $2 ORDER BY hash LIMIT $3";
+     WHERE tenant_id = $1 AND refcount > 0 AND parts IS NULL AND hash > $2 \
+     ORDER BY hash LIMIT $3";
 
 pub(super) fn hash_of(bytes: Vec<u8>) -> BackendResult<BlockHash> {
     let array: [u8; 32] = bytes

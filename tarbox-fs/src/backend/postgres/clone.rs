@@ -70,10 +70,16 @@ const CLONE_TENANT: &str = "WITH src AS ( \
      m AS ( \
        INSERT INTO block_map (tenant_id, ino, idx, layer_id, hash) \
        SELECT t.id, vm.ino, vm.idx, t.head_layer, vm.hash FROM vm, t), \
+     vp AS ( \
+       SELECT substring(p.parts FROM i * 32 + 1 FOR 32) AS hash FROM ( \
+         SELECT b.parts FROM (SELECT DISTINCT hash FROM vm) u \
+         JOIN blocks b ON b.tenant_id = $1 AND b.hash = u.hash WHERE b.parts IS NOT NULL) p, \
+         generate_series(0, length(p.parts) / 32 - 1) AS i), \
      b AS ( \
-       INSERT INTO blocks (tenant_id, hash, refcount, compressed, data) \
-       SELECT t.id, b.hash, r.n, b.compressed, b.data \
-       FROM (SELECT hash, count(*) AS n FROM vm GROUP BY hash) r \
+       INSERT INTO blocks (tenant_id, hash, refcount, compressed, data, parts) \
+       SELECT t.id, b.hash, r.n, b.compressed, b.data, b.parts \
+       FROM (SELECT hash, count(*) AS n FROM \
+               (SELECT hash FROM vm UNION ALL SELECT hash FROM vp) a GROUP BY hash) r \
        JOIN blocks b ON b.tenant_id = $1 AND b.hash = r.hash, t), \
      x AS ( \
        INSERT INTO xattrs (tenant_id, ino, name, layer_id, value) \
@@ -121,7 +127,7 @@ pub(super) async fn clone_tenant(
         let mut after: Vec<u8> = Vec::new();
         loop {
             let page: Vec<Vec<u8>> = sqlx::query_scalar(
-                "SELECT hash FROM blocks WHERE tenant_id = $1 AND hash > $2 \
+                "SELECT hash FROM blocks WHERE tenant_id = $1 AND parts IS NULL AND hash > $2 \
                  ORDER BY hash LIMIT 4096",
             )
             .bind(id)

@@ -16,7 +16,7 @@ use sqlx::postgres::{PgExecutor, PgPool, PgRow};
 
 use super::convert::{block_hash, col, file_type, inode_from_row, map_err, to_i64, to_u64};
 use crate::backend::{BlockHash, DentryRecord, LayerView, StoreRead, StoredBlock};
-use crate::error::BackendResult;
+use crate::error::{BackendError, BackendResult};
 use crate::types::{Ino, Inode};
 
 /// The tenant and layer chain a reader or transaction works on, as SQL values.
@@ -147,7 +147,10 @@ const BLOCK_MAP_N: &str = "SELECT idx, hash FROM ( \
        ORDER BY idx, layer_id DESC) m \
      WHERE hash IS NOT NULL ORDER BY idx";
 
-const BLOCKS: &str = "SELECT hash, compressed, COALESCE(data, '') FROM blocks WHERE tenant_id = $1 AND hash = ANY($2)";
+const BLOCKS: &str = "SELECT hash, compressed, COALESCE(data, ''), parts FROM blocks \
+     WHERE tenant_id = $1 AND hash = ANY($2)";
+const PATCHED_BLOCKS: &str = "SELECT hash, compressed, data, parts FROM blocks \
+     WHERE tenant_id = $1 AND hash = ANY($2) AND parts IS NOT NULL";
 
 const XATTR_1: &str = "SELECT value FROM xattrs \
      WHERE tenant_id = $1 AND ino = $2 AND name = $3 AND layer_id = $4[1]";
@@ -335,30 +338,52 @@ pub(super) async fn block_map<'c>(
         .collect()
 }
 
+/// hash, compressed, data (empty for a store block), parts.
+type BlockRow = (Vec<u8>, bool, Vec<u8>, Option<Vec<u8>>);
+
+/// The block rows of `hashes`; only the patched ones with `only_patched`.
 pub(super) async fn blocks<'c>(
     ex: impl PgExecutor<'c>,
     s: &Scope,
     hashes: &[BlockHash],
+    only_patched: bool,
 ) -> BackendResult<Vec<StoredBlock>> {
     if hashes.is_empty() {
         return Ok(Vec::new());
     }
     let keys: Vec<&[u8]> = hashes.iter().map(|h| &h.0[..]).collect();
-    let rows: Vec<(Vec<u8>, bool, Vec<u8>)> = sqlx::query_as(BLOCKS)
+    let sql = if only_patched { PATCHED_BLOCKS } else { BLOCKS };
+    let rows: Vec<BlockRow> = sqlx::query_as(sql)
         .bind(s.tenant)
         .bind(keys)
         .fetch_all(ex)
         .await
         .map_err(map_err)?;
     rows.into_iter()
-        .map(|(hash, compressed, data)| {
+        .map(|(hash, compressed, data, parts)| {
             Ok(StoredBlock {
                 hash: block_hash(&hash)?,
                 compressed,
                 data: Bytes::from(data),
+                parts: parts.as_deref().map_or(Ok(Vec::new()), parts_of)?,
             })
         })
         .collect()
+}
+
+/// The hashes of a patched block's `parts` column (concatenated 32-byte hashes).
+pub(super) fn parts_of(parts: &[u8]) -> BackendResult<Vec<BlockHash>> {
+    if parts.len() % 32 != 0 {
+        return Err(BackendError::Corrupt(
+            "a patched block's parts are not whole hashes".into(),
+        ));
+    }
+    parts.chunks(32).map(block_hash).collect()
+}
+
+/// The `parts` column of a block: `NULL` for a plain block.
+pub(super) fn parts_column(parts: &[BlockHash]) -> Option<Vec<u8>> {
+    (!parts.is_empty()).then(|| parts.iter().flat_map(|h| h.0).collect())
 }
 
 pub(super) async fn xattr<'c>(
@@ -453,7 +478,15 @@ macro_rules! impl_store_read {
 
             async fn blocks(&mut self, hashes: &[BlockHash]) -> BackendResult<Vec<StoredBlock>> {
                 let (ex, scope) = self.exec();
-                $crate::backend::postgres::read::blocks(ex, scope, hashes).await
+                $crate::backend::postgres::read::blocks(ex, scope, hashes, false).await
+            }
+
+            async fn patched_blocks(
+                &mut self,
+                hashes: &[BlockHash],
+            ) -> BackendResult<Vec<StoredBlock>> {
+                let (ex, scope) = self.exec();
+                $crate::backend::postgres::read::blocks(ex, scope, hashes, true).await
             }
 
             async fn xattr(&mut self, ino: Ino, name: &[u8]) -> BackendResult<Option<Vec<u8>>> {

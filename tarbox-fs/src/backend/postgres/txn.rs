@@ -187,13 +187,14 @@ const UNBIND: &str = "WITH hidden AS ( \
      SELECT $1, $2, $3, $4, NULL, 0, 0 FROM hidden \
      ON CONFLICT (tenant_id, parent, name, layer_id) DO UPDATE SET ino = NULL, kind = 0, cookie = 0";
 
-/// $1 tenant, $2 ino, $3 head, $4 indexes, $5 hashes (NULL = hole), $6/$7/$8 new blocks'
-/// hashes, compressed flags and data. Upserts the mappings and moves each touched block's count
-/// by its net change (+1 per new mapping, -1 per replaced head mapping), inserting new blocks.
-/// Returns `(hash, refcount, fresh)` per changed block, and `(hash, NULL, false)` for a block
-/// that should exist but does not; `fresh` marks a row of a store block (no data) that this
-/// statement inserted rather than found (`xmax = 0` only on a row version the statement
-/// inserted). A dead row found is revived.
+/// $1 tenant, $2 ino, $3 head, $4 indexes, $5 hashes (NULL = hole), $6/$7/$8/$9 new blocks'
+/// hashes, compressed flags, data and parts. Upserts the mappings and moves each touched block's
+/// count by its net change (+1 per new mapping, -1 per replaced head mapping), inserting new
+/// blocks. Returns `(hash, refcount, fresh, inserted)` per changed block, and
+/// `(hash, NULL, false, false)` for a block that should exist but does not; `inserted` marks a
+/// row this statement inserted rather than found (`xmax = 0` only on a row version the
+/// statement inserted), `fresh` such a row of a store block (no data). A dead row found is
+/// revived.
 const WRITE_BLOCKS: &str = "WITH w AS ( \
        SELECT * FROM UNNEST($4::bigint[], $5::bytea[]) AS w(idx, hash)), \
      old AS ( \
@@ -210,13 +211,15 @@ const WRITE_BLOCKS: &str = "WITH w AS ( \
          UNION ALL SELECT hash, -1 FROM old) x \
        GROUP BY hash), \
      ins AS ( \
-       INSERT INTO blocks AS b (tenant_id, hash, refcount, compressed, data) \
-       SELECT $1, n.hash, COALESCE(delta.d, 0), n.compressed, n.data \
-       FROM UNNEST($6::bytea[], $7::bool[], $8::bytea[]) AS n(hash, compressed, data) \
+       INSERT INTO blocks AS b (tenant_id, hash, refcount, compressed, data, parts) \
+       SELECT $1, n.hash, COALESCE(delta.d, 0), n.compressed, n.data, n.parts \
+       FROM UNNEST($6::bytea[], $7::bool[], $8::bytea[], $9::bytea[]) \
+         AS n(hash, compressed, data, parts) \
        LEFT JOIN delta ON delta.hash = n.hash \
        ON CONFLICT (tenant_id, hash) DO UPDATE \
          SET refcount = b.refcount + EXCLUDED.refcount, dead_since = NULL \
-       RETURNING b.hash, b.refcount, (b.xmax = 0 AND b.data IS NULL) AS fresh), \
+       RETURNING b.hash, b.refcount, (b.xmax = 0 AND b.data IS NULL) AS fresh, \
+         (b.xmax = 0) AS inserted), \
      upd AS ( \
        UPDATE blocks b SET refcount = b.refcount + delta.d, \
          dead_since = CASE WHEN b.refcount + delta.d > 0 THEN NULL ELSE b.dead_since END \
@@ -224,11 +227,18 @@ const WRITE_BLOCKS: &str = "WITH w AS ( \
        WHERE b.tenant_id = $1 AND b.hash = delta.hash AND delta.d <> 0 \
          AND delta.hash <> ALL($6) \
        RETURNING b.hash, b.refcount) \
-     SELECT hash, refcount, fresh FROM ins \
-     UNION ALL SELECT hash, refcount, false FROM upd \
-     UNION ALL SELECT delta.hash, NULL, false FROM delta \
+     SELECT hash, refcount, fresh, inserted FROM ins \
+     UNION ALL SELECT hash, refcount, false, false FROM upd \
+     UNION ALL SELECT delta.hash, NULL, false, false FROM delta \
        WHERE delta.d > 0 AND delta.hash <> ALL($6) \
          AND NOT EXISTS (SELECT 1 FROM upd WHERE upd.hash = delta.hash)";
+
+/// $1 tenant, $2 the parts of the patched blocks a write inserted (each as often as named): each
+/// takes a reference. Returns `(hash, refcount)` of each part found.
+const TAKE_PARTS: &str = "UPDATE blocks b SET refcount = b.refcount + n.c, dead_since = NULL \
+     FROM (SELECT h, count(*) AS c FROM unnest($2::bytea[]) AS h GROUP BY h) n \
+     WHERE b.tenant_id = $1 AND b.hash = n.h \
+     RETURNING b.hash, b.refcount";
 
 /// $1 tenant, $2 ino, $3 head, $4 lower layers, $5 first index. Head rows at or beyond `first`
 /// are deleted, or become holes where a lower layer maps the index; their blocks are released.
@@ -383,7 +393,13 @@ impl StoreTxn for PgTxn {
         if by_index.is_empty() {
             return Ok(Vec::new());
         }
-        let named: BTreeSet<BlockHash> = by_index.values().flatten().copied().collect();
+        // Named by a mapping, or by a patched block a mapping names.
+        let mut named: BTreeSet<BlockHash> = by_index.values().flatten().copied().collect();
+        for b in new_blocks {
+            if named.contains(&b.hash) {
+                named.extend(b.parts.iter().copied());
+            }
+        }
         let mut fresh: HashMap<BlockHash, &StoredBlock> = HashMap::new();
         for b in new_blocks {
             if named.contains(&b.hash) {
@@ -407,8 +423,12 @@ impl StoreTxn for PgTxn {
             .iter()
             .map(|b| (!b.data.is_empty()).then_some(&b.data[..]))
             .collect();
+        let fresh_parts: Vec<Option<Vec<u8>>> = fresh
+            .iter()
+            .map(|b| super::read::parts_column(&b.parts))
+            .collect();
 
-        let rows: Vec<(Vec<u8>, Option<i64>, bool)> = sqlx::query_as(WRITE_BLOCKS)
+        let rows: Vec<(Vec<u8>, Option<i64>, bool, bool)> = sqlx::query_as(WRITE_BLOCKS)
             .bind(self.scope.tenant)
             .bind(to_i64("inode number", ino.0)?)
             .bind(self.head)
@@ -417,19 +437,48 @@ impl StoreTxn for PgTxn {
             .bind(fresh_hashes)
             .bind(fresh_compressed)
             .bind(fresh_data)
+            .bind(fresh_parts)
             .fetch_all(&mut *self.tx)
             .await
             .map_err(map_err)?;
-        let mut inserted = Vec::new();
+        let parts_of: HashMap<&[u8], &StoredBlock> = fresh
+            .iter()
+            .filter(|b| !b.parts.is_empty())
+            .map(|b| (&b.hash.0[..], *b))
+            .collect();
+        let mut stored_fresh = Vec::new();
+        let mut parts: Vec<&[u8]> = Vec::new();
         let mut counts = Vec::with_capacity(rows.len());
-        for (hash, refcount, fresh) in rows {
+        for (hash, refcount, fresh, inserted) in rows {
             if fresh {
-                inserted.push(super::blocks::hash_of(hash.clone())?);
+                stored_fresh.push(super::blocks::hash_of(hash.clone())?);
+            }
+            if inserted {
+                if let Some(b) = parts_of.get(&hash[..]) {
+                    parts.extend(b.parts.iter().map(|h| &h.0[..]));
+                }
             }
             counts.push((hash, refcount));
         }
         self.note_released(counts)?;
-        Ok(inserted)
+        if !parts.is_empty() {
+            // A patched block that entered holds a reference to each part. One statement later
+            // than the mappings: a statement may not change a row twice, and a part may be the
+            // block a replaced mapping named.
+            let wanted: BTreeSet<&[u8]> = parts.iter().copied().collect();
+            let rows: Vec<(Vec<u8>, Option<i64>)> = sqlx::query_as(TAKE_PARTS)
+                .bind(self.scope.tenant)
+                .bind(&parts)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+            if rows.len() != wanted.len() {
+                // A part vanished since the engine read its mapping: start over.
+                return Err(BackendError::Conflict);
+            }
+            self.note_released(rows)?;
+        }
+        Ok(stored_fresh)
     }
 
     async fn reap_epoch(&mut self) -> BackendResult<u64> {

@@ -154,6 +154,7 @@ fn block(fill: u8) -> StoredBlock {
         hash: BlockHash(*blake3::hash(&data).as_bytes()),
         compressed: false,
         data: Bytes::from(data),
+        parts: Vec::new(),
     }
 }
 
