@@ -6,33 +6,55 @@
 -- live in a block store.
 ALTER TABLE blocks ADD COLUMN parts bytea;
 
--- Release blocks whose count reached zero (at the commit of a file operation, or a dropped
--- layer): rows holding their bytes go at once, rows of store blocks stay, dead, for the reaper.
--- A patched block that goes releases its parts, which may go in turn.
-CREATE FUNCTION tarbox_release_blocks(t bigint, released bytea[]) RETURNS void
+-- Settle a file operation's block counts at its commit: each part in `taken` (the parts of the
+-- patched blocks it inserted, each as often as named) takes a reference, and blocks whose
+-- count reached zero are released: rows holding their bytes go at once, rows of store blocks
+-- stay, dead, for the reaper, and a patched block that goes releases its parts, which may go
+-- in turn. A block being taken is never released on the way, and what is taken and what the
+-- patched blocks going release is netted first: a block written again over the same base
+-- moves only the counts of what changed. A part that vanished (which the inode locks should
+-- make impossible) is a serialization failure: the operation starts over. A dropped layer
+-- releases with nothing to take.
+CREATE FUNCTION tarbox_settle_blocks(t bigint, taken bytea[], released bytea[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     named bytea[];
+    wanted bigint;
+    found bigint;
 BEGIN
-    WHILE released IS NOT NULL AND cardinality(released) > 0 LOOP
+    taken := COALESCE(taken, '{}');
+    released := COALESCE(released, '{}');
+    WHILE cardinality(released) > 0 OR cardinality(taken) > 0 LOOP
         WITH gone AS (
             DELETE FROM blocks
             WHERE tenant_id = t AND hash = ANY(released) AND refcount <= 0 AND data IS NOT NULL
+              AND hash <> ALL(taken)
             RETURNING parts)
-        SELECT array_agg(substring(g.parts FROM i * 32 + 1 FOR 32)) INTO named
+        SELECT COALESCE(array_agg(substring(g.parts FROM i * 32 + 1 FOR 32)), '{}') INTO named
         FROM gone g, generate_series(0, length(g.parts) / 32 - 1) AS i
         WHERE g.parts IS NOT NULL;
         UPDATE blocks SET dead_since = now()
         WHERE tenant_id = t AND hash = ANY(released) AND refcount <= 0 AND data IS NULL
-          AND dead_since IS NULL;
-        IF named IS NULL THEN
-            RETURN;
-        END IF;
-        WITH n AS (SELECT h, count(*) AS c FROM unnest(named) AS h GROUP BY h),
-             dec AS (
-                UPDATE blocks b SET refcount = b.refcount - n.c FROM n
-                WHERE b.tenant_id = t AND b.hash = n.h
+          AND dead_since IS NULL AND hash <> ALL(taken);
+        WITH n AS (
+                SELECT h, sum(d) AS d FROM (
+                    SELECT h, 1 AS d FROM unnest(taken) AS h
+                    UNION ALL SELECT h, -1 FROM unnest(named) AS h) x
+                GROUP BY h),
+             moved AS (
+                UPDATE blocks b SET refcount = b.refcount + n.d,
+                  dead_since = CASE WHEN n.d > 0 THEN NULL ELSE b.dead_since END
+                FROM n WHERE b.tenant_id = t AND b.hash = n.h AND n.d <> 0
                 RETURNING b.hash, b.refcount)
-        SELECT array_agg(hash) INTO released FROM dec WHERE refcount <= 0;
+        SELECT (SELECT count(*) FROM n WHERE d <> 0), (SELECT count(*) FROM moved),
+               -- what reached zero, and a released block whose taking was netted away
+               (SELECT COALESCE(array_agg(hash), '{}') FROM moved WHERE refcount <= 0)
+                 || (SELECT COALESCE(array_agg(h), '{}') FROM n WHERE d = 0 AND h = ANY(released))
+        INTO wanted, found, released;
+        IF wanted <> found THEN
+            RAISE EXCEPTION 'a patched block names a block that is gone'
+                USING ERRCODE = 'serialization_failure';
+        END IF;
+        taken := '{}';
     END LOOP;
 END $$;

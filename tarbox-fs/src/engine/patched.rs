@@ -250,7 +250,11 @@ impl Volume {
         };
         let plain = |content: Vec<u8>| {
             let content = Bytes::from(content);
-            Rewrite::Plain(blocks::encode(&content, compression), content)
+            let stored = blocks::encode(&content, compression);
+            if let Some(b) = &stored {
+                cache.note_kind(tenant, b.hash, None);
+            }
+            Rewrite::Plain(stored, content)
         };
         let mut out = HashMap::new();
         let mut merge: Vec<(u64, BlockHash)> = Vec::new();

@@ -10,10 +10,10 @@ use crate::backend::{BlockHash, DeadBlocks};
 use crate::error::{BackendError, BackendResult};
 use crate::types::TenantId;
 
-/// Rows released by a transaction at commit or by a dropped layer: rows holding their data go at
-/// once (a patched block releasing its parts), rows of store blocks stay, dead, for the reaper
-/// (migration 0008).
-pub(super) const RELEASE_DEAD_BLOCKS: &str = "SELECT tarbox_release_blocks($1, $2)";
+/// A transaction's parts taken ($2) and rows released ($3), at commit or by a dropped layer:
+/// rows holding their data go at once (a patched block releasing its parts), rows of store
+/// blocks stay, dead, for the reaper (migration 0008).
+pub(super) const SETTLE_BLOCKS: &str = "SELECT tarbox_settle_blocks($1, $2, $3)";
 
 pub(super) const REAP_EPOCH: &str = "SELECT reap_epoch FROM tenants WHERE id = $1";
 

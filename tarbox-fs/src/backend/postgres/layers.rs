@@ -314,8 +314,9 @@ pub(super) async fn drop_layer(
         .map(|(hash, _)| hash)
         .collect();
     if !unreferenced.is_empty() {
-        sqlx::query(super::blocks::RELEASE_DEAD_BLOCKS)
+        sqlx::query(super::blocks::SETTLE_BLOCKS)
             .bind(tenant.0)
+            .bind(Vec::<Vec<u8>>::new())
             .bind(&unreferenced)
             .execute(&mut *tx)
             .await

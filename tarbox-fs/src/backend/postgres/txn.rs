@@ -19,11 +19,16 @@
 //! Counts change only through `INSERT … ON CONFLICT DO UPDATE` and `UPDATE`, which lock the row
 //! and re-read its newest version, so concurrent engines sharing a block never lose an update.
 //! A block whose count reaches zero keeps its row (locked by this transaction) until commit,
-//! where one `DELETE … WHERE refcount <= 0` removes every such block: a later write in the same
+//! where one call of `tarbox_settle_blocks` removes every such block: a later write in the same
 //! transaction may still revive it, and an engine inserting the same content concurrently waits
 //! for our commit and then re-inserts it (PostgreSQL retries the upsert when the conflicting row
 //! was deleted). A mapping to a block that is not in `new_blocks` and has disappeared meanwhile
 //! makes the write fail with [`BackendError::Conflict`]: the engine retries and supplies it.
+//!
+//! A patched block (see `engine/patched.rs`) holds one reference to each block it names while
+//! its row exists: the parts of the patched blocks a transaction inserted take theirs at commit,
+//! in the same call and before anything is released, and a patched block released there
+//! releases its parts in turn.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -48,6 +53,9 @@ pub(super) struct PgTxn {
     head: i64,
     /// Blocks whose count dropped to zero or below; deleted at commit if still unreferenced.
     dead: BTreeSet<Vec<u8>>,
+    /// Parts of the patched blocks this transaction inserted, each as often as named: each
+    /// takes a reference at commit, before anything is released.
+    taken: Vec<Vec<u8>>,
     partitions: Arc<Partitions>,
 }
 
@@ -101,6 +109,7 @@ impl PgTxn {
             scope,
             head,
             dead: BTreeSet::new(),
+            taken: Vec::new(),
             partitions,
         })
     }
@@ -232,13 +241,6 @@ const WRITE_BLOCKS: &str = "WITH w AS ( \
      UNION ALL SELECT delta.hash, NULL, false, false FROM delta \
        WHERE delta.d > 0 AND delta.hash <> ALL($6) \
          AND NOT EXISTS (SELECT 1 FROM upd WHERE upd.hash = delta.hash)";
-
-/// $1 tenant, $2 the parts of the patched blocks a write inserted (each as often as named): each
-/// takes a reference. Returns `(hash, refcount)` of each part found.
-const TAKE_PARTS: &str = "UPDATE blocks b SET refcount = b.refcount + n.c, dead_since = NULL \
-     FROM (SELECT h, count(*) AS c FROM unnest($2::bytea[]) AS h GROUP BY h) n \
-     WHERE b.tenant_id = $1 AND b.hash = n.h \
-     RETURNING b.hash, b.refcount";
 
 /// $1 tenant, $2 ino, $3 head, $4 lower layers, $5 first index. Head rows at or beyond `first`
 /// are deleted, or become holes where a lower layer maps the index; their blocks are released.
@@ -461,23 +463,10 @@ impl StoreTxn for PgTxn {
             counts.push((hash, refcount));
         }
         self.note_released(counts)?;
-        if !parts.is_empty() {
-            // A patched block that entered holds a reference to each part. One statement later
-            // than the mappings: a statement may not change a row twice, and a part may be the
-            // block a replaced mapping named.
-            let wanted: BTreeSet<&[u8]> = parts.iter().copied().collect();
-            let rows: Vec<(Vec<u8>, Option<i64>)> = sqlx::query_as(TAKE_PARTS)
-                .bind(self.scope.tenant)
-                .bind(&parts)
-                .fetch_all(&mut *self.tx)
-                .await
-                .map_err(map_err)?;
-            if rows.len() != wanted.len() {
-                // A part vanished since the engine read its mapping: start over.
-                return Err(BackendError::Conflict);
-            }
-            self.note_released(rows)?;
-        }
+        // A patched block that entered holds a reference to each part, taken at commit (see
+        // `commit`): this statement may not change a row twice, and a part may be the block a
+        // replaced mapping named.
+        self.taken.extend(parts.into_iter().map(<[u8]>::to_vec));
         Ok(stored_fresh)
     }
 
@@ -608,12 +597,14 @@ impl StoreTxn for PgTxn {
             mut tx,
             scope,
             dead,
+            taken,
             ..
         } = *self;
-        if !dead.is_empty() {
+        if !dead.is_empty() || !taken.is_empty() {
             let dead: Vec<Vec<u8>> = dead.into_iter().collect();
-            sqlx::query(super::blocks::RELEASE_DEAD_BLOCKS)
+            sqlx::query(super::blocks::SETTLE_BLOCKS)
                 .bind(scope.tenant)
+                .bind(taken)
                 .bind(dead)
                 .execute(&mut *tx)
                 .await
