@@ -15,31 +15,42 @@ ALTER TABLE blocks ADD COLUMN parts bytea;
 -- moves only the counts of what changed. A part that vanished (which the inode locks should
 -- make impossible) is a serialization failure: the operation starts over. A dropped layer
 -- releases with nothing to take.
+--
+-- Its statements are planned at every call: a session caches a generic plan after five calls,
+-- and one chosen while a flush of thousands of blocks was being settled made each later call
+-- settling one block take 17 ms instead of 0.3 (measured: 4 KiB appends with fsync after
+-- random writes).
 CREATE FUNCTION tarbox_settle_blocks(t bigint, taken bytea[], released bytea[]) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $$
 DECLARE
     named bytea[];
+    held_back bytea[];
     wanted bigint;
     found bigint;
 BEGIN
     taken := COALESCE(taken, '{}');
     released := COALESCE(released, '{}');
     WHILE cardinality(released) > 0 OR cardinality(taken) > 0 LOOP
+        -- Sets, not array searches: a flush of many blocks takes and releases thousands.
+        held_back := ARRAY(SELECT unnest(released) INTERSECT SELECT unnest(taken));
+        released := ARRAY(SELECT unnest(released) EXCEPT SELECT unnest(taken));
         WITH gone AS (
             DELETE FROM blocks
             WHERE tenant_id = t AND hash = ANY(released) AND refcount <= 0 AND data IS NOT NULL
-              AND hash <> ALL(taken)
             RETURNING parts)
         SELECT COALESCE(array_agg(substring(g.parts FROM i * 32 + 1 FOR 32)), '{}') INTO named
         FROM gone g, generate_series(0, length(g.parts) / 32 - 1) AS i
         WHERE g.parts IS NOT NULL;
         UPDATE blocks SET dead_since = now()
         WHERE tenant_id = t AND hash = ANY(released) AND refcount <= 0 AND data IS NULL
-          AND dead_since IS NULL AND hash <> ALL(taken);
+          AND dead_since IS NULL;
+        -- One pass over everything (no joins between arrays, whose sizes the planner cannot
+        -- know): the net change of each block, and whether it was held back from release.
         WITH n AS (
-                SELECT h, sum(d) AS d FROM (
-                    SELECT h, 1 AS d FROM unnest(taken) AS h
-                    UNION ALL SELECT h, -1 FROM unnest(named) AS h) x
+                SELECT h, sum(d) AS d, bool_or(held) AS held FROM (
+                    SELECT h, 1 AS d, false AS held FROM unnest(taken) AS h
+                    UNION ALL SELECT h, -1, false FROM unnest(named) AS h
+                    UNION ALL SELECT h, 0, true FROM unnest(held_back) AS h) x
                 GROUP BY h),
              moved AS (
                 UPDATE blocks b SET refcount = b.refcount + n.d,
@@ -47,9 +58,10 @@ BEGIN
                 FROM n WHERE b.tenant_id = t AND b.hash = n.h AND n.d <> 0
                 RETURNING b.hash, b.refcount)
         SELECT (SELECT count(*) FROM n WHERE d <> 0), (SELECT count(*) FROM moved),
-               -- what reached zero, and a released block whose taking was netted away
-               (SELECT COALESCE(array_agg(hash), '{}') FROM moved WHERE refcount <= 0)
-                 || (SELECT COALESCE(array_agg(h), '{}') FROM n WHERE d = 0 AND h = ANY(released))
+               -- what reached zero, and a block both taken and released whose taking was
+               -- netted away (it was left out of this round's release above)
+               ARRAY(SELECT hash FROM moved WHERE refcount <= 0
+                     UNION ALL SELECT h FROM n WHERE d = 0 AND held)
         INTO wanted, found, released;
         IF wanted <> found THEN
             RAISE EXCEPTION 'a patched block names a block that is gone'

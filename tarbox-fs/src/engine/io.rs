@@ -21,6 +21,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::attr::{MAX_FILE_SIZE, kill_priv};
 use super::audit::HandleStats;
+use super::buffer::BlockBuf;
 use super::namespace::NodeSpec;
 use super::readahead::ReadAhead;
 use super::writeback::Writeback;
@@ -52,8 +53,8 @@ pub(super) struct FileState {
     pub(super) charged: u64,
     /// Permission bits, to know whether a write must clear setuid/setgid.
     perm: u16,
-    /// Whole blocks written since the last flush, by index.
-    pub(super) dirty: BTreeMap<u64, BytesMut>,
+    /// Blocks written since the last flush, by index (see `buffer.rs`).
+    pub(super) dirty: BTreeMap<u64, BlockBuf>,
     /// The byte ranges of each dirty block this volume wrote (sorted, disjoint). A flush applies
     /// only these onto the block as currently stored, so writes of other engines to the rest of
     /// a shared block are not overwritten with stale bytes.
@@ -90,8 +91,8 @@ impl Drop for HeldShare {
 
 impl FileState {
     /// Bring this file's share of the engine's held bytes up to date.
-    pub(super) fn report_held(&mut self, block_size: u64) {
-        let now = self.dirty.len() as u64 * block_size + self.wb.held_bytes();
+    pub(super) fn report_held(&mut self) {
+        let now = self.dirty_bytes() + self.wb.held_bytes();
         let share = &mut self.held;
         if now > share.reported {
             share
@@ -103,6 +104,11 @@ impl FileState {
                 .fetch_sub(share.reported - now, Ordering::Relaxed);
         }
         share.reported = now;
+    }
+
+    /// Bytes of memory the buffer holds.
+    pub(super) fn dirty_bytes(&self) -> u64 {
+        self.dirty.values().map(BlockBuf::held).sum()
     }
 
     /// Whether this file holds data not committed yet.
@@ -433,7 +439,11 @@ impl Volume {
             let (from, to) = part(idx);
             let held;
             let content: &[u8] = match st.dirty.get(&idx) {
-                Some(buf) if wanted.binary_search(&idx).is_err() => buf,
+                Some(buf) if wanted.binary_search(&idx).is_err() => {
+                    // The read lies within a written range.
+                    out.extend_from_slice(buf.get(from, to));
+                    continue;
+                }
                 Some(buf) => {
                     let base = stored.get(&idx).map_or(&[][..], |b| &b[..]);
                     let ranges = st.written.get(&idx).map_or(&[][..], Vec::as_slice);
@@ -494,22 +504,22 @@ impl Volume {
             if to - from != bs && !st.dirty.contains_key(&idx) {
                 // A whole block on its way to the store, written again in part: start from it.
                 if let Some(held) = st.wb.content(idx) {
-                    st.dirty.insert(idx, BytesMut::from(&held[..]));
+                    st.dirty
+                        .insert(idx, BlockBuf::whole(BytesMut::from(&held[..])));
                     st.written.insert(idx, vec![(0, bs as usize)]);
                 }
             }
             let src = &data[(from - offset) as usize..(to - offset) as usize];
             if to - from == bs && !st.dirty.contains_key(&idx) {
                 // A whole block written afresh: taken as it is, without zeroing a buffer first.
-                st.dirty.insert(idx, BytesMut::from(src));
+                st.dirty.insert(idx, BlockBuf::whole(BytesMut::from(src)));
                 st.written.insert(idx, vec![(0, bs as usize)]);
                 continue;
             }
-            let buf = st
-                .dirty
+            st.dirty
                 .entry(idx)
-                .or_insert_with(|| BytesMut::zeroed(bs as usize));
-            buf[(from - block_start) as usize..(to - block_start) as usize].copy_from_slice(src);
+                .or_default()
+                .write((from - block_start) as usize, src);
             add_range(
                 st.written.entry(idx).or_default(),
                 (from - block_start) as usize,
@@ -519,12 +529,12 @@ impl Volume {
         st.size = st.size.max(end);
         st.write_end = st.write_end.max(end);
         st.mtime = Some(self.now());
-        if st.dirty.len() as u64 * bs >= self.shared().config.write_buffer_bytes {
+        if st.dirty_bytes() >= self.shared().config.write_buffer_bytes {
             let handed = self.write_behind(file.ino, &mut st).await;
-            st.report_held(bs);
+            st.report_held();
             handed?;
         } else {
-            st.report_held(bs);
+            st.report_held();
         }
         // Over the engine's bound on data held by all open files: this file commits what it
         // holds, so a program writing to many files at once cannot pile up a buffer in each.
@@ -692,14 +702,19 @@ fn covers_range(ranges: Option<&Vec<(usize, usize)>>, from: usize, to: usize) ->
 
 /// The first `len` bytes of a block written here in part: `written` (sorted, disjoint ranges)
 /// from `buf`, the rest from `base`, the block as stored (trimmed).
-pub(super) fn overlay(base: &[u8], buf: &[u8], written: &[(usize, usize)], len: usize) -> Vec<u8> {
+pub(super) fn overlay(
+    base: &[u8],
+    buf: &BlockBuf,
+    written: &[(usize, usize)],
+    len: usize,
+) -> Vec<u8> {
     let mut block = vec![0u8; len];
     let keep = base.len().min(len);
     block[..keep].copy_from_slice(&base[..keep]);
     for &(a, b) in written {
         if a < len {
             let b = b.min(len);
-            block[a..b].copy_from_slice(&buf[a..b]);
+            block[a..b].copy_from_slice(buf.get(a, b));
         }
     }
     block

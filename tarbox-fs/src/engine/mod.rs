@@ -19,6 +19,7 @@ mod attr;
 mod audit;
 mod audit_trail;
 mod blocks;
+mod buffer;
 mod data;
 mod diff;
 mod dir;

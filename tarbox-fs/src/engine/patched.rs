@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::buffer::BlockBuf;
 use super::io::overlay;
 use super::{Volume, blocks};
 use crate::backend::{BlockHash, StoreTxn, StoredBlock};
@@ -185,7 +186,7 @@ pub(super) enum Rewrite {
 
 /// Blocks written in part by a flush: their buffers and the ranges written (sorted, disjoint).
 pub(super) struct PartialWrites<'a> {
-    pub(super) dirty: &'a BTreeMap<u64, BytesMut>,
+    pub(super) dirty: &'a BTreeMap<u64, BlockBuf>,
     pub(super) written: &'a BTreeMap<u64, Vec<(usize, usize)>>,
     /// Indexes of the blocks written in part, sorted.
     pub(super) indexes: &'a [u64],
@@ -243,9 +244,10 @@ impl Volume {
             }
         }
         let no_ranges = Vec::new();
+        let empty = BlockBuf::default();
         let part = |idx: u64| {
             let len = (w.size - idx * bs).min(bs) as usize;
-            let buf = w.dirty.get(&idx).map_or(&[][..], |b| &b[..]);
+            let buf = w.dirty.get(&idx).unwrap_or(&empty);
             (buf, w.written.get(&idx).unwrap_or(&no_ranges), len)
         };
         let plain = |content: Vec<u8>| {
@@ -281,7 +283,7 @@ impl Volume {
                 if a >= b {
                     continue;
                 }
-                let piece = blocks::encode(&buf[a..b], compression);
+                let piece = blocks::encode(buf.get(a, b), compression);
                 patches.push(Patch {
                     offset: a as u32,
                     len: (b - a) as u32,

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
+use super::buffer::BlockBuf;
 use super::io::{FileState, covers_block};
 use super::patched::{PartialWrites, Rewrite};
 use super::{Volume, align4k, blocks};
@@ -138,7 +139,7 @@ fn return_failed(st: &mut FileState) {
     for (idx, content) in std::mem::take(&mut st.wb.failed) {
         if let std::collections::btree_map::Entry::Vacant(slot) = st.dirty.entry(idx) {
             st.written.insert(idx, vec![(0, content.len())]);
-            slot.insert(bytes::BytesMut::from(&content[..]));
+            slot.insert(BlockBuf::whole(bytes::BytesMut::from(&content[..])));
         }
     }
 }
@@ -162,7 +163,7 @@ impl Volume {
         for idx in whole {
             if let Some(buf) = st.dirty.remove(&idx) {
                 st.written.remove(&idx);
-                contents.insert(idx, buf.freeze());
+                contents.insert(idx, buf.into_block().freeze());
             }
         }
         let epoch = self.data_epoch();
@@ -195,7 +196,7 @@ impl Volume {
     /// Commit a file's staged blocks, buffered blocks and size in one transaction.
     pub(super) async fn flush_file(&self, ino: Ino, st: &mut FileState) -> FsResult<()> {
         let flushed = self.flush_file_once(ino, st).await;
-        st.report_held(self.block_size());
+        st.report_held();
         flushed
     }
 
@@ -231,7 +232,7 @@ impl Volume {
             .dirty
             .iter()
             .filter(|(idx, _)| covers_block(st.written.get(idx), bs))
-            .map(|(&idx, buf)| (idx, Bytes::copy_from_slice(buf)))
+            .map(|(&idx, buf)| (idx, Bytes::copy_from_slice(buf.block())))
             .collect();
         let encoded: HashMap<u64, Option<StoredBlock>> = blocks::encode_all(whole, compression)
             .await
@@ -331,7 +332,7 @@ impl Volume {
                         }
                         None => {
                             let len = (size - start).min(bs) as usize;
-                            let content = &buf[..len];
+                            let content = &buf.block()[..len];
                             let stored = match encoded.get(&idx) {
                                 Some(stored) if content.len() == bs as usize => stored.clone(),
                                 _ => blocks::encode(content, compression),

@@ -234,12 +234,12 @@ const WRITE_BLOCKS: &str = "WITH w AS ( \
          dead_since = CASE WHEN b.refcount + delta.d > 0 THEN NULL ELSE b.dead_since END \
        FROM delta \
        WHERE b.tenant_id = $1 AND b.hash = delta.hash AND delta.d <> 0 \
-         AND delta.hash <> ALL($6) \
+         AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.hash = delta.hash) \
        RETURNING b.hash, b.refcount) \
      SELECT hash, refcount, fresh, inserted FROM ins \
      UNION ALL SELECT hash, refcount, false, false FROM upd \
      UNION ALL SELECT delta.hash, NULL, false, false FROM delta \
-       WHERE delta.d > 0 AND delta.hash <> ALL($6) \
+       WHERE delta.d > 0 AND NOT EXISTS (SELECT 1 FROM ins WHERE ins.hash = delta.hash) \
          AND NOT EXISTS (SELECT 1 FROM upd WHERE upd.hash = delta.hash)";
 
 /// $1 tenant, $2 ino, $3 head, $4 lower layers, $5 first index. Head rows at or beyond `first`
