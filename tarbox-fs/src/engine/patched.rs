@@ -180,8 +180,13 @@ impl Patched {
 pub(super) enum Rewrite {
     /// A plain block (`None`: a hole) and its content, for the caches.
     Plain(Option<StoredBlock>, Bytes),
-    /// A patched block and the patch blocks it adds.
-    Patched(StoredBlock, Vec<StoredBlock>),
+    /// A patched block, the patch blocks it adds (with their contents), and its content when
+    /// the block written over was in the cache (kept in memory for the next read or merge).
+    Patched {
+        row: StoredBlock,
+        pieces: Vec<(StoredBlock, Bytes)>,
+        content: Option<Bytes>,
+    },
 }
 
 /// Blocks written in part by a flush: their buffers and the ranges written (sorted, disjoint).
@@ -283,13 +288,17 @@ impl Volume {
                 if a >= b {
                     continue;
                 }
-                let piece = blocks::encode(buf.get(a, b), compression);
+                let bytes = buf.get(a, b);
+                let piece = blocks::encode(bytes, compression);
                 patches.push(Patch {
                     offset: a as u32,
                     len: (b - a) as u32,
                     block: piece.as_ref().map(|p| p.hash),
                 });
-                pieces.extend(piece);
+                if let Some(piece) = piece {
+                    let trimmed = piece_len(bytes);
+                    pieces.push((piece, Bytes::copy_from_slice(&bytes[..trimmed])));
+                }
             }
             let next = current.patch(&patches);
             if next.too_patched(bs) {
@@ -298,7 +307,21 @@ impl Volume {
             }
             let row = next.encode();
             cache.note_kind(tenant, row.hash, Some(Arc::new(next)));
-            out.insert(idx, Rewrite::Patched(row, pieces));
+            // Cheap when the block written over is in memory: a later read or merge of this
+            // one then needs no round trip.
+            let content = cache.get(tenant, hash).map(|current| {
+                let mut content = overlay(&current, buf, ranges, len);
+                content.truncate(piece_len(&content));
+                Bytes::from(content)
+            });
+            out.insert(
+                idx,
+                Rewrite::Patched {
+                    row,
+                    pieces,
+                    content,
+                },
+            );
         }
         if !merge.is_empty() {
             let stored = self.fetch_blocks(txn, &merge).await?;
@@ -310,6 +333,11 @@ impl Volume {
         }
         Ok(out)
     }
+}
+
+/// The length of `content` without its trailing zeros (how blocks are stored and cached).
+fn piece_len(content: &[u8]) -> usize {
+    content.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
 }
 
 fn put_hash(out: &mut Vec<u8>, hash: Option<BlockHash>) {

@@ -256,7 +256,7 @@ impl Volume {
             .collect();
         let (encoded, prestored, staged_ref) = (&encoded, &prestored, &staged);
         let state = &*st;
-        let (size, writes, contents) = self
+        let (size, writes, contents, assembled) = self
             .retrying(|| async move {
                 let mut txn = self.begin(&[ino]).await?;
                 let mut inode = Volume::inode_in(txn.as_mut(), ino).await?;
@@ -284,15 +284,19 @@ impl Volume {
                 let mut new_blocks: Vec<StoredBlock> = Vec::new();
                 let mut named: HashSet<BlockHash> = HashSet::new();
                 let mut contents: Vec<(BlockHash, Bytes)> = Vec::new();
+                // Contents of patched blocks: for the memory cache only (the disk cache names
+                // what it holds by the hash of its content).
+                let mut assembled: Vec<(BlockHash, Bytes)> = Vec::new();
                 // `content` is produced only for a block not seen yet in this flush; `None`
-                // for a patched block, whose content the flush does not know.
-                // `pieces`: the patch blocks a patched block names.
+                // for a patched block (see `assembled`). `pieces`: the patch blocks a patched
+                // block names, with their contents.
                 let mut add = |index: u64,
                                stored: Option<StoredBlock>,
-                               pieces: Vec<StoredBlock>,
+                               pieces: Vec<(StoredBlock, Bytes)>,
                                content: &dyn Fn() -> Option<Bytes>| {
-                    for piece in pieces {
+                    for (piece, content) in pieces {
                         if named.insert(piece.hash) {
+                            contents.push((piece.hash, content));
                             new_blocks.push(piece);
                         }
                     }
@@ -327,7 +331,14 @@ impl Volume {
                         Some(Rewrite::Plain(stored, content)) => {
                             add(idx, stored, Vec::new(), &|| Some(content.clone()));
                         }
-                        Some(Rewrite::Patched(row, pieces)) => {
+                        Some(Rewrite::Patched {
+                            row,
+                            pieces,
+                            content,
+                        }) => {
+                            if let Some(content) = content {
+                                assembled.push((row.hash, content));
+                            }
                             add(idx, Some(row), pieces, &|| None);
                         }
                         None => {
@@ -365,14 +376,14 @@ impl Volume {
                 txn.put_inode(&inode).await?;
                 self.commit(txn).await?;
                 self.shared().written.add(&new_blocks);
-                Ok((size, writes, contents))
+                Ok((size, writes, contents, assembled))
             })
             .await?;
         for w in &writes {
             st.map.insert(w.index, w.block);
         }
         let tenant = self.inner.tenant.id;
-        for (hash, content) in &contents {
+        for (hash, content) in contents.iter().chain(&assembled) {
             self.shared().cache.insert(tenant, *hash, content.clone());
         }
         // What was just written is often read next (a dataset written then trained on, a
