@@ -221,7 +221,8 @@ pub struct GarbageReport {
 /// What an engine's flushes have written where blocks live (rows or a block store) since it
 /// opened: block contents as stored (hashed, compressed), each new block once. Against the
 /// bytes programs wrote, this is the data path's write amplification: a 4 KiB write into a
-/// stored block costs a whole block.
+/// stored block costs the 4 KiB and a manifest (see `patched.rs`), plus a merge of the block
+/// now and then.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DataWritten {
     pub blocks: u64,
