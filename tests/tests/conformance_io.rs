@@ -677,6 +677,33 @@ backend_tests! {
         assert!(got[..] == model[..], "a fresh volume reads the file as written");
     }
 
+    /// A patched block read together with the block it was written over, by an engine whose
+    /// memory cache keeps nothing: the read completes with the right bytes (it once waited for
+    /// the load it was itself doing).
+    async fn a_patched_block_reads_with_its_base_through_a_cache_that_keeps_nothing(t: TestVolume) {
+        let root = Caller::root();
+        let bs = t.engine.tenant_info(&t.tenant).await.expect("info").block_size as usize;
+        // Two equal blocks are one stored block: the second, patched, names the first as base.
+        let block = noise(bs, 3);
+        let mut want = [block.clone(), block].concat();
+        t.write_file("/f", &want).await;
+        let fh = open(&t, &root, "/f", libc::O_RDWR).await;
+        pwrite(&t, fh, (bs + 100) as u64, b"patch").await;
+        release(&t, fh).await;
+        want[bs + 100..bs + 105].copy_from_slice(b"patch");
+        let config = EngineConfig { block_cache_bytes: 0, ..EngineConfig::default() };
+        let other = Engine::with_backend(t.engine.backend().clone(), config).await.expect("engine");
+        let v = other.volume(&t.tenant).await.expect("volume");
+        let fh = v.open(&root, t.ino("/f").await, libc::O_RDONLY).await.expect("open");
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), v.read(&root, fh, 0, 2 * bs as u32))
+            .await
+            .expect("the read does not hang")
+            .expect("read");
+        assert!(read[..] == want[..], "both blocks read as written");
+        v.release(&root, fh).await.expect("release");
+        other.close().await.expect("close");
+    }
+
     async fn a_file_replaced_by_rename_while_open_lives_until_released(t: TestVolume) {
         let root = Caller::root();
         let v = &t.volume;

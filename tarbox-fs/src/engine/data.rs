@@ -152,9 +152,21 @@ impl Volume {
         match &self.inner.data {
             DataPath::Inline => Ok(r.blocks(hashes).await?),
             DataPath::Store(store) => {
-                let mut found = store.get(self.inner.tenant.id, hashes).await?;
+                // Patched blocks live in their rows (see `patched.rs`): those known to be
+                // patched are read there without asking the store, and what the store does
+                // not have is looked for there too.
+                let tenant = self.inner.tenant.id;
+                let cache = &self.shared().cache;
+                let (known, plain): (Vec<BlockHash>, Vec<BlockHash>) = hashes
+                    .iter()
+                    .partition(|h| matches!(cache.kind(tenant, h), Some(Some(_))));
+                let mut found = if known.is_empty() {
+                    Vec::new()
+                } else {
+                    r.patched_blocks(&known).await?
+                };
+                found.extend(store.get(tenant, &plain).await?);
                 if found.len() < hashes.len() {
-                    // Patched blocks live in their rows (see `patched.rs`).
                     let have: HashSet<BlockHash> = found.iter().map(|b| b.hash).collect();
                     let rest: Vec<BlockHash> = hashes
                         .iter()

@@ -191,21 +191,32 @@ impl Volume {
             disk.fill(tenant, loaded);
         }
         if !patched.is_empty() {
-            // Their parts are plain blocks: one more round of the same path, from the caches
-            // or where blocks live.
-            let mut wanted: Vec<(u64, BlockHash)> = Vec::new();
+            // Their parts: from what was just loaded, the memory cache, or loaded here. Never
+            // by waiting for loads in flight: this caller's own claim (the blocks it is loading
+            // now, which a part may be) is delivered only when it returns, so waiting could
+            // wait for itself, or for a reader waiting for it.
+            let mut parts: HashMap<BlockHash, Bytes> = HashMap::new();
+            let mut rest: Vec<BlockHash> = Vec::new();
             for (_, p) in &patched {
                 for part in p.parts() {
-                    if !wanted.iter().any(|(_, h)| *h == part) {
-                        wanted.push((wanted.len() as u64, part));
+                    if parts.contains_key(&part) || rest.contains(&part) {
+                        continue;
+                    }
+                    match decoded
+                        .get(&part)
+                        .cloned()
+                        .or_else(|| cache.get(tenant, &part))
+                    {
+                        Some(content) => {
+                            parts.insert(part, content);
+                        }
+                        None => rest.push(part),
                     }
                 }
             }
-            let found = Box::pin(self.fetch_blocks(r, &wanted)).await?;
-            let parts: HashMap<BlockHash, Bytes> = wanted
-                .iter()
-                .filter_map(|(i, h)| found.get(i).map(|c| (*h, c.clone())))
-                .collect();
+            if !rest.is_empty() {
+                parts.extend(Box::pin(self.load_decoded(r, &rest)).await?);
+            }
             for (hash, p) in patched {
                 // Assembled contents are cached in memory only: the disk cache names what it
                 // holds by the hash of its content, which a manifest's name is not.
