@@ -231,10 +231,11 @@ impl Volume {
                 Some(kind) => {
                     kinds.insert(*h, kind);
                 }
-                None if !unknown.contains(h) => unknown.push(*h),
-                None => {}
+                None => unknown.push(*h),
             }
         }
+        unknown.sort_unstable();
+        unknown.dedup();
         if !unknown.is_empty() {
             for row in txn.patched_blocks(&unknown).await? {
                 let manifest = Arc::new(Patched::decode(&row)?);
