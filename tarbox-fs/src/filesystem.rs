@@ -221,6 +221,56 @@ pub trait Filesystem: Send + Sync + fmt::Debug {
     fn generation(&self) -> u64 {
         0
     }
+
+    /// What changed behind the kernel's back (through another engine, or another mount of this
+    /// one), for frontends that let a kernel cache entries and attributes: they pass each
+    /// [`Invalidation`] on (FUSE `notify_inval_entry`/`notify_inval_inode`). `None` when the
+    /// filesystem cannot tell.
+    fn invalidations(&self) -> Option<Invalidations> {
+        None
+    }
+}
+
+/// Something a kernel may hold in its caches that is no longer true.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Attributes (and content) of an inode.
+    Inode(Ino),
+    /// The name `name` in directory `parent`.
+    Entry { parent: Ino, name: Vec<u8> },
+}
+
+/// The stream of [`Invalidation`]s for one mount: changes it made itself are left out (its
+/// kernel saw them).
+#[derive(Debug)]
+pub struct Invalidations {
+    rx: tokio::sync::broadcast::Receiver<(u64, Invalidation)>,
+    own: u64,
+}
+
+impl Invalidations {
+    pub(crate) fn new(
+        rx: tokio::sync::broadcast::Receiver<(u64, Invalidation)>,
+        own: u64,
+    ) -> Invalidations {
+        Invalidations { rx, own }
+    }
+
+    /// The next invalidation; `None` once the filesystem is gone. A reader too slow to keep up
+    /// misses some (logged): its kernel's caches then expire by their timeouts.
+    pub async fn next(&mut self) -> Option<Invalidation> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match self.rx.recv().await {
+                Ok((from, inv)) if from != self.own => return Some(inv),
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "kernel invalidations fell behind");
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
 }
 
 /// Which operation a request is, with what a [`Guard`] needs to judge it.
@@ -535,5 +585,8 @@ impl<G: Guard> Filesystem for Guarded<G> {
     }
     fn generation(&self) -> u64 {
         self.inner.generation()
+    }
+    fn invalidations(&self) -> Option<Invalidations> {
+        self.inner.invalidations()
     }
 }

@@ -57,5 +57,5 @@ pub use engine::{
     validate_layer_name, validate_tenant_name,
 };
 pub use error::{BackendError, FsError, FsResult, QuotaKind};
-pub use filesystem::{Filesystem, Guard, Guarded, ReadOnly, Request};
+pub use filesystem::{Filesystem, Guard, Guarded, Invalidation, Invalidations, ReadOnly, Request};
 pub use types::*;

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, SessionACL, SessionUnmounter};
 use tarbox_fs::{Filesystem, PodIdentity};
 use tokio::sync::oneshot;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use fs::CacheTimeouts;
 pub use service::{EngineUpkeep, MountSpec, ServiceError, TenantMount, termination};
@@ -169,6 +169,60 @@ pub fn is_mount_point(path: &Path) -> bool {
         .any(|m| Path::new(&m.replace("\\040", " ")) == path)
 }
 
+/// Pass what changed behind the kernel's back (another engine, another mount of this one) on to
+/// the kernel, so that its entry and attribute caches never serve it for longer than the
+/// change takes to arrive, whatever their timeouts. Until the session ends.
+fn forward_invalidations(
+    runtime: &tokio::runtime::Handle,
+    mut invalidations: tarbox_fs::Invalidations,
+    notifier: fuser::Notifier,
+    mut ended: oneshot::Receiver<()>,
+) {
+    // The kernel may wait on locks held by requests in flight before it answers a
+    // notification: the writes to /dev/fuse happen on a thread of their own, never on a
+    // thread that serves requests.
+    let (tx, rx) = std::sync::mpsc::channel::<tarbox_fs::Invalidation>();
+    runtime.spawn(async move {
+        loop {
+            tokio::select! {
+                next = invalidations.next() => match next {
+                    Some(inv) => if tx.send(inv).is_err() { return },
+                    None => return,
+                },
+                _ = &mut ended => return,
+            }
+        }
+    });
+    let spawned = std::thread::Builder::new()
+        .name("tarbox-inval".into())
+        .spawn(move || {
+            use std::os::unix::ffi::OsStrExt;
+            for inv in rx {
+                let sent = match &inv {
+                    tarbox_fs::Invalidation::Inode(ino) => {
+                        notifier.inval_inode(convert::node(*ino), 0, 0)
+                    }
+                    tarbox_fs::Invalidation::Entry { parent, name } => notifier
+                        .inval_entry(convert::node(*parent), std::ffi::OsStr::from_bytes(name)),
+                };
+                match sent {
+                    Ok(()) => {}
+                    // Not in the kernel's caches: nothing to forget.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, ?inv, "kernel invalidation failed");
+                        if e.raw_os_error() == Some(libc::ENODEV) {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "no thread for kernel invalidations: caches expire by their timeouts");
+    }
+}
+
 /// Mount `fs` at `mountpoint` and serve it until unmounted.
 pub fn mount(
     fs: Arc<dyn Filesystem>,
@@ -208,7 +262,7 @@ pub fn mount(
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = options.threads > 1;
     let callers = convert::GroupCache::new(options.pods.clone());
-    let adapter = fs::TarboxFuse::new(fs.clone(), runtime, options.timeouts, callers);
+    let adapter = fs::TarboxFuse::new(fs.clone(), runtime.clone(), options.timeouts, callers);
     let mut session =
         fuser::Session::new(adapter, mountpoint, &config).map_err(|source| MountError::Mount {
             path: mountpoint.to_path_buf(),
@@ -216,10 +270,16 @@ pub fn mount(
         })?;
     let unmounter = session.unmount_callable();
     let (tx, done) = oneshot::channel();
+    let (ended_tx, ended) = oneshot::channel::<()>();
+    if let Some(invalidations) = fs.invalidations() {
+        forward_invalidations(&runtime, invalidations, session.notifier(), ended);
+    }
     std::thread::Builder::new()
         .name("tarbox-fuse".into())
         .spawn(move || {
-            let _ = tx.send(session.run());
+            let result = session.run();
+            drop(ended_tx);
+            let _ = tx.send(result);
         })
         .map_err(|source| MountError::Mount {
             path: mountpoint.to_path_buf(),

@@ -249,7 +249,7 @@ impl StoreTxn for Faulty<dyn StoreTxn> {
         name: &[u8],
         ino: Ino,
         kind: crate::types::FileType,
-    ) -> BackendResult<()> {
+    ) -> BackendResult<u64> {
         self.statement()?;
         self.inner.bind(parent, name, ino, kind).await
     }
@@ -509,6 +509,16 @@ impl Backend for FaultyBackend {
             faults: self.faults.clone(),
             in_txn: true,
         }))
+    }
+    fn announce(&self, note: crate::backend::changes::ChangeNote) {
+        self.inner.announce(note);
+    }
+    async fn watch(
+        &self,
+        tenant: TenantId,
+        listener: crate::backend::changes::ChangeListener,
+    ) -> BackendResult<crate::backend::changes::Watch> {
+        self.inner.watch(tenant, listener).await
     }
     async fn open_session(&self, description: &str, now: Timestamp) -> BackendResult<u64> {
         self.faults.call()?;

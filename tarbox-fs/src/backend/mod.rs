@@ -33,6 +33,7 @@
 //!   then the row. Reviving a dead row (a new reference before the reaper claims it) needs no
 //!   new object. See [`crate::store`] for why this order is safe.
 
+pub mod changes;
 pub mod faulty;
 pub mod memory;
 pub mod postgres;
@@ -359,14 +360,14 @@ pub trait StoreTxn: StoreRead {
     async fn remove_inode(&mut self, ino: Ino) -> BackendResult<()>;
 
     /// Bind `name` in directory `parent` to `(ino, kind)` in the head layer, replacing any head row
-    /// for that name (live or whiteout). A new binding gets a fresh cookie.
+    /// for that name (live or whiteout). A new binding gets a fresh cookie, returned.
     async fn bind(
         &mut self,
         parent: Ino,
         name: &[u8],
         ino: Ino,
         kind: FileType,
-    ) -> BackendResult<()>;
+    ) -> BackendResult<u64>;
 
     /// Remove `name` from `parent`: delete the head row, and write a whiteout if an older layer
     /// has a live entry of that name. Removing an absent name is a no-op.
@@ -577,6 +578,19 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
     /// ends. Fails with [`BackendError::StaleView`] if `view.head()` is no longer the tenant's head
     /// layer, and with [`BackendError::TenantGone`] if the tenant is deleted.
     async fn begin(&self, view: &LayerView, locks: &[Ino]) -> BackendResult<Box<dyn StoreTxn>>;
+
+    /// Tell the engines watching `note.tenant` what a committed transaction changed (see
+    /// [`changes`]). Returns at once; delivery follows, in order.
+    fn announce(&self, note: changes::ChangeNote);
+
+    /// Call `listener` with the notes announced for `tenant` from now on until the returned
+    /// watch is dropped. The first event is [`changes::FeedEvent::Resumed`], once the feed is
+    /// sure to deliver every later note (at once, or when the store can be reached).
+    async fn watch(
+        &self,
+        tenant: TenantId,
+        listener: changes::ChangeListener,
+    ) -> BackendResult<changes::Watch>;
 
     /// Register a live engine session; returns its id. Sessions that stop calling
     /// [`Backend::heartbeat`] are considered dead after the stale interval.

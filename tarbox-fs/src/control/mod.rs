@@ -761,4 +761,8 @@ impl Filesystem for ControlFs {
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
+
+    fn invalidations(&self) -> Option<crate::filesystem::Invalidations> {
+        self.inner.invalidations()
+    }
 }

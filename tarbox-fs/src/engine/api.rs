@@ -548,6 +548,11 @@ impl Filesystem for Volume {
     fn is_read_only(&self) -> bool {
         self.inner.read_only
     }
+
+    fn invalidations(&self) -> Option<crate::filesystem::Invalidations> {
+        let meta = self.inner.meta.as_ref()?;
+        Some(meta.invalidations(self.inner.id))
+    }
 }
 
 /// The attributes a setattr changes, for its event.

@@ -69,7 +69,6 @@ impl Volume {
     ) -> FsResult<FileAttr> {
         self.ensure_writable()?;
         // Lookups must see a directory's new mode or owner at once.
-        self.forget_dir(ino);
         if let Some(size) = set.size {
             if size > MAX_FILE_SIZE {
                 return Err(FsError::FileTooBig);
@@ -161,7 +160,6 @@ impl Volume {
         txn.put_inode(&inode).await?;
         self.commit(txn).await?;
         // A lookup that read the old directory while this ran must not keep it.
-        self.forget_dir(ino);
         if let Some(file) = self.open_file(ino) {
             file.note_attr_change(&inode).await;
         }

@@ -67,7 +67,8 @@ impl Engine {
             ..VolumeOptions::default()
         };
         let volume = self.volume_with(tenant, options).await?;
-        let mut r = volume.reader();
+        // What the store holds, never what a cache remembers.
+        let mut r = volume.fresh_reader();
         let mut report = FsckReport::default();
         let mut seen: BTreeMap<Ino, Seen> = BTreeMap::new();
         let problem = |report: &mut FsckReport, path: &str, what: String| {

@@ -189,7 +189,13 @@ impl Volume {
         ino: Ino,
         flags: i32,
     ) -> FsResult<FileHandle> {
-        let inode = self.reader().inode(ino).await?.ok_or(FsError::NotFound)?;
+        // Read fresh: a file written and closed through another engine opens whole here
+        // (close-to-open), however late that engine's announcement.
+        let inode = self
+            .fresh_reader()
+            .inode(ino)
+            .await?
+            .ok_or(FsError::NotFound)?;
         let (read, write) = access_mode(flags)?;
         if inode.kind == FileType::Directory && (write || flags & libc::O_TRUNC != 0) {
             return Err(FsError::IsDir);

@@ -380,6 +380,15 @@ impl Volume {
                 Ok(record.id)
             })
             .await?;
+        // Other engines' caches hold the old tree: they empty them and follow at once.
+        if let Some(meta) = &self.inner.meta {
+            meta.announce(
+                self.backend(),
+                tenant,
+                self.inner.id,
+                vec![crate::backend::changes::Change::Tree],
+            );
+        }
         info!(tenant = %self.tenant_name(), %target, layer = %head, "switched layer");
         let tree = self.layer_tree().await?;
         tree.get(head)

@@ -20,6 +20,7 @@ mod audit;
 mod audit_trail;
 mod blocks;
 mod buffer;
+mod cached;
 mod data;
 mod diff;
 mod dir;
@@ -28,6 +29,7 @@ mod fetch;
 mod fsck;
 mod io;
 mod layers;
+mod meta_cache;
 mod names;
 mod namespace;
 mod patched;
@@ -102,6 +104,13 @@ pub struct EngineConfig {
     pub dead_block_grace: Duration,
     /// Keys of S3 block stores; `None` takes them from the environment (`AWS_ACCESS_KEY_ID`…).
     pub s3_credentials: Option<crate::store::S3Credentials>,
+    /// Inodes, and names, kept in memory per tenant (see `engine/meta_cache.rs`); 0 turns the
+    /// metadata cache off.
+    pub meta_cache_entries: u64,
+    /// How long a cached inode or name is kept at most. Other engines' changes are heard
+    /// within milliseconds; this bounds what an engine that died between a commit and its
+    /// announcement can leave stale.
+    pub meta_cache_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -119,6 +128,8 @@ impl Default for EngineConfig {
             outage_wait: Duration::from_secs(15),
             dead_block_grace: Duration::from_secs(60),
             s3_credentials: None,
+            meta_cache_entries: 100_000,
+            meta_cache_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -150,6 +161,8 @@ struct Shared {
     stores: Mutex<HashMap<String, Arc<dyn crate::store::BlockStore>>>,
     /// S3 keys given for particular block stores, by URL.
     store_keys: Mutex<HashMap<String, crate::store::S3Credentials>>,
+    /// Inodes and names, per tenant.
+    meta: meta_cache::MetaCaches,
 }
 
 impl Shared {
@@ -226,6 +239,7 @@ impl Engine {
         sinks.extend(config.audit.sinks.iter().cloned());
         let auditor = Auditor::start(&config.audit, sinks);
         let node = Arc::from(config.audit.node.as_str());
+        let meta = meta_cache::MetaCaches::new(config.meta_cache_entries, config.meta_cache_ttl);
         let shared = Arc::new(Shared {
             backend,
             config,
@@ -242,6 +256,7 @@ impl Engine {
             held: Arc::default(),
             stores: Mutex::new(HashMap::new()),
             store_keys: Mutex::new(HashMap::new()),
+            meta,
         });
         spawn_heartbeat(Arc::downgrade(&shared));
         Ok(Engine { shared })
@@ -291,6 +306,26 @@ impl Engine {
         };
         let access = Arc::new(access::VolumeAccess::default());
         access.follow(record.access_policy.as_deref(), &record.name);
+        // Time-travel views read the store: what they show never changes, and is rarely read.
+        let meta = match options.layer {
+            Some(_) => None,
+            None => {
+                let meta = self
+                    .shared
+                    .meta
+                    .tenant(
+                        &self.shared.backend,
+                        record.id,
+                        view.head(),
+                        self.shared.session,
+                    )
+                    .await;
+                if let Some(meta) = &meta {
+                    meta.follow(view.head(), false);
+                }
+                meta
+            }
+        };
         let volume = Volume::from_parts(
             self.shared.clone(),
             record,
@@ -298,6 +333,7 @@ impl Engine {
             (options.layer.is_some(), read_only),
             (audit, access),
             (data, epoch),
+            (meta, n),
         );
         if !read_only {
             volume.reclaim_orphans().await?;
@@ -408,9 +444,6 @@ struct VolumeInner {
     /// Transactions this volume committed: a directory listing buffered before the latest one
     /// is read again, so the volume's own changes show in listings in progress.
     commits: AtomicU64,
-    /// Directories recently read by lookups, for the search-permission check (see
-    /// `cached_dir`).
-    dirs: Mutex<HashMap<Ino, (std::time::Instant, Inode)>>,
     /// Whether the tenant has a byte quota, and when that was read (see `has_byte_quota`).
     byte_quota: Mutex<Option<(std::time::Instant, bool)>>,
     /// Where block contents go.
@@ -419,6 +452,11 @@ struct VolumeInner {
     reap_epoch: AtomicU64,
     /// The access policy in force, shared with the volume's checkpoint views.
     access: Arc<access::VolumeAccess>,
+    /// Inodes and names of the tenant, shared with the engine's other volumes of it; `None`
+    /// for time-travel views and when caching is off.
+    meta: Option<Arc<meta_cache::TenantMeta>>,
+    /// The volume's number in its engine (tells its own changes from others' for its kernel).
+    id: u64,
 }
 
 /// What a handle refers to.
@@ -438,11 +476,6 @@ enum Handle {
     },
 }
 
-/// How long a lookup trusts a directory's permissions it read (the kernel's default attribute
-/// timeout).
-const DIR_CACHE_TTL: Duration = Duration::from_secs(1);
-/// Directories remembered per volume.
-const DIR_CACHE_ENTRIES: usize = 4096;
 /// The head watch publishes the tenant's usage metrics every this many checks.
 const USAGE_METRICS_TICKS: u64 = 10;
 /// The head watch of a writable volume reaps dead store blocks every this many checks.
@@ -494,11 +527,12 @@ impl Volume {
             (true, true),
             (audit, self.inner.access.clone()),
             (self.inner.data.clone(), self.data_epoch()),
+            (None, self.inner.id),
         ))
     }
 
-    /// `(pinned, read_only)`, its audit and policy state, and where blocks go with the reap
-    /// epoch last seen.
+    /// `(pinned, read_only)`, its audit and policy state, where blocks go with the reap
+    /// epoch last seen, and its metadata cache with the volume's number in the engine.
     fn from_parts(
         shared: Arc<Shared>,
         tenant: TenantRecord,
@@ -506,6 +540,7 @@ impl Volume {
         (pinned, read_only): (bool, bool),
         (audit, access): (VolumeAudit, Arc<access::VolumeAccess>),
         (data, reap_epoch): (data::DataPath, u64),
+        (meta, id): (Option<Arc<meta_cache::TenantMeta>>, u64),
     ) -> Volume {
         Volume {
             inner: Arc::new(VolumeInner {
@@ -521,11 +556,12 @@ impl Volume {
                 next_handle: AtomicU64::new(1),
                 open_files: Mutex::new(HashMap::new()),
                 commits: AtomicU64::new(0),
-                dirs: Mutex::new(HashMap::new()),
                 byte_quota: Mutex::new(None),
                 data,
                 reap_epoch: AtomicU64::new(reap_epoch),
                 access,
+                meta,
+                id,
             }),
         }
     }
@@ -550,12 +586,32 @@ impl Volume {
             .clone()
     }
 
-    /// A reader of committed data through the volume's view, waiting out store outages.
+    /// A reader of committed data through the volume's view, waiting out store outages;
+    /// inodes and names come from the metadata cache when it has them.
     fn reader(&self) -> Box<dyn StoreRead> {
-        Box::new(patience::PatientReader {
-            inner: self.backend().reader(&self.view()),
+        self.reader_with(false)
+    }
+
+    /// A reader that asks the store for inodes and names (refreshing the cache with them).
+    fn fresh_reader(&self) -> Box<dyn StoreRead> {
+        self.reader_with(true)
+    }
+
+    fn reader_with(&self, fresh: bool) -> Box<dyn StoreRead> {
+        let view = self.view();
+        let patient = Box::new(patience::PatientReader {
+            inner: self.backend().reader(&view),
             wait: self.shared().config.outage_wait,
-        })
+        });
+        match &self.inner.meta {
+            Some(meta) => Box::new(cached::CachedReader {
+                inner: patient,
+                meta: meta.clone(),
+                head: view.head(),
+                fresh,
+            }),
+            None => patient,
+        }
     }
 
     fn block_size(&self) -> u64 {
@@ -577,10 +633,17 @@ impl Volume {
         locks.dedup();
         // Nothing is applied until the transaction has begun: waiting out an outage is safe.
         let wait = self.shared().config.outage_wait;
-        Ok(patience::patiently!(
-            wait,
-            self.backend().begin(&self.view(), &locks)
-        )?)
+        let view = self.view();
+        let txn = patience::patiently!(wait, self.backend().begin(&view, &locks))?;
+        Ok(match &self.inner.meta {
+            Some(meta) => Box::new(cached::TrackedTxn::new(
+                txn,
+                meta.clone(),
+                self.shared().backend.clone(),
+                (self.inner.tenant.id, view.head(), self.inner.id),
+            )),
+            None => txn,
+        })
     }
 
     /// Run `op` until it succeeds or fails for a reason other than a conflict. Each attempt is a
@@ -634,9 +697,12 @@ impl Volume {
         }
         let view = build_view(self.backend(), tenant, record.head_layer).await?;
         let same_tree = view.chain.get(1) == Some(&old.head());
+        let head = view.head();
         *self.inner.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+        if let Some(meta) = &self.inner.meta {
+            meta.follow(head, same_tree);
+        }
         if !same_tree {
-            lock(&self.inner.dirs).clear();
             self.reload_open_files().await?;
         }
         Ok(())
@@ -649,9 +715,19 @@ impl Volume {
             return;
         };
         let weak = Arc::downgrade(&self.inner);
+        let meta = self.inner.meta.clone().map(|m| Arc::downgrade(&m));
         runtime.spawn(async move {
             for tick in 0u64.. {
-                tokio::time::sleep(interval).await;
+                // Another engine's switch is heard at once when the tenant is cached.
+                match meta.as_ref().and_then(std::sync::Weak::upgrade) {
+                    Some(meta) => {
+                        tokio::select! {
+                            () = tokio::time::sleep(interval) => {}
+                            () = meta.tree_moved.notified() => {}
+                        }
+                    }
+                    None => tokio::time::sleep(interval).await,
+                }
                 let Some(inner) = weak.upgrade() else { return };
                 let volume = Volume { inner };
                 if let Err(e) = volume.refresh_view().await {
@@ -669,34 +745,6 @@ impl Volume {
                 }
             }
         });
-    }
-
-    /// A directory a lookup read less than [`DIR_CACHE_TTL`] ago. A lookup needs the directory
-    /// only for its search permission; this saves it one statement. A chmod or chown here
-    /// forgets the entry; one by another engine governs lookups here within the TTL, as the
-    /// kernel's attribute cache already lets it for permission checks.
-    fn cached_dir(&self, ino: Ino) -> Option<Inode> {
-        let dirs = lock(&self.inner.dirs);
-        let (at, inode) = dirs.get(&ino)?;
-        (at.elapsed() < DIR_CACHE_TTL).then(|| inode.clone())
-    }
-
-    fn cache_dir(&self, inode: &Inode) {
-        if inode.kind != crate::types::FileType::Directory {
-            return;
-        }
-        let mut dirs = lock(&self.inner.dirs);
-        if dirs.len() >= DIR_CACHE_ENTRIES {
-            dirs.retain(|_, (at, _)| at.elapsed() < DIR_CACHE_TTL);
-            if dirs.len() >= DIR_CACHE_ENTRIES {
-                dirs.clear();
-            }
-        }
-        dirs.insert(inode.ino, (std::time::Instant::now(), inode.clone()));
-    }
-
-    fn forget_dir(&self, ino: Ino) {
-        lock(&self.inner.dirs).remove(&ino);
     }
 
     /// A fresh inode number.

@@ -102,20 +102,11 @@ impl Volume {
             let inode = r1.inode(ino).await?.ok_or(FsError::NotFound)?;
             return self.attr_of(inode).await;
         }
-        if let Some(dir) = self.cached_dir(parent) {
-            perm::check_search(caller, &dir)?;
-            let (_, inode) = r2
-                .lookup_inode(parent, name)
-                .await?
-                .ok_or(FsError::NotFound)?;
-            return self.attr_of(inode).await;
-        }
         // The directory (for the permission check) and the entry are independent reads: one
-        // round trip of latency instead of three.
+        // round trip of latency, or none when both are cached.
         let (dir, found) = futures::join!(r1.inode(parent), r2.lookup_inode(parent, name));
         let dir = dir?.ok_or(FsError::NotFound)?;
         perm::check_search(caller, &dir)?;
-        self.cache_dir(&dir);
         let (_, inode) = found?.ok_or(FsError::NotFound)?;
         self.attr_of(inode).await
     }
@@ -338,7 +329,9 @@ impl Volume {
         dir_wanted: bool,
     ) -> FsResult<Ino> {
         let seen = {
-            let (mut r1, mut r2) = (self.reader(), self.reader());
+            // The name from the store: a name another engine bound a moment ago must not be
+            // refused with ENOENT from a cache its announcement has not reached yet.
+            let (mut r1, mut r2) = (self.reader(), self.fresh_reader());
             let (dir, entry) = futures::join!(r1.inode(parent), r2.lookup(parent, name));
             perm::check_search(caller, &dir?.ok_or(FsError::NotFound)?)?;
             entry?.ok_or(FsError::NotFound)?
@@ -505,9 +498,14 @@ impl Volume {
         flags: RenameFlags,
     ) -> FsResult<(Renamed, Option<Ino>)> {
         let (src, dst) = {
-            // Four independent reads, issued together.
-            let (mut r1, mut r2, mut r3, mut r4) =
-                (self.reader(), self.reader(), self.reader(), self.reader());
+            // Four independent reads, issued together; the names from the store (see
+            // `remove_once`).
+            let (mut r1, mut r2, mut r3, mut r4) = (
+                self.reader(),
+                self.reader(),
+                self.fresh_reader(),
+                self.fresh_reader(),
+            );
             let (sdir, ddir, src, dst) = futures::join!(
                 r1.inode(sp),
                 r2.inode(dp),

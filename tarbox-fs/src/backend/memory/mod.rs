@@ -117,6 +117,8 @@ pub struct MemoryBackend {
     /// The audit table, under its own lock: writing the trail never waits on file operations.
     audit: Arc<Mutex<audit::AuditLog>>,
     gates: Arc<Mutex<HashMap<TenantId, Arc<AsyncMutex<()>>>>>,
+    /// Engines watching tenants: notes are delivered as they are announced.
+    listeners: Arc<crate::backend::changes::Listeners>,
 }
 
 impl MemoryBackend {
@@ -473,6 +475,19 @@ impl Backend for MemoryBackend {
             committed: false,
             _gate: gate,
         }))
+    }
+
+    fn announce(&self, note: crate::backend::changes::ChangeNote) {
+        self.listeners.deliver(&note);
+    }
+
+    async fn watch(
+        &self,
+        tenant: TenantId,
+        listener: crate::backend::changes::ChangeListener,
+    ) -> BackendResult<crate::backend::changes::Watch> {
+        listener(crate::backend::changes::FeedEvent::Resumed);
+        Ok(self.listeners.add(tenant, listener))
     }
 
     async fn open_session(&self, _description: &str, now: Timestamp) -> BackendResult<u64> {

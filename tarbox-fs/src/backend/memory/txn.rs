@@ -189,7 +189,7 @@ impl StoreTxn for MemoryTxn {
         name: &[u8],
         ino: Ino,
         kind: FileType,
-    ) -> BackendResult<()> {
+    ) -> BackendResult<u64> {
         let head = self.view.head();
         let cookie = {
             let mut store = self.backend.lock();
@@ -200,7 +200,8 @@ impl StoreTxn for MemoryTxn {
             let key = (parent, name.to_vec(), head);
             let prev = d.dentries.insert(key.clone(), Some((ino, kind, cookie)));
             undo.push(Undo::Dentry(key, prev));
-        })
+        })?;
+        Ok(cookie)
     }
 
     async fn unbind(&mut self, parent: Ino, name: &[u8]) -> BackendResult<()> {

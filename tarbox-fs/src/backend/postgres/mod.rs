@@ -40,6 +40,7 @@ mod audit;
 mod blocks;
 mod clone;
 mod convert;
+mod feed;
 mod layers;
 mod read;
 mod tenants;
@@ -78,6 +79,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct PostgresBackend {
     pool: PgPool,
     partitions: std::sync::Arc<audit::Partitions>,
+    feed: std::sync::Arc<feed::Feed>,
 }
 
 impl PostgresBackend {
@@ -121,7 +123,12 @@ impl PostgresBackend {
     /// A backend over a pool whose database is already migrated.
     pub(crate) fn from_pool(pool: PgPool) -> PostgresBackend {
         let partitions = std::sync::Arc::new(audit::Partitions::new(pool.clone()));
-        PostgresBackend { pool, partitions }
+        let feed = std::sync::Arc::new(feed::Feed::new(pool.clone()));
+        PostgresBackend {
+            pool,
+            partitions,
+            feed,
+        }
     }
 
     /// The connection pool, for tests and administrative tools.
@@ -278,6 +285,18 @@ impl Backend for PostgresBackend {
         let txn =
             txn::PgTxn::begin(&self.pool, self.partitions.clone(), Scope::new(view), locks).await?;
         Ok(Box::new(txn))
+    }
+
+    fn announce(&self, note: crate::backend::changes::ChangeNote) {
+        self.feed.announce(note);
+    }
+
+    async fn watch(
+        &self,
+        tenant: TenantId,
+        listener: crate::backend::changes::ChangeListener,
+    ) -> BackendResult<crate::backend::changes::Watch> {
+        Ok(self.feed.watch(tenant, listener))
     }
 
     async fn open_session(&self, description: &str, now: Timestamp) -> BackendResult<u64> {

@@ -179,7 +179,8 @@ const REMOVE_INODE: &str = "WITH older AS ( \
 const BIND: &str = "INSERT INTO dentries (tenant_id, parent, name, layer_id, ino, kind) \
      VALUES ($1, $2, $3, $4, $5, $6) \
      ON CONFLICT (tenant_id, parent, name, layer_id) \
-     DO UPDATE SET ino = EXCLUDED.ino, kind = EXCLUDED.kind, cookie = EXCLUDED.cookie";
+     DO UPDATE SET ino = EXCLUDED.ino, kind = EXCLUDED.kind, cookie = EXCLUDED.cookie \
+     RETURNING cookie";
 
 /// $1 tenant, $2 parent, $3 name, $4 head, $5 lower layers. Deletes the head row, or makes it a
 /// whiteout when a lower layer has a live entry of that name.
@@ -352,18 +353,18 @@ impl StoreTxn for PgTxn {
         name: &[u8],
         ino: Ino,
         kind: FileType,
-    ) -> BackendResult<()> {
-        sqlx::query(BIND)
+    ) -> BackendResult<u64> {
+        let cookie: i64 = sqlx::query_scalar(BIND)
             .bind(self.scope.tenant)
             .bind(to_i64("inode number", parent.0)?)
             .bind(name)
             .bind(self.head)
             .bind(to_i64("inode number", ino.0)?)
             .bind(kind.code())
-            .execute(&mut *self.tx)
+            .fetch_one(&mut *self.tx)
             .await
             .map_err(map_err)?;
-        Ok(())
+        super::convert::to_u64("cookie", cookie)
     }
 
     async fn unbind(&mut self, parent: Ino, name: &[u8]) -> BackendResult<()> {
