@@ -57,6 +57,10 @@ pub struct MountArgs {
     /// its own file first.
     #[arg(long, default_value = "1GiB", value_name = "SIZE")]
     held_limit: String,
+    /// Inodes (and as many names) kept in memory per tenant; other mounts' changes reach them
+    /// within milliseconds. 0 asks the database for every lookup and stat.
+    #[arg(long, default_value_t = 100_000, value_name = "ENTRIES")]
+    meta_cache: u64,
     /// Keep decoded blocks on local disk in DIR too (one directory per mount), so data read
     /// once from S3, a shared directory or the database is read locally next time, also
     /// after a remount.
@@ -212,6 +216,7 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
         disk_cache,
         audit,
         held_limit_bytes: held_limit,
+        meta_cache_entries: args.meta_cache,
         ..ctx.engine_config()
     };
     let engine = tarbox_fs::Engine::open(&url, config)
