@@ -117,6 +117,34 @@ backend_tests! {
         other.close().await.expect("close");
     }
 
+    async fn changes_after_a_checkpoint_and_from_an_engine_that_caches_nothing_arrive(t: TestVolume) {
+        let root = Caller::root();
+        let (other, b) = other_engine(&t).await;
+        t.write_file("/f", b"one").await;
+        let f = t.ino("/f").await;
+        assert_eq!(b.getattr(&root, f).await.expect("getattr on b").size, 3);
+        // A checkpoint on a, then a change through the new head: b, which cached the file
+        // through the old head, sees the change.
+        t.volume.layers().checkpoint("c1", "").await.expect("checkpoint");
+        t.write_file("/f", b"one two").await;
+        seen_within("size after a checkpoint", BOUND, || async {
+            b.getattr(&root, f).await.is_ok_and(|a| a.size == 7)
+        }).await;
+        // An engine with its cache off still tells the others what it changes.
+        let plain = Engine::with_backend(
+            t.engine.backend().clone(),
+            EngineConfig { meta_cache_entries: 0, ..EngineConfig::default() },
+        ).await.expect("engine without a cache");
+        let c = plain.volume(&t.tenant).await.expect("volume");
+        let chmod = SetAttr { mode: Some(0o640), ..SetAttr::default() };
+        c.setattr(&root, f, &chmod).await.expect("chmod without a cache");
+        seen_within("chmod by an engine without a cache", BOUND, || async {
+            b.getattr(&root, f).await.is_ok_and(|a| a.perm == 0o640)
+        }).await;
+        plain.close().await.expect("close");
+        other.close().await.expect("close");
+    }
+
     async fn cached_metadata_is_served_without_the_store(t: TestVolume) {
         let root = Caller::root();
         let faults = Faults::new();

@@ -513,6 +513,9 @@ impl Backend for FaultyBackend {
     fn announce(&self, note: crate::backend::changes::ChangeNote) {
         self.inner.announce(note);
     }
+    async fn flush_announcements(&self) {
+        self.inner.flush_announcements().await;
+    }
     async fn watch(
         &self,
         tenant: TenantId,

@@ -369,6 +369,26 @@ pub trait StoreTxn: StoreRead {
         kind: FileType,
     ) -> BackendResult<u64>;
 
+    /// A new inode and its first name, in one step: charge `bytes` and one inode (refused as
+    /// [`StoreTxn::charge`] refuses, then nothing changes), store `inode` and `dir` (the
+    /// directory's new version), and bind `name` in `dir` to `inode`. Returns the binding's
+    /// cookie. Backends should do it in one round trip: it is the path of every create.
+    async fn create_entry(
+        &mut self,
+        dir: &Inode,
+        name: &[u8],
+        inode: &Inode,
+        bytes: i64,
+    ) -> BackendResult<Result<u64, QuotaKind>> {
+        if let Err(kind) = self.charge(bytes, 1).await? {
+            return Ok(Err(kind));
+        }
+        self.put_inode(inode).await?;
+        let cookie = self.bind(dir.ino, name, inode.ino, inode.kind).await?;
+        self.put_inode(dir).await?;
+        Ok(Ok(cookie))
+    }
+
     /// Remove `name` from `parent`: delete the head row, and write a whiteout if an older layer
     /// has a live entry of that name. Removing an absent name is a no-op.
     async fn unbind(&mut self, parent: Ino, name: &[u8]) -> BackendResult<()>;
@@ -582,6 +602,10 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
     /// Tell the engines watching `note.tenant` what a committed transaction changed (see
     /// [`changes`]). Returns at once; delivery follows, in order.
     fn announce(&self, note: changes::ChangeNote);
+
+    /// Wait (a few seconds at most) until every note announced so far is sent: an engine
+    /// closing must not take the last changes of a short-lived command with it.
+    async fn flush_announcements(&self) {}
 
     /// Call `listener` with the notes announced for `tenant` from now on until the returned
     /// watch is dropped. The first event is [`changes::FeedEvent::Resumed`], once the feed is

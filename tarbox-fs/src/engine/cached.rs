@@ -233,7 +233,9 @@ impl TrackedTxn {
 
 impl Drop for TrackedTxn {
     fn drop(&mut self) {
-        // Not committed (an error, a retry): the keys are forgotten, never filled.
+        // Not committed (an error, a retry): the transaction is rolled back first, then the
+        // keys are forgotten, never filled.
+        drop(self.inner.take());
         if !self.writes.is_empty() {
             let writes = std::mem::take(&mut self.writes);
             self.meta.end_writes(self.head, writes, false);
@@ -342,6 +344,32 @@ impl StoreTxn for TrackedTxn {
         };
         self.write(key, Some(Value::Entry(Some(entry))));
         Ok(cookie)
+    }
+
+    async fn create_entry(
+        &mut self,
+        dir: &Inode,
+        name: &[u8],
+        inode: &Inode,
+        bytes: i64,
+    ) -> BackendResult<Result<u64, QuotaKind>> {
+        let entry = Key::Entry(dir.ino, Box::from(name));
+        self.write(Key::Inode(inode.ino), None);
+        self.write(Key::Inode(dir.ino), None);
+        self.write(entry.clone(), None);
+        let created = self.txn()?.create_entry(dir, name, inode, bytes).await?;
+        if let Ok(cookie) = created {
+            self.write(Key::Inode(inode.ino), Some(Value::Inode(inode.clone())));
+            self.write(Key::Inode(dir.ino), Some(Value::Inode(dir.clone())));
+            let bound = DentryRecord {
+                name: name.to_vec(),
+                ino: inode.ino,
+                kind: inode.kind,
+                cookie,
+            };
+            self.write(entry, Some(Value::Entry(Some(bound))));
+        }
+        Ok(created)
     }
 
     async fn unbind(&mut self, parent: Ino, name: &[u8]) -> BackendResult<()> {

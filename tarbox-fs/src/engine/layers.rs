@@ -340,6 +340,9 @@ impl Volume {
                 }
                 other => other,
             })?;
+        // Other engines follow the new head at once (their caches were filled through the old
+        // one: see `meta_cache.rs`).
+        self.announce_head_moved();
         info!(tenant = %self.tenant_name(), checkpoint = name, layer = %frozen, "checkpoint");
         let tree = self.layer_tree().await?;
         tree.get(frozen).cloned().ok_or_else(|| {
@@ -381,19 +384,23 @@ impl Volume {
             })
             .await?;
         // Other engines' caches hold the old tree: they empty them and follow at once.
-        if let Some(meta) = &self.inner.meta {
-            meta.announce(
-                self.backend(),
-                tenant,
-                self.inner.id,
-                vec![crate::backend::changes::Change::Tree],
-            );
-        }
+        self.announce_head_moved();
         info!(tenant = %self.tenant_name(), %target, layer = %head, "switched layer");
         let tree = self.layer_tree().await?;
         tree.get(head)
             .cloned()
             .ok_or_else(|| BackendError::Corrupt(format!("new head layer {head} vanished")).into())
+    }
+
+    fn announce_head_moved(&self) {
+        if let Some(meta) = &self.inner.meta {
+            meta.announce(
+                self.backend(),
+                self.inner.tenant.id,
+                self.inner.id,
+                vec![crate::backend::changes::Change::Tree],
+            );
+        }
     }
 
     /// Delete layer `target` and reclaim what only it referenced. The current layer cannot be

@@ -71,6 +71,8 @@ pub(super) enum Value {
 /// The caches of an engine, one per tenant it has volumes of.
 pub(super) struct MetaCaches {
     tenants: Mutex<HashMap<TenantId, Weak<TenantMeta>>>,
+    /// 0: nothing is served from memory, but commits are still announced and other engines'
+    /// changes still passed to the kernels.
     entries: u64,
     ttl: Duration,
 }
@@ -92,14 +94,11 @@ impl MetaCaches {
         tenant: TenantId,
         head: LayerId,
         origin: u64,
-    ) -> Option<Arc<TenantMeta>> {
-        if self.entries == 0 {
-            return None;
-        }
+    ) -> Arc<TenantMeta> {
         let meta = {
             let mut tenants = super::lock(&self.tenants);
             if let Some(meta) = tenants.get(&tenant).and_then(Weak::upgrade) {
-                return Some(meta);
+                return meta;
             }
             tenants.retain(|_, m| m.strong_count() > 0);
             let meta = Arc::new(TenantMeta::new(
@@ -123,7 +122,7 @@ impl MetaCaches {
             // Never synced: the cache stays empty and every read goes to the store.
             Err(e) => warn!(error = %e, "no change feed: metadata is not cached"),
         }
-        Some(meta)
+        meta
     }
 }
 
@@ -136,7 +135,7 @@ struct Pending {
 }
 
 struct State {
-    /// The feed is known to deliver: the cache may serve.
+    /// The feed is known to deliver (and caching is on): the cache may serve.
     synced: bool,
     /// The head layer the cached values were read through.
     head: LayerId,
@@ -150,6 +149,8 @@ struct State {
 /// One tenant's cache (see the module docs).
 pub(super) struct TenantMeta {
     origin: u64,
+    /// Caching is on (`EngineConfig::meta_cache_entries` > 0).
+    serving: bool,
     state: Mutex<State>,
     hasher: std::collections::hash_map::RandomState,
     inodes: moka::sync::Cache<Ino, Inode>,
@@ -167,6 +168,7 @@ impl TenantMeta {
         debug!(tenant = tenant.0, entries, "metadata cache");
         TenantMeta {
             origin,
+            serving: entries > 0,
             state: Mutex::new(State {
                 synced: false,
                 head,
@@ -177,11 +179,11 @@ impl TenantMeta {
             }),
             hasher: std::collections::hash_map::RandomState::new(),
             inodes: moka::sync::Cache::builder()
-                .max_capacity(entries)
+                .max_capacity(entries.max(1))
                 .time_to_live(ttl)
                 .build(),
             entries: moka::sync::Cache::builder()
-                .max_capacity(entries)
+                .max_capacity(entries.max(1))
                 .time_to_live(ttl)
                 .build(),
             kernel: broadcast::channel(KERNEL_QUEUE).0,
@@ -344,16 +346,16 @@ impl TenantMeta {
         }
     }
 
-    /// The volumes moved to `head`: the same tree (a checkpoint) keeps what is cached.
-    pub(super) fn follow(&self, head: LayerId, same_tree: bool) {
+    /// The volumes moved to `head`. What is cached goes even when the tree is the same (a
+    /// checkpoint): a volume still reading through the old head may have filled in values
+    /// that the new head's writes, announced meanwhile, had already replaced.
+    pub(super) fn follow(&self, head: LayerId) {
         let mut st = self.state();
         if st.head == head {
             return;
         }
         st.head = head;
-        if !same_tree {
-            self.clear(&mut st);
-        }
+        self.clear(&mut st);
     }
 
     fn clear(&self, st: &mut State) {
@@ -421,7 +423,7 @@ impl TenantMeta {
             FeedEvent::Resumed => {
                 let mut st = self.state();
                 self.clear(&mut st);
-                st.synced = true;
+                st.synced = self.serving;
             }
         }
     }

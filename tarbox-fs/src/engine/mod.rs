@@ -320,10 +320,8 @@ impl Engine {
                         self.shared.session,
                     )
                     .await;
-                if let Some(meta) = &meta {
-                    meta.follow(view.head(), false);
-                }
-                meta
+                meta.follow(view.head());
+                Some(meta)
             }
         };
         let volume = Volume::from_parts(
@@ -348,6 +346,7 @@ impl Engine {
     /// directory for the next engine; dropped and counted without one).
     pub async fn close(&self) -> FsResult<()> {
         self.shared.auditor.close().await;
+        self.shared.backend.flush_announcements().await;
         self.shared
             .backend
             .close_session(self.shared.session)
@@ -452,8 +451,9 @@ struct VolumeInner {
     reap_epoch: AtomicU64,
     /// The access policy in force, shared with the volume's checkpoint views.
     access: Arc<access::VolumeAccess>,
-    /// Inodes and names of the tenant, shared with the engine's other volumes of it; `None`
-    /// for time-travel views and when caching is off.
+    /// Inodes and names of the tenant, shared with the engine's other volumes of it (serving
+    /// nothing when caching is off, but announcing this volume's commits); `None` for
+    /// time-travel views.
     meta: Option<Arc<meta_cache::TenantMeta>>,
     /// The volume's number in its engine (tells its own changes from others' for its kernel).
     id: u64,
@@ -700,7 +700,7 @@ impl Volume {
         let head = view.head();
         *self.inner.view.write().unwrap_or_else(|p| p.into_inner()) = view;
         if let Some(meta) = &self.inner.meta {
-            meta.follow(head, same_tree);
+            meta.follow(head);
         }
         if !same_tree {
             self.reload_open_files().await?;

@@ -269,17 +269,15 @@ impl Volume {
             parent,
             target: spec.target.to_vec(),
         };
-        if let Err(kind) = txn.charge(inode.charged_bytes() as i64, 1).await? {
-            return Err(FsError::QuotaExceeded(kind));
-        }
-        txn.put_inode(&inode).await?;
-        txn.bind(parent, name, ino, spec.kind).await?;
         dir.mtime = now;
         dir.ctime = now;
         if spec.kind == FileType::Directory {
             dir.nlink += 1;
         }
-        txn.put_inode(&dir).await?;
+        let charge = inode.charged_bytes() as i64;
+        if let Err(kind) = txn.create_entry(&dir, name, &inode, charge).await? {
+            return Err(FsError::QuotaExceeded(kind));
+        }
         Volume::note_inode(ino);
         self.commit(txn).await?;
         Ok(inode)

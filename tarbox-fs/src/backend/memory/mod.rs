@@ -486,8 +486,9 @@ impl Backend for MemoryBackend {
         tenant: TenantId,
         listener: crate::backend::changes::ChangeListener,
     ) -> BackendResult<crate::backend::changes::Watch> {
+        let watch = self.listeners.add(tenant, listener.clone());
         listener(crate::backend::changes::FeedEvent::Resumed);
-        Ok(self.listeners.add(tenant, listener))
+        Ok(watch)
     }
 
     async fn open_session(&self, _description: &str, now: Timestamp) -> BackendResult<u64> {

@@ -2,16 +2,16 @@
 //!
 //! One channel, `tarbox_changes`, carries the notes of every tenant (a payload starts with its
 //! tenant): each engine listens once, on one connection, whatever the number of tenants it
-//! serves, and filters. Announcements are queued and sent by one task, everything queued at the
-//! moment in one statement, so a burst of commits costs one `NOTIFY` round trip, not one each;
+//! serves, and filters. Announcements are queued and sent by one task, everything queued within
+//! a few milliseconds in one statement, so a burst of commits costs one `NOTIFY`, not one each;
 //! a `NOTIFY` outside the data transaction takes PostgreSQL's notify lock only for itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool};
-use tokio::sync::mpsc;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::backend::changes::{self, ChangeListener, ChangeNote, FeedEvent, Listeners, Watch};
@@ -22,15 +22,33 @@ const CHANNEL: &str = "tarbox_changes";
 const PAYLOAD_LIMIT: usize = 7900;
 /// Notes sent in one statement at most.
 const BATCH: usize = 512;
-/// How often a failed announcement is tried again before it is given up (logged).
-const SEND_ATTEMPTS: u32 = 5;
+/// How long the sender waits after the first note of a batch for more: a program doing
+/// one operation after another (each ~1–2 ms) then shares one `NOTIFY` among several, for a
+/// few milliseconds more of delay.
+const BATCH_WINDOW: Duration = Duration::from_millis(4);
+/// The longest pause between attempts to send announcements the database refused.
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+/// Every engine pings the channel this often: a listening connection that hears nothing,
+/// not even pings, for [`SILENCE`] is taken for dead (a connection a firewall dropped
+/// without telling either end never reports an error by itself).
+const PING_EVERY: Duration = Duration::from_secs(5);
+const SILENCE: Duration = Duration::from_secs(16);
+const PING: &str = "ping";
+
+/// What the sending task is asked.
+#[derive(Debug)]
+enum Outgoing {
+    Note(ChangeNote),
+    /// Answer once everything queued before has been sent.
+    Flush(oneshot::Sender<()>),
+}
 
 /// The feed of one backend: started with the first announcement or watch.
 #[derive(Debug)]
 pub(super) struct Feed {
     pool: PgPool,
     listeners: Arc<Listeners>,
-    outbox: std::sync::OnceLock<mpsc::UnboundedSender<ChangeNote>>,
+    outbox: std::sync::OnceLock<mpsc::UnboundedSender<Outgoing>>,
     listening: std::sync::OnceLock<Arc<AtomicBool>>,
     /// The sending and listening tasks, stopped with the feed (each holds a connection).
     tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
@@ -77,17 +95,36 @@ impl Feed {
             tx
         });
         // Fails only once the runtime is gone, when nobody is left to tell.
-        let _ = outbox.send(note);
+        let _ = outbox.send(Outgoing::Note(note));
+    }
+
+    /// Wait until every note announced so far has been sent (before an engine closes: a
+    /// short-lived command's last changes must not be lost with its process).
+    pub(super) async fn flush(&self, within: Duration) {
+        let Some(outbox) = self.outbox.get() else {
+            return;
+        };
+        let (tx, rx) = oneshot::channel();
+        if outbox.send(Outgoing::Flush(tx)).is_ok()
+            && tokio::time::timeout(within, rx).await.is_err()
+        {
+            warn!("announcing changes did not finish before the engine closed");
+        }
     }
 
     pub(super) fn watch(&self, tenant: TenantId, listener: ChangeListener) -> Watch {
         let listening = self.listening.get_or_init(|| {
             let listening = Arc::new(AtomicBool::new(false));
+            // A pool of its own: the listening connection never takes one of the data path's.
+            let listen_pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with((*self.pool.connect_options()).clone());
             self.spawn(listen(
-                self.pool.clone(),
+                listen_pool,
                 Arc::downgrade(&self.listeners),
                 listening.clone(),
             ));
+            self.spawn(ping(self.pool.clone()));
             listening
         });
         // Registered first, then told: a `Resumed` from the listening task in between reaches
@@ -100,34 +137,79 @@ impl Feed {
     }
 }
 
-/// Send what is queued, in batches, until the backend is dropped.
-async fn send_notes(pool: PgPool, mut outbox: mpsc::UnboundedReceiver<ChangeNote>) {
-    let mut notes = Vec::with_capacity(BATCH);
-    while outbox.recv_many(&mut notes, BATCH).await > 0 {
-        let payloads: Vec<String> = notes
-            .drain(..)
-            .flat_map(|note| changes::encode(&note, PAYLOAD_LIMIT))
-            .collect();
-        let mut pause = Duration::from_millis(20);
-        for attempt in 1..=SEND_ATTEMPTS {
-            let sent = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-                .bind(CHANNEL)
-                .bind(&payloads)
-                .execute(&pool)
-                .await;
-            match sent {
-                Ok(_) => break,
-                Err(e) if attempt == SEND_ATTEMPTS => {
-                    // Watchers that missed these notes lost their connection too when the
-                    // database went away, and start afresh when it is back.
-                    warn!(error = %e, notes = payloads.len(), "announcing changes failed");
-                }
-                Err(e) => {
-                    debug!(error = %e, attempt, "announcing changes failed: retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
+/// Send what is queued, in batches and in order, until the backend is dropped. A batch the
+/// database refuses is tried again until it is sent: dropping it would leave other engines
+/// serving what it names (they hear of a lost feed only when their own connection breaks).
+async fn send_notes(pool: PgPool, mut outbox: mpsc::UnboundedReceiver<Outgoing>) {
+    let mut queued = Vec::with_capacity(BATCH);
+    while outbox.recv_many(&mut queued, BATCH).await > 0 {
+        tokio::time::sleep(BATCH_WINDOW).await;
+        while queued.len() < BATCH {
+            match outbox.try_recv() {
+                Ok(item) => queued.push(item),
+                Err(_) => break,
             }
+        }
+        let mut payloads = Vec::new();
+        let mut flushed = Vec::new();
+        for item in queued.drain(..) {
+            match item {
+                Outgoing::Note(note) => {
+                    payloads.extend(changes::encode(&note, PAYLOAD_LIMIT));
+                }
+                Outgoing::Flush(done) => flushed.push(done),
+            }
+        }
+        send(&pool, &payloads).await;
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn send(pool: &PgPool, payloads: &[String]) {
+    if payloads.is_empty() {
+        return;
+    }
+    let mut pause = Duration::from_millis(20);
+    let mut warned = false;
+    loop {
+        let sent = sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+            .bind(CHANNEL)
+            .bind(payloads)
+            .execute(pool)
+            .await;
+        match sent {
+            Ok(_) => {
+                if warned {
+                    warn!("announcing changes works again");
+                }
+                return;
+            }
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(e) => {
+                if !warned {
+                    warn!(error = %e, "announcing changes failed: retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_PAUSE);
+            }
+        }
+    }
+}
+
+/// Ping the channel now and then, so that listeners can tell silence from a dead connection.
+async fn ping(pool: PgPool) {
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        let pinged = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(PING)
+            .execute(&pool)
+            .await;
+        if let Err(sqlx::Error::PoolClosed) = pinged {
+            return;
         }
     }
 }
@@ -165,13 +247,18 @@ async fn listen(pool: PgPool, listeners: std::sync::Weak<Listeners>, listening: 
         hub.tell_all(FeedEvent::Resumed);
         drop(hub);
         let lost = loop {
-            match listener.try_recv().await {
+            // Every engine pings: silence this long means the connection is gone.
+            let Ok(received) = tokio::time::timeout(SILENCE, listener.try_recv()).await else {
+                break None;
+            };
+            match received {
                 Ok(Some(n)) => {
                     let Some(hub) = listeners.upgrade() else {
                         return;
                     };
                     match changes::decode(n.payload()) {
                         Some(note) => hub.deliver(&note),
+                        None if n.payload() == PING => {}
                         None => debug!(payload = n.payload(), "change feed: not a note"),
                     }
                 }

@@ -291,6 +291,10 @@ impl Backend for PostgresBackend {
         self.feed.announce(note);
     }
 
+    async fn flush_announcements(&self) {
+        self.feed.flush(Duration::from_secs(5)).await;
+    }
+
     async fn watch(
         &self,
         tenant: TenantId,

@@ -136,6 +136,38 @@ impl PgTxn {
 
 impl_store_read!(PgTxn);
 
+/// One column of `rows`, for an `unnest` of arrays.
+fn column<'a, T>(
+    rows: &[&'a Inode],
+    f: impl Fn(&'a Inode) -> BackendResult<T>,
+) -> BackendResult<Vec<T>> {
+    rows.iter().map(|&i| f(i)).collect()
+}
+
+impl PgTxn {
+    /// A charge was refused (or the tenant is gone): which limit, on the latest usage. `None`
+    /// when usage dropped (or the quota grew) in between: the caller charges again.
+    async fn refused_by(&mut self, bytes: i64, inodes: i64) -> BackendResult<Option<QuotaKind>> {
+        let row: Option<(i64, i64, Option<i64>, Option<i64>)> = sqlx::query_as(USAGE_AND_QUOTA)
+            .bind(self.scope.tenant)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(map_err)?;
+        let Some((used_bytes, used_inodes, quota_bytes, quota_inodes)) = row else {
+            return Err(BackendError::TenantGone);
+        };
+        let quota = Quota {
+            bytes: quota_bytes.map(|q| q.max(0) as u64),
+            inodes: quota_inodes.map(|q| q.max(0) as u64),
+        };
+        let usage = Usage {
+            bytes: used_bytes.max(0) as u64,
+            inodes: used_inodes.max(0) as u64,
+        };
+        Ok(quota.exceeded_by(usage, bytes, inodes))
+    }
+}
+
 const PUT_INODE: &str = "INSERT INTO inodes (tenant_id, ino, layer_id, tombstone, kind, perm, \
        uid, gid, nlink, size, atime, mtime, ctime, btime, rdev, parent, target) \
      VALUES ($1, $2, $3, false, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
@@ -297,6 +329,42 @@ const CHARGE: &str = "UPDATE tenant_usage u \
        AND ($3 <= 0 OR t.quota_inodes IS NULL OR u.inodes + $3 <= t.quota_inodes) \
      RETURNING 1";
 
+/// $1 tenant, $2 bytes to charge, $3 head, $4..$16 the new inode's and the directory's
+/// columns (two rows each), $17 directory, $18 name, $19 new inode, $20 its kind. The charge of
+/// [`CHARGE`] for one inode, the two inode versions of [`PUT_INODE`] and the binding of
+/// [`BIND`], in one statement; writes nothing and returns NULL when the charge is refused.
+const CREATE_ENTRY: &str = "WITH c AS ( \
+       UPDATE tenant_usage u \
+       SET bytes = GREATEST(u.bytes + $2, 0), inodes = GREATEST(u.inodes + 1, 0) \
+       FROM tenants t \
+       WHERE u.tenant_id = $1 AND t.id = $1 \
+         AND ($2 <= 0 OR t.quota_bytes IS NULL OR u.bytes + $2 <= t.quota_bytes) \
+         AND (t.quota_inodes IS NULL OR u.inodes + 1 <= t.quota_inodes) \
+       RETURNING 1), \
+     i AS ( \
+       INSERT INTO inodes (tenant_id, ino, layer_id, tombstone, kind, perm, uid, gid, nlink, \
+         size, atime, mtime, ctime, btime, rdev, parent, target) \
+       SELECT $1, x.ino, $3, false, x.kind, x.perm, x.uid, x.gid, x.nlink, x.size, x.atime, \
+         x.mtime, x.ctime, x.btime, x.rdev, x.parent, x.target \
+       FROM unnest($4::bigint[], $5::smallint[], $6::integer[], $7::bigint[], $8::bigint[], \
+         $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[], \
+         $14::bigint[], $15::bigint[], $16::bigint[], $21::bytea[]) \
+         AS x(ino, kind, perm, uid, gid, nlink, size, atime, mtime, ctime, btime, rdev, parent, \
+           target) \
+       WHERE EXISTS (SELECT 1 FROM c) \
+       ON CONFLICT (tenant_id, ino, layer_id) DO UPDATE SET tombstone = false, \
+         kind = EXCLUDED.kind, perm = EXCLUDED.perm, uid = EXCLUDED.uid, gid = EXCLUDED.gid, \
+         nlink = EXCLUDED.nlink, size = EXCLUDED.size, atime = EXCLUDED.atime, \
+         mtime = EXCLUDED.mtime, ctime = EXCLUDED.ctime, btime = EXCLUDED.btime, \
+         rdev = EXCLUDED.rdev, parent = EXCLUDED.parent, target = EXCLUDED.target), \
+     b AS ( \
+       INSERT INTO dentries (tenant_id, parent, name, layer_id, ino, kind) \
+       SELECT $1, $17, $18, $3, $19, $20 WHERE EXISTS (SELECT 1 FROM c) \
+       ON CONFLICT (tenant_id, parent, name, layer_id) \
+       DO UPDATE SET ino = EXCLUDED.ino, kind = EXCLUDED.kind, cookie = EXCLUDED.cookie \
+       RETURNING cookie) \
+     SELECT (SELECT cookie FROM b)";
+
 const USAGE_AND_QUOTA: &str = "SELECT u.bytes, u.inodes, t.quota_bytes, t.quota_inodes \
      FROM tenant_usage u JOIN tenants t ON t.id = u.tenant_id WHERE u.tenant_id = $1";
 
@@ -365,6 +433,64 @@ impl StoreTxn for PgTxn {
             .await
             .map_err(map_err)?;
         super::convert::to_u64("cookie", cookie)
+    }
+
+    async fn create_entry(
+        &mut self,
+        dir: &Inode,
+        name: &[u8],
+        inode: &Inode,
+        bytes: i64,
+    ) -> BackendResult<Result<u64, QuotaKind>> {
+        let rows = [inode, dir];
+        let inos = column(&rows, |i| to_i64("inode number", i.ino.0))?;
+        let kinds = column(&rows, |i| Ok(i.kind.code()))?;
+        let perms = column(&rows, |i| Ok(i32::from(i.perm)))?;
+        let uids = column(&rows, |i| Ok(i64::from(i.uid)))?;
+        let gids = column(&rows, |i| Ok(i64::from(i.gid)))?;
+        let nlinks = column(&rows, |i| Ok(i64::from(i.nlink)))?;
+        let sizes = column(&rows, |i| to_i64("file size", i.size))?;
+        let atimes = column(&rows, |i| Ok(i.atime.0))?;
+        let mtimes = column(&rows, |i| Ok(i.mtime.0))?;
+        let ctimes = column(&rows, |i| Ok(i.ctime.0))?;
+        let btimes = column(&rows, |i| Ok(i.btime.0))?;
+        let rdevs = column(&rows, |i| Ok(i64::from(i.rdev)))?;
+        let parents = column(&rows, |i| to_i64("inode number", i.parent.0))?;
+        let targets = column(&rows, |i| Ok(i.target.as_slice()))?;
+        for _ in 0..CHARGE_ATTEMPTS {
+            let cookie: Option<i64> = sqlx::query_scalar(CREATE_ENTRY)
+                .bind(self.scope.tenant)
+                .bind(bytes)
+                .bind(self.head)
+                .bind(&inos)
+                .bind(&kinds)
+                .bind(&perms)
+                .bind(&uids)
+                .bind(&gids)
+                .bind(&nlinks)
+                .bind(&sizes)
+                .bind(&atimes)
+                .bind(&mtimes)
+                .bind(&ctimes)
+                .bind(&btimes)
+                .bind(&rdevs)
+                .bind(&parents)
+                .bind(inos[1])
+                .bind(name)
+                .bind(inos[0])
+                .bind(inode.kind.code())
+                .bind(&targets)
+                .fetch_one(&mut *self.tx)
+                .await
+                .map_err(map_err)?;
+            if let Some(cookie) = cookie {
+                return Ok(Ok(super::convert::to_u64("cookie", cookie)?));
+            }
+            if let Some(kind) = self.refused_by(bytes, 1).await? {
+                return Ok(Err(kind));
+            }
+        }
+        Err(BackendError::Conflict)
     }
 
     async fn unbind(&mut self, parent: Ino, name: &[u8]) -> BackendResult<()> {
@@ -538,27 +664,9 @@ impl StoreTxn for PgTxn {
             if charged.is_some() {
                 return Ok(Ok(()));
             }
-            // Refused (or the tenant is gone): find out which limit, on the latest usage.
-            let row: Option<(i64, i64, Option<i64>, Option<i64>)> = sqlx::query_as(USAGE_AND_QUOTA)
-                .bind(self.scope.tenant)
-                .fetch_optional(&mut *self.tx)
-                .await
-                .map_err(map_err)?;
-            let Some((used_bytes, used_inodes, quota_bytes, quota_inodes)) = row else {
-                return Err(BackendError::TenantGone);
-            };
-            let quota = Quota {
-                bytes: quota_bytes.map(|q| q.max(0) as u64),
-                inodes: quota_inodes.map(|q| q.max(0) as u64),
-            };
-            let usage = Usage {
-                bytes: used_bytes.max(0) as u64,
-                inodes: used_inodes.max(0) as u64,
-            };
-            if let Some(kind) = quota.exceeded_by(usage, bytes, inodes) {
+            if let Some(kind) = self.refused_by(bytes, inodes).await? {
                 return Ok(Err(kind));
             }
-            // Usage dropped (or the quota grew) in between: charge again.
         }
         Err(BackendError::Conflict)
     }
