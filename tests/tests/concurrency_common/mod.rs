@@ -64,11 +64,13 @@ impl Cluster {
 
     /// Another engine on the same store.
     pub(crate) async fn new_engine(&self) -> Engine {
+        self.new_engine_with(EngineConfig::default()).await
+    }
+
+    async fn new_engine_with(&self, config: EngineConfig) -> Engine {
         let engine = match (&self.memory, &self.url) {
-            (Some(backend), _) => {
-                Engine::with_backend(backend.clone(), EngineConfig::default()).await
-            }
-            (None, Some(url)) => Engine::open(url, EngineConfig::default()).await,
+            (Some(backend), _) => Engine::with_backend(backend.clone(), config).await,
+            (None, Some(url)) => Engine::open(url, config).await,
             (None, None) => unreachable!("a cluster has a store"),
         };
         engine.unwrap_or_else(|e| panic!("cannot open an engine: {e}"))
@@ -81,6 +83,21 @@ impl Cluster {
             out.push(engine.volume(&self.tenant).await.expect("open volume"));
         }
         out
+    }
+
+    /// A volume of the tenant on an engine that caches no metadata: it shows what the store
+    /// holds now, also what another engine changed a moment ago (which that engine's peers
+    /// hear of within milliseconds, not at once).
+    pub(crate) async fn observer(&self) -> Volume {
+        let config = EngineConfig {
+            meta_cache_entries: 0,
+            ..EngineConfig::default()
+        };
+        self.new_engine_with(config)
+            .await
+            .volume(&self.tenant)
+            .await
+            .expect("open volume on an observing engine")
     }
 
     /// A volume of the tenant on an engine opened now, sharing no cache with the others.
