@@ -178,19 +178,18 @@ impl StoreRead for CachedReader {
 /// A transaction that marks what it writes in the cache, replaces it at commit and announces
 /// it (see `meta_cache.rs` for the rules).
 pub(super) struct TrackedTxn {
-    pub inner: Option<Box<dyn StoreTxn>>,
-    pub meta: Arc<TenantMeta>,
-    pub backend: Arc<dyn Backend>,
-    pub tenant: TenantId,
-    pub head: LayerId,
+    inner: Option<Box<dyn StoreTxn>>,
+    meta: Arc<TenantMeta>,
+    backend: Arc<dyn Backend>,
+    tenant: TenantId,
+    head: LayerId,
     /// The volume writing, so that its own kernel is not told.
-    pub volume: u64,
-    /// Keys written, in order, each with its newest value.
-    pub writes: Vec<(Key, Option<Value>)>,
-    /// Keys marked pending in the cache.
-    pub marked: HashSet<Key>,
+    volume: u64,
+    /// Keys written (each marked pending in the cache at its first write), in order, each with
+    /// its newest value.
+    writes: Vec<(Key, Option<Value>)>,
     /// What else to announce (inodes whose xattrs or blocks changed).
-    pub touched: HashSet<Ino>,
+    touched: HashSet<Ino>,
 }
 
 impl TrackedTxn {
@@ -208,7 +207,6 @@ impl TrackedTxn {
             head,
             volume,
             writes: Vec::new(),
-            marked: HashSet::new(),
             touched: HashSet::new(),
         }
     }
@@ -220,13 +218,14 @@ impl TrackedTxn {
             .ok_or_else(|| BackendError::Other("transaction used after its commit".into()))
     }
 
+    /// Record `value` as `key`'s newest; the first write of a key marks it pending.
     fn write(&mut self, key: Key, value: Option<Value>) {
-        if self.marked.insert(key.clone()) {
-            self.meta.begin_write(&key);
-        }
         match self.writes.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
-            None => self.writes.push((key, value)),
+            None => {
+                self.meta.begin_write(&key);
+                self.writes.push((key, value));
+            }
         }
     }
 }
@@ -453,7 +452,7 @@ impl TrackedTxn {
             })
             .collect();
         for ino in &self.touched {
-            if !self.marked.contains(&Key::Inode(*ino)) {
+            if !writes.iter().any(|(k, _)| *k == Key::Inode(*ino)) {
                 changes.push(Change::Inode(*ino));
             }
         }

@@ -78,7 +78,8 @@ pub(super) struct MetaCaches {
 }
 
 impl MetaCaches {
-    /// `entries` inodes and as many names per tenant; 0 turns caching off.
+    /// `entries` inodes and as many names per tenant; 0 serves nothing from memory (commits are
+    /// still announced and other engines' changes still passed to the kernels).
     pub(super) fn new(entries: u64, ttl: Duration) -> MetaCaches {
         MetaCaches {
             tenants: Mutex::default(),
