@@ -83,6 +83,12 @@ provision_fuse() {
   fi
 }
 
+# Python with venv for the native-mount test (a virtual environment made in a `rw` /.venv).
+provision_python() {
+  command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null && return
+  say "installing python3-venv"; apt_install python3 python3-venv
+}
+
 # An S3-compatible server for the S3 block store suites: TARBOX_TEST_S3_URL if given (with
 # AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), else s3s-fs (cargo install) on a loopback port,
 # storing in target/tarbox-s3 and stopped when the script exits. The outage tests start their
@@ -123,6 +129,7 @@ provision_conformance_tools() {
 provision_postgres
 provision_fuse
 provision_s3
+provision_python
 export TARBOX_REQUIRE_POSTGRES=1
 
 say "cargo fmt --check"

@@ -9,6 +9,7 @@ mod fsck;
 mod layer;
 mod metrics;
 mod mount;
+mod native;
 mod policy;
 mod tenant;
 mod transfer;
@@ -112,6 +113,9 @@ enum Command {
     /// Pod-level access policy of a tenant: which workloads may read or write which paths.
     #[command(subcommand, after_help = policy::EXAMPLES)]
     Policy(policy::PolicyCommand),
+    /// Host directories shown inside tenants' trees (read-only or read-write).
+    #[command(subcommand, after_help = native::EXAMPLES)]
+    Native(native::NativeCommand),
     /// Database administration.
     #[command(subcommand)]
     Db(DbCommand),
@@ -234,6 +238,7 @@ async fn run_command(ctx: &Context, command: Command) -> Result<()> {
         Command::Layer(args) => layer::run(ctx, args).await,
         Command::Audit(cmd) => audit::run(ctx, cmd).await,
         Command::Policy(cmd) => policy::run(ctx, cmd).await,
+        Command::Native(cmd) => native::run(ctx, cmd).await,
         Command::Fsck {
             tenant,
             check_data,

@@ -107,6 +107,14 @@ pub struct MountArgs {
     /// The service account of `--pod`.
     #[arg(long, value_name = "NAME", default_value = "default", requires = "pod")]
     service_account: String,
+    /// Show a host directory at PATH of the tree for this mount, besides the tenant's stored
+    /// native mounts (`tarbox native`): ro refuses changes, rw makes them in SOURCE. Repeatable.
+    #[arg(long, value_name = "PATH=SOURCE[:ro|rw]", value_parser = parse_native)]
+    native: Vec<tarbox_fs::native::NativeMount>,
+}
+
+fn parse_native(s: &str) -> Result<tarbox_fs::native::NativeMount, String> {
+    tarbox_fs::native::NativeMount::parse_flag(s).map_err(|e| e.to_string())
 }
 
 fn parse_pod(s: &str) -> Result<(String, String), String> {
@@ -239,6 +247,7 @@ pub async fn run(ctx: &Context, mut args: MountArgs) -> Result<()> {
                 tarbox_fs::audit::host_name(),
                 args.mountpoint.display()
             )),
+            native_mounts: Some(args.native),
         },
         mount: MountOptions {
             allow_other: args.allow_other,

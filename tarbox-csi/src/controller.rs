@@ -413,7 +413,8 @@ impl Driver {
     }
 }
 
-/// Apply the StorageClass's audit, checkpoint and access-policy settings to a new tenant.
+/// Apply the StorageClass's audit, checkpoint, access-policy and native-mount settings to a new
+/// tenant.
 async fn configure(engine: &Engine, tenant: &str, params: &VolumeParams) -> Result<(), Status> {
     if params.audit_level.is_some() || params.audit_retention_days.is_some() {
         let audit = TenantAudit {
@@ -431,6 +432,12 @@ async fn configure(engine: &Engine, tenant: &str, params: &VolumeParams) -> Resu
     if let Some(policy) = &params.access_policy {
         engine
             .set_access_policy(tenant, Some(policy), &tarbox_fs::Caller::this_process())
+            .await
+            .map_err(status)?;
+    }
+    if !params.native_mounts.is_empty() {
+        engine
+            .add_native_mounts(Some(tenant), &params.native_mounts)
             .await
             .map_err(status)?;
     }

@@ -22,6 +22,7 @@ pub(crate) const CACHE_SIZE: &str = "cacheSize";
 pub(crate) const MEMORY_CACHE_SIZE: &str = "memoryCacheSize";
 pub(crate) const DATA_STORE: &str = "dataStore";
 pub(crate) const ACCESS_POLICY: &str = "accessPolicy";
+pub(crate) const NATIVE_MOUNTS: &str = "nativeMounts";
 
 /// The smallest cache (memory or disk) a volume server may be given; `cacheSize: 0` turns the
 /// disk cache off.
@@ -48,6 +49,9 @@ pub(crate) struct VolumeParams {
     pub data_url: Option<String>,
     /// The volume's pod-level access policy (TOML, checked), if any.
     pub access_policy: Option<String>,
+    /// Native mounts made with the volume (TOML `[[native_mounts]]`, checked): its own go with
+    /// it, `shared = true` ones stay for every tenant.
+    pub native_mounts: Vec<tarbox_fs::native::NativeMount>,
 }
 
 impl VolumeParams {
@@ -148,6 +152,10 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
                     .map_err(|e| format!("parameter {key} is not a valid access policy: {e}"))?;
                 p.access_policy = Some(value.to_string());
             }
+            NATIVE_MOUNTS => {
+                p.native_mounts = tarbox_fs::native::parse(value)
+                    .map_err(|e| format!("parameter {key} is refused: {e}"))?;
+            }
             crate::databases::SECRET_DATABASE_URL => {
                 return Err(format!(
                     "parameter {key} is refused: a URL here is readable by anyone who can read \
@@ -162,7 +170,7 @@ pub(crate) fn parse(parameters: &HashMap<String, String>) -> Result<VolumeParams
                     "unknown parameter {key:?} (known: {AUDIT_LEVEL}, {AUDIT_RETENTION_DAYS}, \
                      {AUTO_CHECKPOINT}, {CHECKPOINT_INTERVAL}, {BLOCK_SIZE}, {COMPRESSION}, \
                      {INODE_QUOTA}, {CACHE_SIZE}, {MEMORY_CACHE_SIZE}, {DATA_STORE}, \
-                     {ACCESS_POLICY})"
+                     {ACCESS_POLICY}, {NATIVE_MOUNTS})"
                 ));
             }
         }

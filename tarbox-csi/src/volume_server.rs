@@ -35,6 +35,8 @@ pub(crate) fn mount_spec(record: &VolumeRecord, state: &StateDir) -> MountSpec {
         create: false,
         volume: VolumeOptions {
             mount: Some(record.mount_name.clone()),
+            // The tenant's native mounts are the node's host directories: put them in force.
+            native_mounts: Some(Vec::new()),
             ..VolumeOptions::default()
         },
         mount: MountOptions {

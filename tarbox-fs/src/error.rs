@@ -173,6 +173,9 @@ pub enum FsError {
     /// EINVAL for administrative input, naming what was wrong.
     #[error("{0}")]
     BadInput(String),
+    /// The host directory of a native mount answered with this error (its errno is passed on).
+    #[error("native mount: {0}")]
+    Host(std::io::Error),
     /// EIO: the storage backend failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -208,6 +211,7 @@ impl FsError {
             FsError::NoIoctl => libc::ENOTTY,
             FsError::NotServed(_) => libc::ENOSYS,
             FsError::Busy(_) | FsError::LayerBusy(_) => libc::EBUSY,
+            FsError::Host(e) => e.raw_os_error().unwrap_or(libc::EIO),
             FsError::Backend(BackendError::TenantGone) => libc::ENOENT,
             FsError::Backend(_) => libc::EIO,
         }

@@ -42,6 +42,7 @@ pub mod control;
 mod engine;
 pub mod error;
 pub mod filesystem;
+pub mod native;
 pub mod paths;
 pub mod policy;
 pub mod store;

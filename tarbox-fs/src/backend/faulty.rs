@@ -446,6 +446,18 @@ impl Backend for FaultyBackend {
         self.faults.call()?;
         self.inner.set_access_policy(tenant, policy).await
     }
+    async fn set_native_mounts(
+        &self,
+        tenant: Option<TenantId>,
+        text: Option<&str>,
+    ) -> BackendResult<()> {
+        self.faults.call()?;
+        self.inner.set_native_mounts(tenant, text).await
+    }
+    async fn shared_native_mounts(&self) -> BackendResult<Option<String>> {
+        self.faults.call()?;
+        self.inner.shared_native_mounts().await
+    }
     async fn checkpoint(
         &self,
         tenant: TenantId,

@@ -163,6 +163,8 @@ pub struct TenantRecord {
     pub data_url: Option<String>,
     /// The tenant's pod-level access policy (TOML, see [`crate::policy`]); `None` for none.
     pub access_policy: Option<String>,
+    /// The tenant's own native mounts (TOML, see [`crate::native`]); `None` for none.
+    pub native_mounts: Option<String>,
 }
 
 /// A tenant's audit settings.
@@ -534,6 +536,17 @@ pub trait Backend: AuditStore + Send + Sync + fmt::Debug + 'static {
     /// Replace the tenant's access policy (`None` removes it). The text is stored as given; the
     /// engine checks it first.
     async fn set_access_policy(&self, tenant: TenantId, policy: Option<&str>) -> BackendResult<()>;
+
+    /// Replace the native mounts of `tenant`, or with `None` the ones shared by every tenant
+    /// (`text` `None` removes them). Stored as given; the engine checks them first.
+    async fn set_native_mounts(
+        &self,
+        tenant: Option<TenantId>,
+        text: Option<&str>,
+    ) -> BackendResult<()>;
+
+    /// The native mounts shared by every tenant (TOML), if any.
+    async fn shared_native_mounts(&self) -> BackendResult<Option<String>>;
 
     // Layer changes below are serialized against every file-operation transaction of the tenant:
     // each waits for the transactions writing through the current head to end, and transactions

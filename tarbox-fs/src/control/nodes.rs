@@ -5,6 +5,9 @@
 //! - bit 63 set: a fixed node of the control directory (`CONTROL | Node as u64`);
 //! - bit 62 set: a node of a snapshot tree, `SNAPSHOT | slot << 40 | ino`, where the slot (22 bits)
 //!   names the checkpoint within this mount and `ino` is the inode in that checkpoint's tree.
+//!
+//! Bit 61 belongs to the nodes of native mounts, which the volume serves itself (see
+//! `engine/native/`): they pass through here as the tree's.
 
 use crate::error::{FsError, FsResult};
 use crate::types::Ino;

@@ -28,7 +28,12 @@ impl Filesystem for Volume {
                 caller,
                 AuditOp::Lookup,
                 Subject::Child(parent, name),
-                self.do_lookup(caller, parent, name),
+                async {
+                    if self.is_native_child(parent, name) {
+                        return self.native_lookup(caller, parent, name).await;
+                    }
+                    self.do_lookup(caller, parent, name).await
+                },
             )
             .await?;
         self.learn_name(attr.ino, parent, name);
@@ -50,7 +55,12 @@ impl Filesystem for Volume {
                 caller,
                 AuditOp::Mknod,
                 Subject::Child(parent, name),
-                self.do_mknod(caller, parent, name, mode, rdev),
+                async {
+                    if self.is_native_child(parent, name) {
+                        return self.native_mknod(caller, parent, name, mode, rdev);
+                    }
+                    self.do_mknod(caller, parent, name, mode, rdev).await
+                },
             )
             .await?;
         self.learn_name(attr.ino, parent, name);
@@ -71,7 +81,12 @@ impl Filesystem for Volume {
                 caller,
                 AuditOp::Mkdir,
                 Subject::Child(parent, name),
-                self.do_mkdir(caller, parent, name, mode),
+                async {
+                    if self.is_native_child(parent, name) {
+                        return self.native_mkdir(caller, parent, name, mode);
+                    }
+                    self.do_mkdir(caller, parent, name, mode).await
+                },
             )
             .await?;
         self.learn_name(attr.ino, parent, name);
@@ -92,7 +107,12 @@ impl Filesystem for Volume {
                 caller,
                 AuditOp::Symlink,
                 Subject::Symlink(parent, name, target),
-                self.do_symlink(caller, parent, name, target),
+                async {
+                    if self.is_native_child(parent, name) {
+                        return self.native_symlink(caller, parent, name, target);
+                    }
+                    self.do_symlink(caller, parent, name, target).await
+                },
             )
             .await?;
         self.learn_name(attr.ino, parent, name);
@@ -102,12 +122,12 @@ impl Filesystem for Volume {
     /// The target of a symlink. `EINVAL` for other kinds.
     async fn readlink(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<u8>> {
         let caller = &self.acting(caller);
-        self.audited(
-            caller,
-            AuditOp::Readlink,
-            Subject::Ino(ino),
-            self.do_readlink(caller, ino),
-        )
+        self.audited(caller, AuditOp::Readlink, Subject::Ino(ino), async {
+            if self.is_native(ino) {
+                return self.native_readlink(ino);
+            }
+            self.do_readlink(caller, ino).await
+        })
         .await
     }
 
@@ -119,7 +139,12 @@ impl Filesystem for Volume {
                 caller,
                 AuditOp::Unlink,
                 Subject::Child(parent, name),
-                self.do_unlink(caller, parent, name),
+                async {
+                    if self.is_native_child(parent, name) {
+                        return self.native_remove(caller, parent, name, false);
+                    }
+                    self.do_unlink(caller, parent, name).await
+                },
             )
             .await?;
         self.forget_name(removed, parent, name);
@@ -134,7 +159,13 @@ impl Filesystem for Volume {
                 caller,
                 AuditOp::Rmdir,
                 Subject::Child(parent, name),
-                self.do_rmdir(caller, parent, name),
+                async {
+                    if self.is_native_child(parent, name) {
+                        return self.native_remove(caller, parent, name, true);
+                    }
+                    self.refuse_removing_mount_points(parent, name).await?;
+                    self.do_rmdir(caller, parent, name).await
+                },
             )
             .await?;
         self.forget_name(removed, parent, name);
@@ -155,7 +186,12 @@ impl Filesystem for Volume {
                 caller,
                 AuditOp::Link,
                 Subject::Link(ino, newparent, newname),
-                self.do_link(caller, ino, newparent, newname),
+                async {
+                    if self.is_native(ino) || self.is_native_child(newparent, newname) {
+                        return self.native_link(caller, ino, newparent, newname);
+                    }
+                    self.do_link(caller, ino, newparent, newname).await
+                },
             )
             .await?;
         self.learn_name(attr.ino, newparent, newname);
@@ -178,7 +214,20 @@ impl Filesystem for Volume {
                 caller,
                 AuditOp::Rename,
                 Subject::Move(parent, name, newparent, newname),
-                self.do_rename(caller, parent, name, newparent, newname, flags),
+                async {
+                    if self.is_native_child(parent, name)
+                        || self.is_native_child(newparent, newname)
+                    {
+                        return self.native_rename(
+                            caller,
+                            (parent, name),
+                            (newparent, newname),
+                            flags,
+                        );
+                    }
+                    self.do_rename(caller, parent, name, newparent, newname, flags)
+                        .await
+                },
             )
             .await?;
         // The kernel moves its dentry without a lookup: learn the new names here.
@@ -192,12 +241,12 @@ impl Filesystem for Volume {
     /// Attributes of an inode (`stat`).
     async fn getattr(&self, caller: &Caller, ino: Ino) -> FsResult<FileAttr> {
         let caller = &self.acting(caller);
-        self.audited(
-            caller,
-            AuditOp::Getattr,
-            Subject::Ino(ino),
-            self.do_getattr(caller, ino),
-        )
+        self.audited(caller, AuditOp::Getattr, Subject::Ino(ino), async {
+            if self.is_native(ino) {
+                return self.native_getattr(ino);
+            }
+            self.do_getattr(caller, ino).await
+        })
         .await
     }
 
@@ -220,14 +269,12 @@ impl Filesystem for Volume {
             Some(fh) => Subject::Handle(fh, None),
             None => Subject::Ino(ino),
         };
-        self.audited_with_detail(
-            caller,
-            kind,
-            subject,
-            &detail,
-            set.size,
-            self.do_setattr(caller, ino, set),
-        )
+        self.audited_with_detail(caller, kind, subject, &detail, set.size, async {
+            if self.is_native(ino) {
+                return self.native_setattr(caller, ino, set);
+            }
+            self.do_setattr(caller, ino, set).await
+        })
         .await
     }
 
@@ -239,13 +286,12 @@ impl Filesystem for Volume {
         } else {
             Need::Read
         };
-        self.audited_needing(
-            caller,
-            AuditOp::Access,
-            need,
-            Subject::Ino(ino),
-            self.do_access(caller, ino, mask),
-        )
+        self.audited_needing(caller, AuditOp::Access, need, Subject::Ino(ino), async {
+            if self.is_native(ino) {
+                return self.native_access(caller, ino, mask);
+            }
+            self.do_access(caller, ino, mask).await
+        })
         .await
     }
 
@@ -264,13 +310,12 @@ impl Filesystem for Volume {
             Need::Read
         };
         let fh = self
-            .audited_needing(
-                caller,
-                kind,
-                need,
-                Subject::Ino(ino),
-                self.do_open(caller, ino, flags),
-            )
+            .audited_needing(caller, kind, need, Subject::Ino(ino), async {
+                if self.is_native(ino) {
+                    return self.native_open(caller, ino, flags);
+                }
+                self.do_open(caller, ino, flags).await
+            })
             .await?;
         self.note_opener(fh, caller);
         Ok(fh)
@@ -291,7 +336,12 @@ impl Filesystem for Volume {
                 caller,
                 AuditOp::Create,
                 Subject::Child(parent, name),
-                self.do_create(caller, parent, name, mode, flags),
+                async {
+                    if self.is_native_child(parent, name) {
+                        return self.native_create(caller, parent, name, mode, flags);
+                    }
+                    self.do_create(caller, parent, name, mode, flags).await
+                },
             )
             .await?;
         self.learn_name(attr.ino, parent, name);
@@ -312,7 +362,12 @@ impl Filesystem for Volume {
                 caller,
                 AuditOp::Read,
                 Subject::Handle(fh, Some(offset)),
-                self.do_read(caller, fh, offset, size),
+                async {
+                    if self.is_native_handle(fh) {
+                        return self.native_read(fh, offset, size).await;
+                    }
+                    self.do_read(caller, fh, offset, size).await
+                },
             )
             .await?;
         self.count_io(fh, false, data.len() as u64);
@@ -334,7 +389,12 @@ impl Filesystem for Volume {
                 caller,
                 AuditOp::Write,
                 Subject::Handle(fh, Some(offset)),
-                self.do_write(caller, fh, offset, data),
+                async {
+                    if self.is_native_handle(fh) {
+                        return self.native_write(fh, offset, data).await;
+                    }
+                    self.do_write(caller, fh, offset, data).await
+                },
             )
             .await?;
         self.count_io(fh, true, u64::from(n));
@@ -384,7 +444,12 @@ impl Filesystem for Volume {
             Subject::Handle(fh, Some(offset)),
             &detail,
             Some(length),
-            self.do_fallocate(caller, fh, offset, length, mode),
+            async {
+                if self.is_native_handle(fh) {
+                    return self.native_fallocate(fh, offset, length, mode).await;
+                }
+                self.do_fallocate(caller, fh, offset, length, mode).await
+            },
         )
         .await
     }
@@ -409,7 +474,12 @@ impl Filesystem for Volume {
                     caller,
                     AuditOp::Readdir,
                     Subject::Handle(fh, Some(offset)),
-                    self.do_readdir(caller, fh, offset),
+                    async move {
+                        if self.is_native_handle(fh) {
+                            return self.native_readdir(fh, offset);
+                        }
+                        self.do_readdir(caller, fh, offset).await
+                    },
                 )
             },
         )
@@ -437,7 +507,12 @@ impl Filesystem for Volume {
                         caller,
                         AuditOp::Readdir,
                         Subject::Handle(fh, Some(offset)),
-                        self.do_readdirplus(caller, fh, offset),
+                        async move {
+                            if self.is_native_handle(fh) {
+                                return self.native_readdirplus(caller, fh, offset);
+                            }
+                            self.do_readdirplus(caller, fh, offset).await
+                        },
                     )
                 },
             )
@@ -455,24 +530,24 @@ impl Filesystem for Volume {
     /// Value of an extended attribute. `ENODATA` if absent.
     async fn getxattr(&self, caller: &Caller, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
         let caller = &self.acting(caller);
-        self.audited(
-            caller,
-            AuditOp::Getxattr,
-            Subject::Ino(ino),
-            self.do_getxattr(caller, ino, name),
-        )
+        self.audited(caller, AuditOp::Getxattr, Subject::Ino(ino), async {
+            if self.is_native(ino) {
+                return self.native_getxattr(caller, ino, name);
+            }
+            self.do_getxattr(caller, ino, name).await
+        })
         .await
     }
 
     /// Names of the extended attributes of `ino`.
     async fn listxattr(&self, caller: &Caller, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
         let caller = &self.acting(caller);
-        self.audited(
-            caller,
-            AuditOp::Listxattr,
-            Subject::Ino(ino),
-            self.do_listxattr(caller, ino),
-        )
+        self.audited(caller, AuditOp::Listxattr, Subject::Ino(ino), async {
+            if self.is_native(ino) {
+                return self.native_listxattr(caller, ino);
+            }
+            self.do_listxattr(caller, ino).await
+        })
         .await
     }
 
@@ -493,7 +568,12 @@ impl Filesystem for Volume {
             Subject::Ino(ino),
             &detail,
             Some(value.len() as u64),
-            self.do_setxattr(caller, ino, name, value, mode),
+            async {
+                if self.is_native(ino) {
+                    return self.native_set_xattr(caller, ino, name, Some((value, mode)));
+                }
+                self.do_setxattr(caller, ino, name, value, mode).await
+            },
         )
         .await
     }
@@ -508,12 +588,21 @@ impl Filesystem for Volume {
             Subject::Ino(ino),
             &detail,
             None,
-            self.do_removexattr(caller, ino, name),
+            async {
+                if self.is_native(ino) {
+                    return self.native_set_xattr(caller, ino, name, None);
+                }
+                self.do_removexattr(caller, ino, name).await
+            },
         )
         .await
     }
 
     async fn flush(&self, caller: &Caller, fh: FileHandle) -> FsResult<()> {
+        if self.is_native_handle(fh) {
+            // Native writes went to the host as they came.
+            return Ok(());
+        }
         self.do_flush(caller, fh).await
     }
 
@@ -525,11 +614,17 @@ impl Filesystem for Volume {
         offset: u64,
         whence: Whence,
     ) -> FsResult<u64> {
+        if self.is_native_handle(fh) {
+            return self.native_lseek(fh, offset, whence);
+        }
         self.do_lseek(caller, fh, offset, whence).await
     }
 
     async fn opendir(&self, caller: &Caller, ino: Ino) -> FsResult<FileHandle> {
         let caller = &self.acting(caller);
+        if self.is_native(ino) {
+            return self.native_opendir(caller, ino);
+        }
         self.do_opendir(caller, ino).await
     }
 

@@ -530,7 +530,10 @@ impl Volume {
             }
             let found = match self.inner.audit.name_of(cur) {
                 Some(found) => Some(found),
-                None => self.locate(cur).await,
+                None => match self.native().and_then(|n| n.name_of(cur)) {
+                    Some(native) => Some(native),
+                    None => self.locate(cur).await,
+                },
             };
             match found {
                 Some((parent, name)) => {

@@ -82,7 +82,7 @@ impl Volume {
     fn dir_handle(&self, fh: FileHandle) -> FsResult<(Ino, Arc<Mutex<Listing>>)> {
         match self.handle(fh)? {
             Handle::Dir { ino, listing } => Ok((ino, listing)),
-            Handle::File { .. } => Err(FsError::NotDir),
+            Handle::File { .. } | Handle::Native { .. } => Err(FsError::NotDir),
         }
     }
 
@@ -123,12 +123,32 @@ impl Volume {
         if let Some(buffered) = lock(&listing).after(offset, plus, generation) {
             return Ok(buffered);
         }
-        let (entries, end) = self.fetch_entries(ino, offset).await?;
-        let entries = if plus {
+        let (mut entries, end) = self.fetch_entries(ino, offset).await?;
+        // Mount points hide the tree's entries of the same name and come after all of them.
+        let mount_points = match self.native().filter(|n| n.holds_mount_points(ino)) {
+            Some(native) => {
+                entries.retain(|e| !native.hides(ino, &e.name));
+                if end {
+                    native.mount_point_entries(ino, offset)
+                } else {
+                    Vec::new()
+                }
+            }
+            None => Vec::new(),
+        };
+        let mut entries = if plus {
             self.with_attrs(entries).await?
         } else {
             entries.into_iter().map(|e| (e, None)).collect()
         };
+        for e in mount_points {
+            let attr = if plus {
+                Some(self.native_getattr(e.ino)?)
+            } else {
+                None
+            };
+            entries.push((e, attr));
+        }
         *lock(&listing) = Listing {
             from: offset,
             entries: entries.iter().cloned().collect(),

@@ -340,6 +340,10 @@ impl Volume {
     pub(crate) fn handle_writes(&self, fh: FileHandle) -> FsResult<bool> {
         match self.handle(fh)? {
             Handle::File { write, .. } => Ok(write),
+            Handle::Native { open, .. } => Ok(matches!(
+                *open,
+                super::native::NativeOpen::File { write: true, .. }
+            )),
             Handle::Dir { .. } => Ok(false),
         }
     }
@@ -377,6 +381,7 @@ impl Volume {
                 ..
             } => Ok((file, read, write, append)),
             Handle::Dir { .. } => Err(FsError::IsDir),
+            Handle::Native { .. } => Err(FsError::BadHandle),
         }
     }
 
@@ -385,6 +390,7 @@ impl Volume {
         match self.handle(fh)? {
             Handle::File { file, stats, .. } => Ok((file.ino, stats)),
             Handle::Dir { ino, .. } => Ok((ino, Arc::default())),
+            Handle::Native { ino, stats, .. } => Ok((ino, stats)),
         }
     }
 
@@ -396,6 +402,11 @@ impl Volume {
     pub(super) fn dir_of_handle(&self, fh: FileHandle) -> Option<Ino> {
         match self.handle(fh) {
             Ok(Handle::Dir { ino, .. }) => Some(ino),
+            Ok(Handle::Native { ino, open, .. })
+                if matches!(*open, super::native::NativeOpen::Dir { .. }) =>
+            {
+                Some(ino)
+            }
             _ => None,
         }
     }
@@ -629,10 +640,11 @@ impl Volume {
         &self,
         caller: &Caller,
         fh: FileHandle,
-        _datasync: bool,
+        datasync: bool,
     ) -> FsResult<()> {
         match self.handle(fh)? {
             Handle::File { .. } => self.do_flush(caller, fh).await,
+            Handle::Native { .. } => self.native_fsync(fh, datasync).await,
             // Directory changes are committed when each operation returns.
             Handle::Dir { .. } => Ok(()),
         }

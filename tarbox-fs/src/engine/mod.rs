@@ -32,6 +32,7 @@ mod layers;
 mod meta_cache;
 mod names;
 mod namespace;
+mod native;
 mod patched;
 mod patience;
 mod perm;
@@ -324,6 +325,17 @@ impl Engine {
                 Some(meta)
             }
         };
+        let native = match (&options.native_mounts, &options.layer) {
+            (Some(extra), None) => {
+                let definitions = self.native_mounts_for(&record, extra).await?;
+                (!definitions.is_empty())
+                    .then(|| {
+                        native::NativeMounts::open(&definitions, &record.name, record.id, read_only)
+                    })
+                    .transpose()?
+            }
+            _ => None,
+        };
         let volume = Volume::from_parts(
             self.shared.clone(),
             record,
@@ -331,11 +343,12 @@ impl Engine {
             (options.layer.is_some(), read_only),
             (audit, access),
             (data, epoch),
-            (meta, n),
+            (meta, n, native),
         );
         if !read_only {
             volume.reclaim_orphans().await?;
         }
+        volume.attach_native_mounts().await?;
         // A time-travel view follows no head, but the tenant's policy and audit level still.
         volume.spawn_head_watch(self.shared.config.head_poll_interval);
         Ok(volume)
@@ -407,6 +420,10 @@ pub struct VolumeOptions {
     pub audit_level: Option<AuditLevel>,
     /// This mount's name in audit events (default: `pid/n`).
     pub mount: Option<String>,
+    /// Put the tenant's native mounts (its own and the shared ones) in force, and these besides
+    /// (a mount's own, e.g. `tarbox mount --native`); `None` shows none (administrative tools,
+    /// which have no business in a machine's host directories). Ignored for time travel.
+    pub native_mounts: Option<Vec<crate::native::NativeMount>>,
 }
 
 /// One tenant's tree. Cheap to clone; all clones share open handles.
@@ -457,6 +474,8 @@ struct VolumeInner {
     meta: Option<Arc<meta_cache::TenantMeta>>,
     /// The volume's number in its engine (tells its own changes from others' for its kernel).
     id: u64,
+    /// Host directories shown in the tree (see `native/`); `None` for none.
+    native: Option<native::NativeMounts>,
 }
 
 /// What a handle refers to.
@@ -473,6 +492,12 @@ enum Handle {
         ino: Ino,
         /// Entries fetched ahead of what the frontend consumed (see `dir.rs`).
         listing: Arc<Mutex<dir::Listing>>,
+    },
+    /// A file or directory of a native mount, open on the host.
+    Native {
+        ino: Ino,
+        open: Arc<native::NativeOpen>,
+        stats: Arc<HandleStats>,
     },
 }
 
@@ -527,12 +552,13 @@ impl Volume {
             (true, true),
             (audit, self.inner.access.clone()),
             (self.inner.data.clone(), self.data_epoch()),
-            (None, self.inner.id),
+            (None, self.inner.id, None),
         ))
     }
 
     /// `(pinned, read_only)`, its audit and policy state, where blocks go with the reap
-    /// epoch last seen, and its metadata cache with the volume's number in the engine.
+    /// epoch last seen, its metadata cache with the volume's number in the engine and its native
+    /// mounts.
     fn from_parts(
         shared: Arc<Shared>,
         tenant: TenantRecord,
@@ -540,7 +566,11 @@ impl Volume {
         (pinned, read_only): (bool, bool),
         (audit, access): (VolumeAudit, Arc<access::VolumeAccess>),
         (data, reap_epoch): (data::DataPath, u64),
-        (meta, id): (Option<Arc<meta_cache::TenantMeta>>, u64),
+        (meta, id, native): (
+            Option<Arc<meta_cache::TenantMeta>>,
+            u64,
+            Option<native::NativeMounts>,
+        ),
     ) -> Volume {
         Volume {
             inner: Arc::new(VolumeInner {
@@ -562,6 +592,7 @@ impl Volume {
                 access,
                 meta,
                 id,
+                native,
             }),
         }
     }

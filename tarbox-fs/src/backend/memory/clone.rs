@@ -122,6 +122,7 @@ pub(super) fn clone_tenant(store: &mut Store, new: &NewClone) -> BackendResult<T
         audit: TenantAudit::default(),
         owner: new.owner.clone(),
         access_policy: None,
+        native_mounts: None,
         data_url: source.data_url.clone(),
     };
     store.layers.insert(

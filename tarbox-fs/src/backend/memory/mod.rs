@@ -102,6 +102,8 @@ struct Store {
     /// session -> (last heartbeat, closed)
     sessions: BTreeMap<u64, (Timestamp, bool)>,
     next_session: u64,
+    /// The native mounts every tenant shares (TOML).
+    shared_native_mounts: Option<String>,
 }
 
 impl Store {
@@ -169,6 +171,7 @@ impl Backend for MemoryBackend {
             audit: TenantAudit::default(),
             owner: new.owner.clone(),
             access_policy: None,
+            native_mounts: None,
             data_url: new.data_url.clone(),
         };
         store.layers.insert(
@@ -387,6 +390,30 @@ impl Backend for MemoryBackend {
             .ok_or(BackendError::TenantGone)?;
         t.access_policy = policy.map(str::to_string);
         Ok(())
+    }
+
+    async fn set_native_mounts(
+        &self,
+        tenant: Option<TenantId>,
+        text: Option<&str>,
+    ) -> BackendResult<()> {
+        let mut store = self.lock();
+        let slot = match tenant {
+            None => &mut store.shared_native_mounts,
+            Some(tenant) => {
+                &mut store
+                    .tenants
+                    .get_mut(&tenant)
+                    .ok_or(BackendError::TenantGone)?
+                    .native_mounts
+            }
+        };
+        *slot = text.map(str::to_string);
+        Ok(())
+    }
+
+    async fn shared_native_mounts(&self) -> BackendResult<Option<String>> {
+        Ok(self.lock().shared_native_mounts.clone())
     }
 
     async fn checkpoint(

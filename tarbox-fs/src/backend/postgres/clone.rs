@@ -160,6 +160,7 @@ pub(super) async fn clone_tenant(
         audit: TenantAudit::default(),
         owner: new.owner.clone(),
         access_policy: None,
+        native_mounts: None,
         data_url,
     })
 }

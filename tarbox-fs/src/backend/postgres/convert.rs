@@ -149,7 +149,7 @@ macro_rules! select_tenants {
         concat!(
             "SELECT id, name, state, head_layer, block_size, compression, quota_bytes, \
              quota_inodes, created_at, auto_checkpoint_secs, audit_level, \
-             audit_retention_days, owner, data_url, access_policy FROM tenants ",
+             audit_retention_days, owner, data_url, access_policy, native_mounts FROM tenants ",
             $rest
         )
     };
@@ -196,6 +196,7 @@ pub(super) fn tenant_from_row(row: &PgRow) -> Result<TenantRecord, BackendError>
         owner: col(row, "owner")?,
         data_url: col(row, "data_url")?,
         access_policy: col(row, "access_policy")?,
+        native_mounts: col(row, "native_mounts")?,
     })
 }
 

@@ -233,6 +233,18 @@ impl Backend for PostgresBackend {
         tenants::set_access_policy(&self.pool, tenant, policy).await
     }
 
+    async fn set_native_mounts(
+        &self,
+        tenant: Option<TenantId>,
+        text: Option<&str>,
+    ) -> BackendResult<()> {
+        tenants::set_native_mounts(&self.pool, tenant, text).await
+    }
+
+    async fn shared_native_mounts(&self) -> BackendResult<Option<String>> {
+        tenants::shared_setting(&self.pool, tenants::SHARED_NATIVE_MOUNTS).await
+    }
+
     async fn checkpoint(
         &self,
         tenant: TenantId,

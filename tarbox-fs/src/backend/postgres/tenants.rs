@@ -102,6 +102,7 @@ pub(super) async fn create_tenant(pool: &PgPool, new: &NewTenant) -> BackendResu
         audit: TenantAudit::default(),
         owner: new.owner.clone(),
         access_policy: None,
+        native_mounts: None,
         data_url: new.data_url.clone(),
     })
 }
@@ -298,6 +299,47 @@ pub(super) async fn set_access_policy(
         .await
         .map_err(map_err)?;
     tenant_updated(&done)
+}
+
+/// The `shared_settings` row of the native mounts every tenant shares.
+pub(super) const SHARED_NATIVE_MOUNTS: &str = "native_mounts";
+
+pub(super) async fn set_native_mounts(
+    pool: &PgPool,
+    tenant: Option<TenantId>,
+    text: Option<&str>,
+) -> BackendResult<()> {
+    let Some(tenant) = tenant else {
+        let query = match text {
+            Some(_) => {
+                "INSERT INTO shared_settings (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+            }
+            None => "DELETE FROM shared_settings WHERE name = $1 AND $2::text IS NULL",
+        };
+        sqlx::query(query)
+            .bind(SHARED_NATIVE_MOUNTS)
+            .bind(text)
+            .execute(pool)
+            .await
+            .map_err(map_err)?;
+        return Ok(());
+    };
+    let done = sqlx::query("UPDATE tenants SET native_mounts = $2 WHERE id = $1")
+        .bind(tenant.0)
+        .bind(text)
+        .execute(pool)
+        .await
+        .map_err(map_err)?;
+    tenant_updated(&done)
+}
+
+pub(super) async fn shared_setting(pool: &PgPool, name: &str) -> BackendResult<Option<String>> {
+    sqlx::query_scalar("SELECT value FROM shared_settings WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+        .map_err(map_err)
 }
 
 pub(super) async fn set_audit(

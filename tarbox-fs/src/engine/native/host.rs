@@ -1,0 +1,384 @@
+//! The host side of a native mount: the nodes of its source directory the kernel was told about,
+//! how each is found again, and the identity host calls run under.
+//!
+//! **No escape.** A node is remembered by its names (`parent node`, `name`), never by an open
+//! descriptor or a host path given by the tenant. To act on it the engine opens the path those
+//! names spell with `openat2` *beneath* the source's root descriptor, refusing every symlink and
+//! magic link on the way (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`) and `O_NOFOLLOW` at the end,
+//! then checks that the descriptor is the node it looked up (device and inode number): `..`,
+//! absolute or relative symlinks, and a directory swapped for a symlink between a check and its
+//! use all fail instead of reaching outside. Names come from the kernel one component at a time
+//! and are refused if they could name anything but a child (`/`, `.`, `..`).
+//!
+//! **Whose rights.** A host call that the kernel checks permissions for runs with the caller's
+//! filesystem identity (`setfsuid`/`setfsgid` and supplementary groups, all per thread), so the
+//! host's own rules — mode bits, ACLs, the sticky bit, owner of new files — apply to the caller
+//! exactly as to a local process. The identity is switched back before the thread does anything
+//! else; [`AsCaller`] cannot be held across an `.await`.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, ResolveFlags, Stat, Uid};
+
+use crate::types::Caller;
+
+/// The node of the source directory itself.
+pub(super) const ROOT_NODE: u64 = 1;
+/// Names remembered per node (hard links beyond this are found again by a new lookup).
+const MAX_NAMES: usize = 8;
+/// Deepest chain of names followed from a node to the root.
+const MAX_DEPTH: usize = 4096;
+/// `statfs` type of FUSE filesystems: a source on one could be a tenant's own tree.
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// A node's identity on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct HostId {
+    dev: u64,
+    ino: u64,
+}
+
+impl HostId {
+    #[allow(clippy::unnecessary_cast)] // Stat's field types differ between targets.
+    pub(super) fn of(stat: &Stat) -> HostId {
+        HostId {
+            dev: stat.st_dev as u64,
+            ino: stat.st_ino as u64,
+        }
+    }
+
+    /// A directory entry's identity: its directory's device and its inode number.
+    pub(super) fn from_parts(dev: u64, ino: u64) -> HostId {
+        HostId { dev, ino }
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    id: HostId,
+    /// `(parent node, name)` of each name the node was seen under, most recent first.
+    names: Vec<(u64, Arc<[u8]>)>,
+}
+
+#[derive(Debug, Default)]
+struct Nodes {
+    by_node: HashMap<u64, Node>,
+    by_id: HashMap<HostId, u64>,
+    by_name: HashMap<(u64, Arc<[u8]>), u64>,
+    next: u64,
+}
+
+impl Nodes {
+    /// Record that `node` is called `name` in `parent` (its most recent name).
+    fn add_name(&mut self, node: u64, parent: u64, name: Arc<[u8]>) {
+        if let Some(previous) = self.by_name.insert((parent, name.clone()), node) {
+            if previous != node {
+                self.drop_name(previous, parent, &name);
+            }
+        }
+        if let Some(n) = self.by_node.get_mut(&node) {
+            n.names.retain(|(p, m)| !(*p == parent && **m == *name));
+            n.names.insert(0, (parent, name));
+            if n.names.len() > MAX_NAMES {
+                if let Some((p, m)) = n.names.pop() {
+                    self.by_name.remove(&(p, m));
+                }
+            }
+        }
+    }
+
+    /// `name` in `parent` names nothing any more.
+    fn remove_name(&mut self, parent: u64, name: &[u8]) -> Option<u64> {
+        let key = (parent, Arc::from(name));
+        let node = self.by_name.remove(&key)?;
+        self.drop_name(node, parent, name);
+        Some(node)
+    }
+
+    fn drop_name(&mut self, node: u64, parent: u64, name: &[u8]) {
+        let Some(n) = self.by_node.get_mut(&node) else {
+            return;
+        };
+        n.names.retain(|(p, m)| !(*p == parent && **m == *name));
+        // A host object without names may be gone and its inode number reused: a new object
+        // must not inherit its node (its kind could differ).
+        if n.names.is_empty() && node != ROOT_NODE {
+            let id = n.id;
+            if self.by_id.get(&id) == Some(&node) {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+}
+
+/// One source directory and the nodes of it handed out.
+#[derive(Debug)]
+pub(super) struct HostDir {
+    /// `O_PATH` descriptor of the source directory: every path is resolved beneath it.
+    root: OwnedFd,
+    nodes: Mutex<Nodes>,
+}
+
+impl HostDir {
+    /// Open a source directory. Refused if it is not a directory or lives on a FUSE filesystem
+    /// (which a tenant could control, down to this very mount).
+    pub(super) fn open(source: &str) -> io::Result<HostDir> {
+        let root = rustix::fs::open(
+            source,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let stat = rustix::fs::fstat(&root)?;
+        let fs = rustix::fs::fstatfs(&root)?;
+        #[allow(clippy::unnecessary_cast)] // f_type is i64 or u32 depending on the target.
+        if fs.f_type as i64 == FUSE_SUPER_MAGIC {
+            return Err(io::Error::other(
+                "is on a FUSE filesystem (a user-space mount, which a tenant may control)",
+            ));
+        }
+        let mut nodes = Nodes {
+            next: ROOT_NODE + 1,
+            ..Nodes::default()
+        };
+        let id = HostId::of(&stat);
+        nodes.by_node.insert(
+            ROOT_NODE,
+            Node {
+                id,
+                names: Vec::new(),
+            },
+        );
+        nodes.by_id.insert(id, ROOT_NODE);
+        Ok(HostDir {
+            root,
+            nodes: Mutex::new(nodes),
+        })
+    }
+
+    fn nodes(&self) -> std::sync::MutexGuard<'_, Nodes> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The node for a host object just seen as `name` in `parent`: the same node each time the
+    /// same object is seen, under any of its names.
+    pub(super) fn intern(&self, parent: u64, name: &[u8], id: HostId) -> u64 {
+        let mut nodes = self.nodes();
+        let node = match nodes.by_id.get(&id) {
+            Some(&node) => node,
+            None => {
+                let node = nodes.next;
+                nodes.next += 1;
+                nodes.by_node.insert(
+                    node,
+                    Node {
+                        id,
+                        names: Vec::new(),
+                    },
+                );
+                nodes.by_id.insert(id, node);
+                node
+            }
+        };
+        nodes.add_name(node, parent, Arc::from(name));
+        node
+    }
+
+    /// The latest name of `node`: its parent node and its name there.
+    pub(super) fn first_name(&self, node: u64) -> Option<(u64, Arc<[u8]>)> {
+        self.nodes().by_node.get(&node)?.names.first().cloned()
+    }
+
+    /// `name` in `parent` no longer names what it named (removed).
+    pub(super) fn unname(&self, parent: u64, name: &[u8]) {
+        self.nodes().remove_name(parent, name);
+    }
+
+    /// `name` in `parent` moved to `new_name` in `new_parent` (and, exchanged, the other way).
+    pub(super) fn renamed(
+        &self,
+        (parent, name): (u64, &[u8]),
+        (new_parent, new_name): (u64, &[u8]),
+        exchanged: bool,
+    ) {
+        let mut nodes = self.nodes();
+        let moved = nodes.remove_name(parent, name);
+        let other = nodes.remove_name(new_parent, new_name);
+        if let Some(node) = moved {
+            nodes.add_name(node, new_parent, Arc::from(new_name));
+        }
+        if let (true, Some(node)) = (exchanged, other) {
+            nodes.add_name(node, parent, Arc::from(name));
+        }
+    }
+
+    /// The relative path of `node` through its first names, `.` for the root.
+    fn path_of(&self, node: u64, first_name: usize) -> io::Result<(HostId, Vec<u8>)> {
+        let nodes = self.nodes();
+        let mut parts: Vec<Arc<[u8]>> = Vec::new();
+        let n = nodes.by_node.get(&node).ok_or_else(stale)?;
+        let id = n.id;
+        let mut cur = node;
+        let mut pick = first_name;
+        while cur != ROOT_NODE {
+            if parts.len() > MAX_DEPTH {
+                return Err(stale());
+            }
+            let n = nodes.by_node.get(&cur).ok_or_else(stale)?;
+            let (parent, name) = n.names.get(pick).ok_or_else(stale)?;
+            parts.push(name.clone());
+            cur = *parent;
+            pick = 0;
+        }
+        let mut path = Vec::new();
+        for part in parts.iter().rev() {
+            if !path.is_empty() {
+                path.push(b'/');
+            }
+            path.extend_from_slice(part);
+        }
+        if path.is_empty() {
+            path.push(b'.');
+        }
+        Ok((id, path))
+    }
+
+    /// An `O_PATH` descriptor of `node` (the object itself, a symlink not followed), found
+    /// beneath the source and checked to be the node.
+    pub(super) fn resolve(&self, node: u64) -> io::Result<OwnedFd> {
+        let names = self
+            .nodes()
+            .by_node
+            .get(&node)
+            .map_or(1, |n| n.names.len().max(1));
+        let mut last = stale();
+        for pick in 0..names {
+            let (id, path) = self.path_of(node, pick)?;
+            match self.open_beneath(&path) {
+                Ok((fd, stat)) if HostId::of(&stat) == id => return Ok(fd),
+                Ok(_) => last = stale(),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// `relative` opened `O_PATH | O_NOFOLLOW` beneath the root, with its attributes.
+    fn open_beneath(&self, relative: &[u8]) -> io::Result<(OwnedFd, Stat)> {
+        let fd = rustix::fs::openat2(
+            &self.root,
+            relative,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )?;
+        let stat = rustix::fs::fstat(&fd)?;
+        Ok((fd, stat))
+    }
+}
+
+/// The error for a node whose names no longer lead to it (changed on the host).
+fn stale() -> io::Error {
+    io::Error::from_raw_os_error(libc::ESTALE)
+}
+
+/// A name the kernel may pass for a child: not empty, no `/`, not `.` or `..`, no NUL.
+pub(super) fn child_name(name: &[u8]) -> io::Result<&[u8]> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    if name.contains(&0) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(name)
+}
+
+/// `/proc/self/fd/N` of an open descriptor: the way to reach exactly that object by path (the
+/// magic link jumps to it; nothing after is followed). Always allowed to the process itself,
+/// whatever its filesystem identity.
+pub(super) fn proc_path(fd: &impl AsFd) -> CString {
+    // Digits only: never holds a NUL.
+    CString::new(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())).unwrap_or_default()
+}
+
+/// Attributes of `name` in the directory `dir`, the name itself (a symlink not followed).
+pub(super) fn stat_child(dir: &OwnedFd, name: &[u8]) -> io::Result<Stat> {
+    Ok(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
+}
+
+/// The process's supplementary groups as it started, restored after each switch.
+fn own_groups() -> &'static [Gid] {
+    static GROUPS: OnceLock<Vec<Gid>> = OnceLock::new();
+    GROUPS.get_or_init(|| rustix::process::getgroups().unwrap_or_default())
+}
+
+fn running_as_root() -> bool {
+    static ROOT: OnceLock<bool> = OnceLock::new();
+    *ROOT.get_or_init(|| rustix::process::geteuid().is_root())
+}
+
+/// This thread acting on the host as a caller, until dropped. Not `Send`: it must be dropped on
+/// the thread that made it, before any `.await`.
+///
+/// The switch sets the thread's effective ids (Linux keeps credentials per thread; rustix's
+/// `set_thread_*` are the raw per-thread calls, unlike glibc's process-wide ones) and keeps the
+/// real and saved ids root, so the thread can switch back. While switched, the thread has no
+/// effective capabilities: the host checks the caller's rights as for any process of theirs.
+pub(super) struct AsCaller {
+    switched: bool,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl AsCaller {
+    /// Take on `caller`'s identity. A process that is not root acts as itself (it could not be
+    /// anyone else). Fails rather than go on as root if the switch does not hold.
+    pub(super) fn new(caller: &Caller) -> io::Result<AsCaller> {
+        if !running_as_root() || (caller.uid == 0 && caller.gid == 0) {
+            return Ok(AsCaller {
+                switched: false,
+                _not_send: PhantomData,
+            });
+        }
+        own_groups();
+        // From here on, dropping the guard restores whatever part of the switch was made.
+        let guard = AsCaller {
+            switched: true,
+            _not_send: PhantomData,
+        };
+        let groups: Vec<Gid> = caller
+            .groups
+            .iter()
+            .map(|g| Gid::from_raw_unchecked(*g))
+            .collect();
+        rustix::thread::set_thread_groups(&groups)?;
+        rustix::thread::set_thread_res_gid(None, Gid::from_raw_unchecked(caller.gid), None)?;
+        rustix::thread::set_thread_res_uid(None, Uid::from_raw_unchecked(caller.uid), None)?;
+        if rustix::process::geteuid().as_raw() != caller.uid
+            || rustix::process::getegid().as_raw() != caller.gid
+        {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        Ok(guard)
+    }
+}
+
+impl Drop for AsCaller {
+    fn drop(&mut self) {
+        if !self.switched {
+            return;
+        }
+        // Back to root first: setting the group ids and groups needs it.
+        let restored = rustix::thread::set_thread_res_uid(None, Uid::ROOT, None)
+            .and_then(|()| rustix::thread::set_thread_res_gid(None, Gid::ROOT, None))
+            .and_then(|()| rustix::thread::set_thread_groups(own_groups()));
+        if let Err(e) = restored {
+            // A thread that cannot be root again must not serve anyone else.
+            tracing::error!(error = %e, "could not restore a thread's identity after a host call");
+            std::process::abort();
+        }
+    }
+}
