@@ -140,6 +140,14 @@ backend_tests! {
         assert!(!src.path().join("hard").exists());
         assert_errno!(v.rmdir(&me, work, b"sub").await, libc::ENOTEMPTY);
 
+        // A file unlinked while open lives on through its handle.
+        let (tmp, fh) = v.create(&me, work, b"tmp", 0o600, libc::O_RDWR).await.expect("create");
+        v.unlink(&me, work, b"tmp").await.expect("unlink while open");
+        v.write(&me, fh, 0, b"still here").await.expect("write after unlink");
+        assert_eq!(v.getattr(&me, tmp.ino).await.expect("fstat after unlink").size, 10);
+        assert_eq!(&v.read(&me, fh, 0, 64).await.expect("read after unlink")[..], b"still here");
+        v.release(&me, fh).await.expect("release");
+
         // A change made on the host shows at the next lookup.
         std::fs::write(src.path().join("late"), b"late").expect("host write");
         assert_eq!(read(&v, "/work/late").await.expect("late"), b"late");
@@ -152,7 +160,11 @@ backend_tests! {
         let src = tempfile::tempdir().expect("source");
         std::fs::create_dir(src.path().join("d")).expect("host dir");
         std::fs::write(src.path().join("f"), b"0123456789").expect("host file");
+        std::fs::write(src.path().join("su"), b"#!/bin/sh\n").expect("host program");
+        std::fs::set_permissions(src.path().join("su"), std::os::unix::fs::PermissionsExt::from_mode(0o4755)).expect("chmod");
         let v = with_mounts(&t, &[def("/usr", src.path(), NativeMode::Ro)]).await;
+        let su = resolve_as(&v, &Caller::root(), "/usr/su").await.expect("su");
+        assert_eq!(su.perm, 0o755, "no set-user-ID program of the host grants anything");
         let me = Caller::root();
         let usr = ino(&v, "/usr").await;
         let f = ino(&v, "/usr/f").await;
@@ -223,6 +235,11 @@ backend_tests! {
         );
         let data = ino(&v, "/data").await;
         assert_errno!(v.rmdir(&me, data, b"deep").await, libc::EBUSY);
+        v.mkdir(&me, Ino::ROOT, b"empty", 0o755).await.expect("mkdir");
+        assert_errno!(
+            v.rename(&me, Ino::ROOT, b"empty", data, b"deep", RenameFlags::default()).await,
+            libc::EBUSY
+        );
 
         // Without native mounts (an administrative view) the tree's own /work is there again.
         assert_eq!(t.ls("/work").await, ["sub", "tree-only"]);
@@ -324,6 +341,17 @@ backend_tests! {
         let err = t.engine.add_native_mounts(Some(&t.tenant), &[nested]).await.expect_err("refused");
         assert!(err.to_string().contains("overlap"), "{err}");
 
+        // A source whose path passes through a symlink is refused when the volume opens.
+        let real = src.path().join("real");
+        std::fs::create_dir(&real).expect("real");
+        std::os::unix::fs::symlink(&real, src.path().join("link")).expect("link");
+        let linked = def("/linked", &src.path().join("link"), NativeMode::Ro);
+        t.engine.add_native_mounts(Some(&t.tenant), &[linked]).await.expect("add");
+        let options = VolumeOptions { native_mounts: Some(Vec::new()), ..VolumeOptions::default() };
+        let err = t.engine.volume_with(&t.tenant, options).await.expect_err("refused");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        t.engine.remove_native_mount(Some(&t.tenant), "/linked", false).await.expect("remove");
+
         // A source missing when a volume opens fails the volume, naming it.
         let gone = src.path().join("gone");
         let missing = def("/missing", &gone, NativeMode::Ro);
@@ -387,6 +415,16 @@ backend_tests! {
         assert_eq!((attr.uid, attr.gid), (alice.uid, alice.gid));
         let meta = std::fs::metadata(src.path().join("open/mine")).expect("host file");
         assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (alice.uid, alice.gid, 0o640));
+        // A write as alice clears the set-user-ID bit of a file she may write, as on the host.
+        std::fs::write(src.path().join("open/shared"), b"x").expect("shared");
+        std::fs::set_permissions(src.path().join("open/shared"), std::os::unix::fs::PermissionsExt::from_mode(0o4777)).expect("chmod");
+        let shared = resolve_as(&v, &alice, "/w/open/shared").await.expect("lookup");
+        let fh = v.open(&alice, shared.ino, libc::O_WRONLY).await.expect("open");
+        v.write(&alice, fh, 0, b"y").await.expect("write");
+        v.release(&alice, fh).await.expect("release");
+        let mode = std::fs::metadata(src.path().join("open/shared")).expect("meta").mode();
+        assert_eq!(mode & 0o7777, 0o777, "set-user-ID cleared by alice's write");
+
         // Root still may, on the same thread afterwards: the identity was given back.
         assert_eq!(read(&v, "/w/roots").await.expect("root reads"), b"root's");
     }

@@ -3,25 +3,28 @@
 //!
 //! **No escape.** A node is remembered by its names (`parent node`, `name`), never by an open
 //! descriptor or a host path given by the tenant. To act on it the engine opens the path those
-//! names spell with `openat2` *beneath* the source's root descriptor, refusing every symlink and
-//! magic link on the way (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`) and `O_NOFOLLOW` at the end,
-//! then checks that the descriptor is the node it looked up (device and inode number): `..`,
-//! absolute or relative symlinks, and a directory swapped for a symlink between a check and its
-//! use all fail instead of reaching outside. Names come from the kernel one component at a time
-//! and are refused if they could name anything but a child (`/`, `.`, `..`).
+//! names spell with `openat2` *beneath* the source's root descriptor, refusing every symlink,
+//! magic link and mount on the way (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV`)
+//! and `O_NOFOLLOW` at the end, then checks that the descriptor is the node it looked up (device
+//! and inode number): `..`, absolute or relative symlinks, and a directory swapped for a symlink
+//! between a check and its use all fail instead of reaching outside. Names come from the kernel
+//! one component at a time and are refused if they could name anything but a child (`/`, `.`,
+//! `..`). The source itself is opened one component at a time, none a symlink. A node without
+//! a name (unlinked while open) is reached through a file open on it.
 //!
 //! **Whose rights.** A host call that the kernel checks permissions for runs with the caller's
-//! filesystem identity (`setfsuid`/`setfsgid` and supplementary groups, all per thread), so the
-//! host's own rules — mode bits, ACLs, the sticky bit, owner of new files — apply to the caller
-//! exactly as to a local process. The identity is switched back before the thread does anything
-//! else; [`AsCaller`] cannot be held across an `.await`.
+//! effective uid, gid and supplementary groups (per thread), so the host's own rules — mode
+//! bits, ACLs, the sticky bit, owner of new files, quotas, clearing set-user-ID on a write —
+//! apply to the caller exactly as to a local process. The identity is switched back before the
+//! thread does anything else; [`AsCaller`] cannot be held across an `.await`.
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::fs::File;
 use std::io;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, ResolveFlags, Stat, Uid};
 
@@ -63,6 +66,9 @@ struct Node {
     id: HostId,
     /// `(parent node, name)` of each name the node was seen under, most recent first.
     names: Vec<(u64, Arc<[u8]>)>,
+    /// Files open on the node: how it is still reached once it has no name (unlinked while
+    /// open, or renamed on the host).
+    open: Vec<Weak<File>>,
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +88,8 @@ impl Nodes {
             }
         }
         if let Some(n) = self.by_node.get_mut(&node) {
+            // Named again (a rename after its last name went): the object is this node still.
+            self.by_id.insert(n.id, node);
             n.names.retain(|(p, m)| !(*p == parent && **m == *name));
             n.names.insert(0, (parent, name));
             if n.names.len() > MAX_NAMES {
@@ -125,14 +133,32 @@ pub(super) struct HostDir {
 }
 
 impl HostDir {
-    /// Open a source directory. Refused if it is not a directory or lives on a FUSE filesystem
-    /// (which a tenant could control, down to this very mount).
-    pub(super) fn open(source: &str) -> io::Result<HostDir> {
-        let root = rustix::fs::open(
-            source,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+    /// Open a source directory (an absolute, normal path), making missing directories of it
+    /// (root's, mode 0755) if `create`. No component may be a symlink: a source inside a
+    /// directory a tenant writes (another native mount's) could otherwise be swapped for a link
+    /// to anywhere. Refused too if it is not a directory or lives on a FUSE filesystem (which a
+    /// tenant could control, down to this very mount).
+    pub(super) fn open(source: &str, create: bool) -> io::Result<HostDir> {
+        let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut root = rustix::fs::open("/", dir_flags, Mode::empty())?;
+        for part in source.split('/').filter(|p| !p.is_empty()) {
+            let next = match rustix::fs::openat(&root, part, dir_flags, Mode::empty()) {
+                Err(rustix::io::Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&root, part, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    rustix::fs::openat(&root, part, dir_flags, Mode::empty())
+                }
+                other => other,
+            };
+            root = next.map_err(|e| match e {
+                rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP => io::Error::other(format!(
+                    "passes through {part:?}, which is a symlink or not a directory"
+                )),
+                e => e.into(),
+            })?;
+        }
         let stat = rustix::fs::fstat(&root)?;
         let fs = rustix::fs::fstatfs(&root)?;
         #[allow(clippy::unnecessary_cast)] // f_type is i64 or u32 depending on the target.
@@ -151,6 +177,7 @@ impl HostDir {
             Node {
                 id,
                 names: Vec::new(),
+                open: Vec::new(),
             },
         );
         nodes.by_id.insert(id, ROOT_NODE);
@@ -178,6 +205,7 @@ impl HostDir {
                     Node {
                         id,
                         names: Vec::new(),
+                        open: Vec::new(),
                     },
                 );
                 nodes.by_id.insert(id, node);
@@ -257,14 +285,35 @@ impl HostDir {
             .map_or(1, |n| n.names.len().max(1));
         let mut last = stale();
         for pick in 0..names {
-            let (id, path) = self.path_of(node, pick)?;
+            let Ok((id, path)) = self.path_of(node, pick) else {
+                break;
+            };
             match self.open_beneath(&path) {
                 Ok((fd, stat)) if HostId::of(&stat) == id => return Ok(fd),
                 Ok(_) => last = stale(),
                 Err(e) => last = e,
             }
         }
+        // No name leads to it (unlinked while open, renamed on the host): an open file does.
+        if let Some(file) = self.open_file(node) {
+            return Ok(file.as_fd().try_clone_to_owned()?);
+        }
         Err(last)
+    }
+
+    /// Remember that `file` is open on `node`.
+    pub(super) fn opened(&self, node: u64, file: &Arc<File>) {
+        if let Some(n) = self.nodes().by_node.get_mut(&node) {
+            n.open.retain(|f| f.strong_count() > 0);
+            n.open.push(Arc::downgrade(file));
+        }
+    }
+
+    fn open_file(&self, node: u64) -> Option<Arc<File>> {
+        let mut nodes = self.nodes();
+        let n = nodes.by_node.get_mut(&node)?;
+        n.open.retain(|f| f.strong_count() > 0);
+        n.open.iter().find_map(Weak::upgrade)
     }
 
     /// `relative` opened `O_PATH | O_NOFOLLOW` beneath the root, with its attributes.
@@ -274,7 +323,10 @@ impl HostDir {
             relative,
             OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            ResolveFlags::BENEATH
+                | ResolveFlags::NO_SYMLINKS
+                | ResolveFlags::NO_MAGICLINKS
+                | ResolveFlags::NO_XDEV,
         )?;
         let stat = rustix::fs::fstat(&fd)?;
         Ok((fd, stat))

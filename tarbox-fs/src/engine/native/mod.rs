@@ -92,14 +92,8 @@ impl NativeMounts {
                     def.path
                 ))
             };
-            if def.mode == NativeMode::Rw
-                && def.source_is_per_tenant()
-                && !std::path::Path::new(&source).exists()
-            {
-                std::fs::create_dir_all(&source)
-                    .map_err(|e| unusable(format!("could not be created: {e}")))?;
-            }
-            let host = HostDir::open(&source).map_err(|e| unusable(e.to_string()))?;
+            let create = def.mode == NativeMode::Rw && def.source_is_per_tenant();
+            let host = HostDir::open(&source, create).map_err(|e| unusable(e.to_string()))?;
             let name = native::components(&def.path)
                 .last()
                 .unwrap_or_default()
@@ -329,7 +323,13 @@ impl Engine {
         }
         let all: Vec<NativeMount> = shared.iter().chain(&own).cloned().collect();
         native::check_all(&all).map_err(|e| FsError::BadInput(e.to_string()))?;
-        self.store_native_mounts(tenant, &shared, &own).await
+        let shared_changed = added.iter().any(|m| m.shared);
+        let own_changed = added.iter().any(|m| !m.shared);
+        self.store_native_mounts(
+            shared_changed.then_some(&shared[..]),
+            tenant.filter(|_| own_changed).map(|t| (t, &own[..])),
+        )
+        .await
     }
 
     /// Remove the native mount at `path` from the shared definitions (`shared`) or from
@@ -356,7 +356,11 @@ impl Engine {
         if list.len() == before {
             return Err(FsError::NotFound);
         }
-        self.store_native_mounts(tenant, &shared_list, &own).await
+        match (shared, tenant) {
+            (true, _) => self.store_native_mounts(Some(&shared_list), None).await,
+            (false, Some(t)) => self.store_native_mounts(None, Some((t, &own))).await,
+            (false, None) => Ok(()),
+        }
     }
 
     /// Remove every native mount of `tenant`'s own (when its volume is deleted, say); the
@@ -370,19 +374,21 @@ impl Engine {
         Ok(())
     }
 
+    /// Store the lists that changed: the shared one, a tenant's own.
     async fn store_native_mounts(
         &self,
-        tenant: Option<&str>,
-        shared: &[NativeMount],
-        own: &[NativeMount],
+        shared: Option<&[NativeMount]>,
+        own: Option<(&str, &[NativeMount])>,
     ) -> FsResult<()> {
         let text = |list: &[NativeMount]| (!list.is_empty()).then(|| native::to_toml(list));
-        self.shared
-            .backend
-            .set_native_mounts(None, text(shared).as_deref())
-            .await?;
-        if let Some(t) = tenant {
-            let record = self.active_tenant(t).await?;
+        if let Some(shared) = shared {
+            self.shared
+                .backend
+                .set_native_mounts(None, text(shared).as_deref())
+                .await?;
+        }
+        if let Some((tenant, own)) = own {
+            let record = self.active_tenant(tenant).await?;
             self.shared
                 .backend
                 .set_native_mounts(Some(record.id), text(own).as_deref())

@@ -40,7 +40,7 @@ const LISTING_PAGE: usize = 512;
 #[derive(Debug)]
 pub(in crate::engine) enum NativeOpen {
     File {
-        file: std::fs::File,
+        file: Arc<std::fs::File>,
         /// Writes go where the host puts them (`O_APPEND` honoured by the host).
         write: bool,
     },
@@ -140,12 +140,15 @@ impl Mounted {
     ) -> FsResult<FileAttr> {
         let st = stat_child(dir, name).map_err(os)?;
         let node = self.host.intern(dir_node, name, HostId::of(&st));
-        Ok(attr_of(native_ino(index, node), &st))
+        Ok(self.attr(native_ino(index, node), &st))
     }
 
-    /// Give a new object the mode asked for where the process's umask took bits away.
+    /// Give back to a new object the permission bits the process's umask took from the mode
+    /// asked for (the caller's own umask was applied by the kernel already); the rest of its
+    /// mode, such as a set-group-ID inherited from its directory, stays as the host made it.
     fn restore_mode(&self, dir: &OwnedFd, name: &[u8], mode: u32) -> FsResult<()> {
-        if process_umask() & mode & 0o777 == 0 {
+        let stripped = process_umask() & mode & 0o777;
+        if stripped == 0 {
             return Ok(());
         }
         let fd = rustix::fs::openat(
@@ -155,11 +158,23 @@ impl Mounted {
             Mode::empty(),
         )
         .map_err(os)?;
+        let now = rustix::fs::fstat(&fd).map_err(os)?.st_mode & 0o7777;
         rustix::fs::chmod(
             proc_path(&fd).as_c_str(),
-            Mode::from_raw_mode(mode & 0o7777),
+            Mode::from_raw_mode(now | stripped),
         )
         .map_err(os)
+    }
+
+    /// Attributes of one of this mount's nodes. A read-only mount shows no set-user-ID or
+    /// set-group-ID bit on files: the host's privileged programs (`su` in a shared `/usr`) must
+    /// not gain anyone privileges through the mount.
+    fn attr(&self, ino: Ino, st: &Stat) -> FileAttr {
+        let mut attr = attr_of(ino, st);
+        if self.mode == NativeMode::Ro && attr.kind == FileType::Regular {
+            attr.perm &= !0o6000;
+        }
+        attr
     }
 }
 
@@ -172,7 +187,7 @@ impl Volume {
     fn native_root_attr(&self, index: usize, mount: &Mounted) -> FsResult<FileAttr> {
         let fd = mount.resolve(ROOT_NODE)?;
         let st = rustix::fs::fstat(&fd).map_err(os)?;
-        Ok(attr_of(native_ino(index, ROOT_NODE), &st))
+        Ok(mount.attr(native_ino(index, ROOT_NODE), &st))
     }
 
     /// A directory of a native mount that a new name is made in, or `EEXIST` for a mount point
@@ -206,14 +221,14 @@ impl Volume {
             stat_child(&dir, name).map_err(os)?
         };
         let child = mount.host.intern(node, name, HostId::of(&st));
-        Ok(attr_of(native_ino(index, child), &st))
+        Ok(mount.attr(native_ino(index, child), &st))
     }
 
     pub(in crate::engine) fn native_getattr(&self, ino: Ino) -> FsResult<FileAttr> {
         let (_, mount, node) = self.native_mounts()?.at(ino)?;
         let fd = mount.resolve(node)?;
         let st = rustix::fs::fstat(&fd).map_err(os)?;
-        Ok(attr_of(ino, &st))
+        Ok(mount.attr(ino, &st))
     }
 
     pub(in crate::engine) fn native_setattr(
@@ -304,7 +319,7 @@ impl Volume {
             }
         }
         let st = rustix::fs::fstat(&fd).map_err(os)?;
-        Ok(attr_of(ino, &st))
+        Ok(mount.attr(ino, &st))
     }
 
     pub(in crate::engine) fn native_mknod(
@@ -541,10 +556,12 @@ impl Volume {
             rustix::fs::open(proc_path(&fd).as_c_str(), open_flags(flags), Mode::empty())
                 .map_err(os)?
         };
+        let file = Arc::new(std::fs::File::from(file));
+        mount.host.opened(node, &file);
         Ok(self.native_handle(
             ino,
             NativeOpen::File {
-                file: file.into(),
+                file,
                 write: flags & libc::O_ACCMODE != libc::O_RDONLY,
             },
         ))
@@ -573,10 +590,18 @@ impl Volume {
                     }
                     file
                 }
-                // Made by someone else since the kernel looked: open it, as O_CREAT does.
+                // Made by someone else since the kernel looked: open it, as O_CREAT does, if it
+                // is a file (never a fifo or device, which could block or do anything).
                 Err(rustix::io::Errno::EXIST) if flags & libc::O_EXCL == 0 => {
-                    let existing = open_flags(flags) | OFlags::NOFOLLOW;
-                    rustix::fs::openat(&dir, name, existing, Mode::empty()).map_err(os)?
+                    let what = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                    let fd = rustix::fs::openat(&dir, name, what, Mode::empty()).map_err(os)?;
+                    match FileType::from_mode(rustix::fs::fstat(&fd).map_err(os)?.st_mode) {
+                        Some(FileType::Regular) => {}
+                        Some(FileType::Directory) => return Err(FsError::IsDir),
+                        _ => return Err(FsError::Exists),
+                    }
+                    rustix::fs::open(proc_path(&fd).as_c_str(), open_flags(flags), Mode::empty())
+                        .map_err(os)?
                 }
                 Err(e) => return Err(os(e)),
             }
@@ -584,14 +609,16 @@ impl Volume {
         let st = rustix::fs::fstat(&file).map_err(os)?;
         let child = mount.host.intern(node, name, HostId::of(&st));
         let ino = native_ino(index, child);
+        let file = Arc::new(std::fs::File::from(file));
+        mount.host.opened(child, &file);
         let fh = self.native_handle(
             ino,
             NativeOpen::File {
-                file: file.into(),
+                file,
                 write: flags & libc::O_ACCMODE != libc::O_RDONLY,
             },
         );
-        Ok((attr_of(ino, &st), fh))
+        Ok((mount.attr(ino, &st), fh))
     }
 
     fn native_handle(&self, ino: Ino, open: NativeOpen) -> FileHandle {
@@ -604,8 +631,13 @@ impl Volume {
 
     /// What a native handle holds open.
     pub(in crate::engine) fn native_file(&self, fh: FileHandle) -> FsResult<Arc<NativeOpen>> {
+        Ok(self.native_handle_of(fh)?.1)
+    }
+
+    /// The node a native handle is open on, and what it holds open.
+    fn native_handle_of(&self, fh: FileHandle) -> FsResult<(Ino, Arc<NativeOpen>)> {
         match self.handle(fh)? {
-            Handle::Native { open, .. } => Ok(open),
+            Handle::Native { ino, open, .. } => Ok((ino, open)),
             _ => Err(FsError::BadHandle),
         }
     }
@@ -637,15 +669,20 @@ impl Volume {
         .await
     }
 
+    /// Write as the caller: the host clears set-user-ID bits and applies quotas as for any
+    /// process of theirs.
     pub(in crate::engine) async fn native_write(
         &self,
+        caller: &Caller,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
     ) -> FsResult<u32> {
         let open = self.native_file(fh)?;
         let data = data.to_vec();
+        let caller = caller.clone();
         blocking(move || {
+            let _as = AsCaller::new(&caller).map_err(os)?;
             let NativeOpen::File { file, write } = &*open else {
                 return Err(FsError::IsDir);
             };
@@ -688,6 +725,7 @@ impl Volume {
 
     pub(in crate::engine) async fn native_fallocate(
         &self,
+        caller: &Caller,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -704,8 +742,10 @@ impl Volume {
         if mode.zero_range {
             flags |= FallocateFlags::ZERO_RANGE;
         }
+        let caller = caller.clone();
         blocking(move || match &*open {
             NativeOpen::File { file, .. } => {
+                let _as = AsCaller::new(&caller).map_err(os)?;
                 rustix::fs::fallocate(file, flags, offset, length).map_err(os)
             }
             NativeOpen::Dir { .. } => Err(FsError::IsDir),
@@ -811,10 +851,11 @@ impl Volume {
         fh: FileHandle,
         offset: u64,
     ) -> FsResult<Vec<(DirEntry, FileAttr)>> {
-        let open = self.native_file(fh)?;
+        let (dir_ino, open) = self.native_handle_of(fh)?;
         let NativeOpen::Dir { dir, entries } = &*open else {
             return Err(FsError::NotDir);
         };
+        let (index, mount, node) = self.native_mounts()?.at(dir_ino)?;
         let mut out = Vec::new();
         let _as = AsCaller::new(caller).map_err(os)?;
         for e in entries.iter().skip(offset as usize).take(LISTING_PAGE) {
@@ -826,7 +867,17 @@ impl Volume {
                 rustix::fs::statat(dir, e.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW)
             };
             match st {
-                Ok(st) => out.push((e.clone(), attr_of(e.ino, &st))),
+                Ok(st) if e.name == b"." => out.push((e.clone(), mount.attr(e.ino, &st))),
+                Ok(st) => {
+                    // The kernel learns the node from this: the one the attributes are of.
+                    let child =
+                        native_ino(index, mount.host.intern(node, &e.name, HostId::of(&st)));
+                    let entry = DirEntry {
+                        ino: child,
+                        ..e.clone()
+                    };
+                    out.push((entry, mount.attr(child, &st)));
+                }
                 // Removed since the listing was read.
                 Err(rustix::io::Errno::NOENT) => continue,
                 Err(err) => return Err(os(err)),
