@@ -296,7 +296,7 @@ impl HostDir {
         }
         // No name leads to it (unlinked while open, renamed on the host): an open file does.
         if let Some(file) = self.open_file(node) {
-            return Ok(file.as_fd().try_clone_to_owned()?);
+            return file.as_fd().try_clone_to_owned();
         }
         Err(last)
     }
