@@ -314,6 +314,12 @@ impl Volume {
         ) {
             return false;
         }
+        if self.is_native_child(parent, name) {
+            return self
+                .native_lookup(&Caller::root(), parent, name)
+                .await
+                .is_ok();
+        }
         matches!(self.reader().lookup(parent, name).await, Ok(Some(_)))
     }
 }

@@ -396,7 +396,7 @@ impl Filesystem for Volume {
                 Subject::Handle(fh, Some(offset)),
                 async {
                     if self.is_native_handle(fh) {
-                        return self.native_write(caller, fh, offset, data).await;
+                        return self.native_write(fh, offset, data).await;
                     }
                     self.do_write(caller, fh, offset, data).await
                 },
@@ -451,9 +451,7 @@ impl Filesystem for Volume {
             Some(length),
             async {
                 if self.is_native_handle(fh) {
-                    return self
-                        .native_fallocate(caller, fh, offset, length, mode)
-                        .await;
+                    return self.native_fallocate(fh, offset, length, mode).await;
                 }
                 self.do_fallocate(caller, fh, offset, length, mode).await
             },

@@ -26,7 +26,7 @@ use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use rustix::fs::{AtFlags, Gid, Mode, OFlags, ResolveFlags, Stat, Uid};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, ResolveFlags, Stat, Uid, XattrFlags};
 
 use crate::types::Caller;
 
@@ -120,6 +120,11 @@ impl Nodes {
             if self.by_id.get(&id) == Some(&node) {
                 self.by_id.remove(&id);
             }
+            // Gone for good unless a file is open on it (kept for its handles).
+            n.open.retain(|f| f.strong_count() > 0);
+            if n.open.is_empty() {
+                self.by_node.remove(&node);
+            }
         }
     }
 }
@@ -133,22 +138,31 @@ pub(super) struct HostDir {
 }
 
 impl HostDir {
-    /// Open a source directory (an absolute, normal path), making missing directories of it
-    /// (root's, mode 0755) if `create`. No component may be a symlink: a source inside a
-    /// directory a tenant writes (another native mount's) could otherwise be swapped for a link
-    /// to anywhere. Refused too if it is not a directory or lives on a FUSE filesystem (which a
-    /// tenant could control, down to this very mount).
+    /// Open a source directory (an absolute, normal path). With `create`, missing directories
+    /// of it are made (root's, mode 0755), the last one world-writable with the sticky bit, as a
+    /// volume's root (its tenant's programs, whoever they run as, write there). No component may
+    /// be a symlink: a source inside a directory a tenant writes (another native mount's) could
+    /// otherwise be swapped for a link to anywhere. Refused too if it is not a directory or lives
+    /// on a FUSE filesystem (which a tenant could control, down to this very mount).
     pub(super) fn open(source: &str, create: bool) -> io::Result<HostDir> {
         let dir_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mut root = rustix::fs::open("/", dir_flags, Mode::empty())?;
-        for part in source.split('/').filter(|p| !p.is_empty()) {
-            let next = match rustix::fs::openat(&root, part, dir_flags, Mode::empty()) {
+        let parts: Vec<&str> = source.split('/').filter(|p| !p.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let next = match rustix::fs::openat(&root, *part, dir_flags, Mode::empty()) {
                 Err(rustix::io::Errno::NOENT) if create => {
-                    match rustix::fs::mkdirat(&root, part, Mode::from_raw_mode(0o755)) {
+                    match rustix::fs::mkdirat(&root, *part, Mode::from_raw_mode(0o755)) {
                         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
                         Err(e) => return Err(e.into()),
                     }
-                    rustix::fs::openat(&root, part, dir_flags, Mode::empty())
+                    let made = rustix::fs::openat(&root, *part, dir_flags, Mode::empty())?;
+                    if i + 1 == parts.len() {
+                        rustix::fs::chmod(
+                            proc_path(&made).as_c_str(),
+                            Mode::from_raw_mode(0o1777),
+                        )?;
+                    }
+                    Ok(made)
                 }
                 other => other,
             };
@@ -185,6 +199,35 @@ impl HostDir {
             root,
             nodes: Mutex::new(nodes),
         })
+    }
+
+    /// Make sure a per-tenant source is this tenant's: a directory left by a deleted tenant of
+    /// the same name (the engine never deletes host data) is refused, not handed to a newcomer.
+    /// The owner is kept in a `trusted.` attribute, which no tenant can set or remove; on a
+    /// filesystem without such attributes the check is skipped with a warning.
+    pub(super) fn claim(&self, owner: &str) -> io::Result<()> {
+        const OWNER: &str = "trusted.tarbox.owner";
+        let path = proc_path(&self.root);
+        let mut buf = [0u8; 64];
+        match rustix::fs::getxattr(path.as_c_str(), OWNER, &mut buf[..]) {
+            Ok(n) if &buf[..n] == owner.as_bytes() => Ok(()),
+            Ok(n) => Err(io::Error::other(format!(
+                "belongs to another tenant ({}), an earlier one of the same name: move it away \
+                 to give the name's directory to this one",
+                String::from_utf8_lossy(&buf[..n])
+            ))),
+            Err(rustix::io::Errno::NODATA) => {
+                rustix::fs::setxattr(path.as_c_str(), OWNER, owner.as_bytes(), XattrFlags::CREATE)?;
+                Ok(())
+            }
+            Err(rustix::io::Errno::OPNOTSUPP) => {
+                tracing::warn!(
+                    "a per-tenant native source's owner cannot be recorded: no trusted xattrs on its filesystem"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn nodes(&self) -> std::sync::MutexGuard<'_, Nodes> {
@@ -362,10 +405,16 @@ pub(super) fn stat_child(dir: &OwnedFd, name: &[u8]) -> io::Result<Stat> {
     Ok(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
 }
 
-/// The process's supplementary groups as it started, restored after each switch.
-fn own_groups() -> &'static [Gid] {
-    static GROUPS: OnceLock<Vec<Gid>> = OnceLock::new();
-    GROUPS.get_or_init(|| rustix::process::getgroups().unwrap_or_default())
+/// The process's effective group and supplementary groups as it started, restored after each
+/// switch.
+fn own_ids() -> &'static (Gid, Vec<Gid>) {
+    static IDS: OnceLock<(Gid, Vec<Gid>)> = OnceLock::new();
+    IDS.get_or_init(|| {
+        (
+            rustix::process::getegid(),
+            rustix::process::getgroups().unwrap_or_default(),
+        )
+    })
 }
 
 fn running_as_root() -> bool {
@@ -381,7 +430,10 @@ fn running_as_root() -> bool {
 /// real and saved ids root, so the thread can switch back. While switched, the thread has no
 /// effective capabilities: the host checks the caller's rights as for any process of theirs.
 pub(super) struct AsCaller {
-    switched: bool,
+    /// The steps of the switch that were made, undone in reverse.
+    groups: bool,
+    gid: bool,
+    uid: bool,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -389,26 +441,28 @@ impl AsCaller {
     /// Take on `caller`'s identity. A process that is not root acts as itself (it could not be
     /// anyone else). Fails rather than go on as root if the switch does not hold.
     pub(super) fn new(caller: &Caller) -> io::Result<AsCaller> {
-        if !running_as_root() || (caller.uid == 0 && caller.gid == 0) {
-            return Ok(AsCaller {
-                switched: false,
-                _not_send: PhantomData,
-            });
-        }
-        own_groups();
-        // From here on, dropping the guard restores whatever part of the switch was made.
-        let guard = AsCaller {
-            switched: true,
+        let mut guard = AsCaller {
+            groups: false,
+            gid: false,
+            uid: false,
             _not_send: PhantomData,
         };
+        if !running_as_root() || (caller.uid == 0 && caller.gid == 0) {
+            return Ok(guard);
+        }
+        own_ids();
+        // From here on, dropping the guard undoes whatever part of the switch was made.
         let groups: Vec<Gid> = caller
             .groups
             .iter()
             .map(|g| Gid::from_raw_unchecked(*g))
             .collect();
         rustix::thread::set_thread_groups(&groups)?;
+        guard.groups = true;
         rustix::thread::set_thread_res_gid(None, Gid::from_raw_unchecked(caller.gid), None)?;
+        guard.gid = true;
         rustix::thread::set_thread_res_uid(None, Uid::from_raw_unchecked(caller.uid), None)?;
+        guard.uid = true;
         if rustix::process::geteuid().as_raw() != caller.uid
             || rustix::process::getegid().as_raw() != caller.gid
         {
@@ -420,16 +474,23 @@ impl AsCaller {
 
 impl Drop for AsCaller {
     fn drop(&mut self) {
-        if !self.switched {
-            return;
-        }
+        let (egid, groups) = own_ids();
         // Back to root first: setting the group ids and groups needs it.
-        let restored = rustix::thread::set_thread_res_uid(None, Uid::ROOT, None)
-            .and_then(|()| rustix::thread::set_thread_res_gid(None, Gid::ROOT, None))
-            .and_then(|()| rustix::thread::set_thread_groups(own_groups()));
-        if let Err(e) = restored {
-            // A thread that cannot be root again must not serve anyone else.
-            tracing::error!(error = %e, "could not restore a thread's identity after a host call");
+        let mut restored = Ok(());
+        if self.uid {
+            restored = rustix::thread::set_thread_res_uid(None, Uid::ROOT, None);
+        }
+        if self.gid {
+            restored =
+                restored.and_then(|()| rustix::thread::set_thread_res_gid(None, *egid, None));
+        }
+        if self.groups {
+            restored = restored.and_then(|()| rustix::thread::set_thread_groups(groups));
+        }
+        let back = !self.uid || rustix::process::geteuid().is_root();
+        if restored.is_err() || !back {
+            // A thread that cannot be itself again must not serve anyone else.
+            tracing::error!(error = ?restored.err(), "could not restore a thread's identity after a host call");
             std::process::abort();
         }
     }

@@ -92,8 +92,13 @@ impl NativeMounts {
                     def.path
                 ))
             };
-            let create = def.mode == NativeMode::Rw && def.source_is_per_tenant();
+            let per_tenant = def.source_is_per_tenant();
+            let create = def.mode == NativeMode::Rw && per_tenant;
             let host = HostDir::open(&source, create).map_err(|e| unusable(e.to_string()))?;
+            if per_tenant {
+                host.claim(&format!("tenant id {}", tenant_id.0))
+                    .map_err(|e| unusable(e.to_string()))?;
+            }
             let name = native::components(&def.path)
                 .last()
                 .unwrap_or_default()
@@ -223,43 +228,41 @@ impl Volume {
     }
 
     /// Hang each mount below the directory of the tree holding its path, creating missing
-    /// directories (owned by root, mode 0755) on a writable volume. A read-only volume without
-    /// the directory leaves that mount out, with a warning.
+    /// directories (owned by root, mode 0755) on a writable volume. A mount whose directory the
+    /// tree cannot hold (a file is in the way, or a read-only tree lacks it) is left out with a
+    /// warning: the tenant's own files never keep its volume from opening.
     pub(super) async fn attach_native_mounts(&self) -> FsResult<()> {
         let Some(native) = self.native() else {
             return Ok(());
         };
         let root = Caller::root();
-        for mount in &native.mounts {
+        'mounts: for mount in &native.mounts {
             let parts: Vec<&[u8]> = native::components(&mount.path).collect();
             let mut dir = Ino::ROOT;
-            let mut found = true;
             for part in &parts[..parts.len() - 1] {
-                dir = match self.do_lookup(&root, dir, part).await {
-                    Ok(attr) if attr.kind == crate::types::FileType::Directory => attr.ino,
-                    Ok(_) => {
-                        return Err(FsError::BadInput(format!(
-                            "native mount {:?}: {:?} in the tree is not a directory",
-                            mount.path,
-                            String::from_utf8_lossy(part)
-                        )));
+                let why = match self.do_lookup(&root, dir, part).await {
+                    Ok(attr) if attr.kind == crate::types::FileType::Directory => {
+                        dir = attr.ino;
+                        continue;
                     }
+                    Ok(_) => "a file of the tree is in its way",
                     Err(FsError::NotFound) if !self.inner.read_only => {
-                        self.do_mkdir(&root, dir, part, 0o755).await?.ino
+                        dir = match self.do_mkdir(&root, dir, part, 0o755).await {
+                            Ok(attr) => attr.ino,
+                            // Another mount of the tenant made it meanwhile.
+                            Err(FsError::Exists) => self.do_lookup(&root, dir, part).await?.ino,
+                            Err(e) => return Err(e),
+                        };
+                        continue;
                     }
-                    Err(FsError::NotFound) => {
-                        found = false;
-                        break;
-                    }
+                    Err(FsError::NotFound) => "its directory is not in the read-only tree",
                     Err(e) => return Err(e),
                 };
+                warn!(path = %mount.path, "native mount left out: {why}");
+                continue 'mounts;
             }
-            if found {
-                mount.parent.store(dir.0, Ordering::Release);
-                info!(path = %mount.path, source = %mount.source, mode = %mount.mode, "native mount in force");
-            } else {
-                warn!(path = %mount.path, "native mount left out: its directory is not in the read-only tree");
-            }
+            mount.parent.store(dir.0, Ordering::Release);
+            info!(path = %mount.path, source = %mount.source, mode = %mount.mode, "native mount in force");
         }
         Ok(())
     }

@@ -43,6 +43,9 @@ pub(in crate::engine) enum NativeOpen {
         file: Arc<std::fs::File>,
         /// Writes go where the host puts them (`O_APPEND` honoured by the host).
         write: bool,
+        /// Who opened it: writes are made as them, as through a descriptor of their own (the
+        /// kernel's writeback of a shared mapping arrives as root).
+        opener: Caller,
     },
     Dir {
         /// The directory opened for reading (the caller's right to list it checked then).
@@ -220,6 +223,10 @@ impl Volume {
             let _as = AsCaller::new(caller).map_err(os)?;
             stat_child(&dir, name).map_err(os)?
         };
+        // A filesystem mounted below the source is not entered.
+        if st.st_dev != rustix::fs::fstat(&dir).map_err(os)?.st_dev {
+            return Err(FsError::CrossDevice);
+        }
         let child = mount.host.intern(node, name, HostId::of(&st));
         Ok(mount.attr(native_ino(index, child), &st))
     }
@@ -242,7 +249,18 @@ impl Volume {
         native.writable(mount)?;
         let fd = mount.resolve(node)?;
         let st = rustix::fs::fstat(&fd).map_err(os)?;
-        let symlink = FileType::from_mode(st.st_mode) == Some(FileType::Symlink);
+        let kind = FileType::from_mode(st.st_mode);
+        let symlink = kind == Some(FileType::Symlink);
+        // Refused before anything changes.
+        if symlink && set.mode.is_some() {
+            return Err(FsError::NotSupported("the mode of a symlink"));
+        }
+        if set.size.is_some() && kind != Some(FileType::Regular) {
+            return Err(match kind {
+                Some(FileType::Directory) => FsError::IsDir,
+                _ => FsError::Invalid("truncate of a special file"),
+            });
+        }
         let path = proc_path(&fd);
         let _as = AsCaller::new(caller).map_err(os)?;
         if set.uid.is_some() || set.gid.is_some() {
@@ -256,9 +274,6 @@ impl Volume {
             .map_err(os)?;
         }
         if let Some(mode) = set.mode {
-            if symlink {
-                return Err(FsError::NotSupported("the mode of a symlink"));
-            }
             rustix::fs::chmod(path.as_c_str(), Mode::from_raw_mode(mode & 0o7777)).map_err(os)?;
         }
         if let Some(size) = set.size {
@@ -563,6 +578,7 @@ impl Volume {
             NativeOpen::File {
                 file,
                 write: flags & libc::O_ACCMODE != libc::O_RDONLY,
+                opener: caller.clone(),
             },
         ))
     }
@@ -616,6 +632,7 @@ impl Volume {
             NativeOpen::File {
                 file,
                 write: flags & libc::O_ACCMODE != libc::O_RDONLY,
+                opener: caller.clone(),
             },
         );
         Ok((mount.attr(ino, &st), fh))
@@ -669,23 +686,26 @@ impl Volume {
         .await
     }
 
-    /// Write as the caller: the host clears set-user-ID bits and applies quotas as for any
-    /// process of theirs.
+    /// Write as the file's opener: the host clears set-user-ID bits and applies quotas as for
+    /// any process of theirs.
     pub(in crate::engine) async fn native_write(
         &self,
-        caller: &Caller,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
     ) -> FsResult<u32> {
         let open = self.native_file(fh)?;
         let data = data.to_vec();
-        let caller = caller.clone();
         blocking(move || {
-            let _as = AsCaller::new(&caller).map_err(os)?;
-            let NativeOpen::File { file, write } = &*open else {
+            let NativeOpen::File {
+                file,
+                write,
+                opener,
+            } = &*open
+            else {
                 return Err(FsError::IsDir);
             };
+            let _as = AsCaller::new(opener).map_err(os)?;
             if !write {
                 return Err(FsError::BadHandle);
             }
@@ -725,7 +745,6 @@ impl Volume {
 
     pub(in crate::engine) async fn native_fallocate(
         &self,
-        caller: &Caller,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -742,10 +761,9 @@ impl Volume {
         if mode.zero_range {
             flags |= FallocateFlags::ZERO_RANGE;
         }
-        let caller = caller.clone();
         blocking(move || match &*open {
-            NativeOpen::File { file, .. } => {
-                let _as = AsCaller::new(&caller).map_err(os)?;
+            NativeOpen::File { file, opener, .. } => {
+                let _as = AsCaller::new(opener).map_err(os)?;
                 rustix::fs::fallocate(file, flags, offset, length).map_err(os)
             }
             NativeOpen::Dir { .. } => Err(FsError::IsDir),
