@@ -112,10 +112,16 @@ backend_tests! {
         assert_eq!(sub.kind, FileType::Directory);
         let host_mode = std::fs::metadata(src.path().join("sub")).expect("host dir").mode();
         assert_eq!(host_mode & 0o7777, 0o777, "the mode asked for, not the daemon's umask");
+        let a = ino(&v, "/work/a.txt").await;
         v.rename(&me, work, b"a.txt", sub.ino, b"b.txt", RenameFlags::default())
             .await
             .expect("rename within the mount");
         assert!(src.path().join("sub/b.txt").exists());
+        assert_eq!(ino(&v, "/work/sub/b.txt").await, a, "a rename keeps the inode number");
+        // What is below a renamed directory is reached through its old node still.
+        v.rename(&me, work, b"sub", work, b"sub2", RenameFlags::default()).await.expect("rename dir");
+        assert_eq!(v.getattr(&me, a).await.expect("below a renamed directory").size, 22);
+        v.rename(&me, work, b"sub2", work, b"sub", RenameFlags::default()).await.expect("rename back");
         v.symlink(&me, work, b"link", b"sub/b.txt").await.expect("symlink");
         assert_eq!(
             std::fs::read_link(src.path().join("link")).expect("host link"),

@@ -100,6 +100,15 @@ impl Nodes {
         }
     }
 
+    /// Take `name` in `parent` off its node, keeping the node (it is about to get another name).
+    fn detach_name(&mut self, parent: u64, name: &[u8]) -> Option<u64> {
+        let node = self.by_name.remove(&(parent, Arc::from(name)))?;
+        if let Some(n) = self.by_node.get_mut(&node) {
+            n.names.retain(|(p, m)| !(*p == parent && **m == *name));
+        }
+        Some(node)
+    }
+
     /// `name` in `parent` names nothing any more.
     fn remove_name(&mut self, parent: u64, name: &[u8]) -> Option<u64> {
         let key = (parent, Arc::from(name));
@@ -277,8 +286,26 @@ impl HostDir {
         exchanged: bool,
     ) {
         let mut nodes = self.nodes();
-        let moved = nodes.remove_name(parent, name);
-        let other = nodes.remove_name(new_parent, new_name);
+        let moved = nodes.detach_name(parent, name);
+        let other = if exchanged {
+            nodes.detach_name(new_parent, new_name)
+        } else {
+            nodes
+                .by_name
+                .get(&(new_parent, Arc::from(new_name)))
+                .copied()
+        };
+        if moved.is_some() && moved == other && !exchanged {
+            // Two names of one file: the rename changed nothing.
+            if let Some(node) = moved {
+                nodes.add_name(node, parent, Arc::from(name));
+            }
+            return;
+        }
+        if !exchanged {
+            // Replaced: that object lost this name (and is gone unless named or open elsewhere).
+            nodes.remove_name(new_parent, new_name);
+        }
         if let Some(node) = moved {
             nodes.add_name(node, new_parent, Arc::from(new_name));
         }
