@@ -104,6 +104,19 @@ def main():
                 fail(f"{path.name}: StorageClass parameters not passed as strings: {params}")
             if "[[rules]]\n" not in params.get("accessPolicy", ""):
                 fail(f"{path.name}: the accessPolicy TOML did not arrive whole: {params}")
+            if "[[native_mounts]]\n" not in params.get("nativeMounts", ""):
+                fail(f"{path.name}: the nativeMounts TOML did not arrive whole: {params}")
+            # Native-mount sources reach the FUSE servers at their mountPath, the host's /usr
+            # never over the container's own.
+            mounter = next(d for d in kinds["DaemonSet"]
+                           if d["metadata"]["labels"]["app.kubernetes.io/component"] == "mounter")
+            spec = mounter["spec"]["template"]["spec"]
+            host = {v["name"]: v.get("hostPath", {}) for v in spec["volumes"]}
+            seen = {m["mountPath"]: (host.get(m["name"], {}).get("path"), m.get("readOnly"))
+                    for m in spec["containers"][0]["volumeMounts"]}
+            if seen.get("/host/usr") != ("/usr", True) or "/usr" in seen \
+                    or seen.get("/var/tarbox/venvs") != ("/var/tarbox/venvs", False):
+                fail(f"{path.name}: native sources not mounted as asked: {seen}")
             # S3 keys reach every process that opens a data store, from the named Secret.
             pods = [kinds["Deployment"][0]] + kinds["DaemonSet"]
             for workload in pods:
