@@ -19,6 +19,7 @@
 //! Time-travel views show no native mounts: what a native directory held at a checkpoint was
 //! never recorded.
 
+mod files;
 mod host;
 mod ops;
 
@@ -32,7 +33,7 @@ use crate::error::{FsError, FsResult};
 use crate::native::{self, NativeMode, NativeMount};
 use crate::types::{Caller, Ino};
 
-pub(super) use ops::NativeOpen;
+pub(super) use files::NativeOpen;
 
 /// Native nodes: `NATIVE | mount << MOUNT_SHIFT | node`. The tree's inode numbers stay far below
 /// 2^40, the control directory and checkpoint views use bits 63 and 62.
