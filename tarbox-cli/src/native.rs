@@ -42,7 +42,7 @@ pub enum NativeCommand {
         #[arg(long, requires = "path")]
         source: Option<String>,
         /// ro (changes refused with EROFS) or rw (changes go to the host directory).
-        #[arg(long, default_value = "ro", value_parser = parse_mode)]
+        #[arg(long, default_value = "ro", value_parser = clap::value_parser!(NativeMode))]
         mode: NativeMode,
     },
     /// Print the native mounts as TOML: the shared ones, and the tenant's own with --tenant.
@@ -59,15 +59,6 @@ pub enum NativeCommand {
         shared: bool,
         path: String,
     },
-}
-
-fn parse_mode(s: &str) -> Result<NativeMode, String> {
-    match s {
-        "ro" => Ok(NativeMode::Ro),
-        "rw" => Ok(NativeMode::Rw),
-        "cow" => Ok(NativeMode::Cow),
-        _ => Err(format!("unknown mode {s:?}: ro, rw or cow")),
-    }
 }
 
 pub async fn run(ctx: &Context, command: NativeCommand) -> Result<()> {

@@ -51,6 +51,17 @@ impl NativeMode {
     }
 }
 
+impl std::str::FromStr for NativeMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<NativeMode, String> {
+        [NativeMode::Ro, NativeMode::Rw, NativeMode::Cow]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("unknown mode {s:?}: ro, rw or cow"))
+    }
+}
+
 impl std::fmt::Display for NativeMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -116,10 +127,10 @@ impl NativeMount {
             .split_once('=')
             .ok_or(bad("expected PATH=SOURCE[:MODE]"))?;
         let (source, mode) = match rest.rsplit_once(':') {
-            Some((source, "ro")) => (source, NativeMode::Ro),
-            Some((source, "rw")) => (source, NativeMode::Rw),
-            Some((source, "cow")) => (source, NativeMode::Cow),
-            Some((_, _)) => return Err(bad("the mode after the last ':' must be ro, rw or cow")),
+            Some((source, mode)) => match mode.parse() {
+                Ok(mode) => (source, mode),
+                Err(_) => return Err(bad("the mode after the last ':' must be ro, rw or cow")),
+            },
             None => (rest, NativeMode::Rw),
         };
         let mount = NativeMount {
